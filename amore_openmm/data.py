@@ -1,0 +1,178 @@
+"""Stage 2 — data: Koopman pairs (x, y) from bursts, with per-start metadata.
+
+``x`` holds N starting structures (N×n×3, nm) and ``y`` the end points of K bursts from each
+(N×K×n×3, nm). Metadata per start: generation, origin ("trajectory", "mep", "user"), seed.
+Saved as one ``.npz`` file, written atomically (temp file, then rename).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["KoopmanData", "atomic_save_npz", "ORIGINS"]
+
+ORIGINS = ("trajectory", "mep", "user")
+FORMAT_VERSION = 1
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
+    """Write an ``.npz`` so that readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+@dataclass
+class KoopmanData:
+    """Starting structures and burst end points for ISOKANN.
+
+    Attributes:
+        x: (N, n_atoms, 3) starting positions, nm (float32).
+        y: (N, K, n_atoms, 3) burst end positions, nm (float32).
+        generation: (N,) int, adaptive generation that produced each start (0 = initial).
+        origin: (N,) str, one of "trajectory", "mep", "user".
+        seed: (N,) int64, the burst seed used for each start.
+        lag_steps, timestep: burst settings (integrator steps, ps) for rate estimates.
+        system_name: name of the system the data belong to (checked on merge/load).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    generation: np.ndarray | None = None
+    origin: np.ndarray | None = None
+    seed: np.ndarray | None = None
+    lag_steps: int = 0
+    timestep: float = 0.0
+    system_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.x = np.asarray(self.x, dtype=np.float32)
+        self.y = np.asarray(self.y, dtype=np.float32)
+        if self.x.ndim != 3 or self.x.shape[2] != 3:
+            raise ValueError(f"KoopmanData.x must be (N, n_atoms, 3), got {self.x.shape}")
+        if self.y.ndim == 3:  # one burst per start given as (N, n, 3)
+            self.y = self.y[:, None]
+        if self.y.ndim != 4 or self.y.shape[0] != self.x.shape[0] or \
+                self.y.shape[2:] != self.x.shape[1:]:
+            raise ValueError(f"KoopmanData.y must be (N, K, n_atoms, 3) matching x "
+                             f"{self.x.shape}, got {self.y.shape}")
+        n = len(self.x)
+        self.generation = (np.zeros(n, dtype=np.int64) if self.generation is None
+                           else np.asarray(self.generation, dtype=np.int64).reshape(n))
+        self.origin = (np.full(n, "trajectory", dtype="<U10") if self.origin is None
+                       else np.asarray(self.origin, dtype="<U10").reshape(n))
+        self.seed = (np.zeros(n, dtype=np.int64) if self.seed is None
+                     else np.asarray(self.seed, dtype=np.int64).reshape(n))
+
+    # -- shape ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def n_starts(self) -> int:
+        return len(self.x)
+
+    @property
+    def n_koopman(self) -> int:
+        return self.y.shape[1]
+
+    @property
+    def n_atoms(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def lag_time(self) -> float:
+        """Lag time τ in ps (0 when unknown)."""
+        return self.lag_steps * self.timestep
+
+    def __repr__(self) -> str:
+        gens = np.unique(self.generation).tolist() if len(self) else []
+        return (f"KoopmanData({self.system_name or 'system'}: {self.n_starts} starts × "
+                f"{self.n_koopman} bursts, {self.n_atoms} atoms, generations {gens})")
+
+    # -- combination ---------------------------------------------------------------------------
+    def subset(self, index: Sequence[int] | np.ndarray | slice) -> "KoopmanData":
+        """The starts selected by ``index`` (indices, boolean mask or slice)."""
+        return KoopmanData(self.x[index], self.y[index], self.generation[index],
+                           self.origin[index], self.seed[index], self.lag_steps,
+                           self.timestep, self.system_name, dict(self.extra))
+
+    def merge(self, other: "KoopmanData") -> "KoopmanData":
+        """Concatenate two data sets of the same system and burst count."""
+        if len(self) == 0:
+            return other
+        if len(other) == 0:
+            return self
+        if other.n_atoms != self.n_atoms:
+            raise ValueError(f"cannot merge data with {other.n_atoms} atoms into data with "
+                             f"{self.n_atoms} atoms: they come from different systems")
+        if other.n_koopman != self.n_koopman:
+            raise ValueError(f"cannot merge data with K={other.n_koopman} bursts per start "
+                             f"into data with K={self.n_koopman}; use the same n_koopman")
+        if (self.lag_steps and other.lag_steps and self.lag_steps != other.lag_steps):
+            raise ValueError(f"cannot merge data with lag {other.lag_steps} steps into data "
+                             f"with lag {self.lag_steps} steps")
+        return KoopmanData(np.concatenate([self.x, other.x]), np.concatenate([self.y, other.y]),
+                           np.concatenate([self.generation, other.generation]),
+                           np.concatenate([self.origin, other.origin]),
+                           np.concatenate([self.seed, other.seed]),
+                           self.lag_steps or other.lag_steps, self.timestep or other.timestep,
+                           self.system_name or other.system_name, dict(self.extra))
+
+    @classmethod
+    def empty(cls, n_atoms: int, n_koopman: int, **kwargs: Any) -> "KoopmanData":
+        return cls(np.zeros((0, n_atoms, 3)), np.zeros((0, n_koopman, n_atoms, 3)), **kwargs)
+
+    # -- I/O -----------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one ``.npz`` file atomically."""
+        return atomic_save_npz(path, x=self.x, y=self.y, generation=self.generation,
+                               origin=self.origin, seed=self.seed,
+                               lag_steps=np.int64(self.lag_steps),
+                               timestep=np.float64(self.timestep),
+                               system_name=np.str_(self.system_name),
+                               format_version=np.int64(FORMAT_VERSION))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, n_atoms: int | None = None) -> "KoopmanData":
+        """Read a file written by :meth:`save`; ``n_atoms`` checks it fits the system."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Koopman data file {path} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                data = cls(f["x"], f["y"], f["generation"], f["origin"], f["seed"],
+                           int(f["lag_steps"]), float(f["timestep"]), str(f["system_name"]))
+        except KeyError as exc:
+            raise ValueError(f"{path} is not a KoopmanData file (missing {exc})") from exc
+        if n_atoms is not None and data.n_atoms != n_atoms:
+            raise ValueError(f"{path} holds data for {data.n_atoms} atoms but the system has "
+                             f"{n_atoms}: it belongs to a different system")
+        return data
+
+    def to_mdtraj(self, topology: Any, which: str = "x", burst: int = 0) -> Any:
+        """The starts (``which="x"``) or burst ends (``"y"``, burst index ``burst``) as an
+        ``mdtraj.Trajectory`` (topology: OpenMM or mdtraj Topology)."""
+        import mdtraj
+
+        top = topology if isinstance(topology, mdtraj.Topology) else \
+            mdtraj.Topology.from_openmm(topology)
+        xyz = self.x if which == "x" else self.y[:, burst]
+        return mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32), top)

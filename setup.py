@@ -1,0 +1,41 @@
+"""amore_openmm: AMORE-MD adaptive sampling with ISOKANN χ functions inside OpenMM."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+OPENMM = "8.5.2"  # openmm 8.6 segfaults with the torch plugin (see README)
+
+setup(
+    name="amore_openmm",
+    version="0.1.0",
+    description="Atomistic mechanisms of rare events: ISOKANN χ, χ-minimum-energy paths and "
+                "χ-sensitivity inside OpenMM",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["amore_openmm", "amore_openmm.*"]),
+    install_requires=[
+        "numpy>=1.24",
+        "openmm>=8.4,<8.6",
+        "torch>=2.10,<2.13",
+        "mdtraj>=1.9.9",
+        "parmed>=4.2",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+        "tomli>=2.0; python_version<'3.11'",
+        "tomli-w>=1.0",
+    ],
+    extras_require={
+        "cpu": ["acellera-openmmtorch-cpu==1.10"],
+        "cuda12": ["acellera-openmmtorch-cu12==1.10", f"openmm-cuda-12=={OPENMM}"],
+        "cuda13": ["acellera-openmmtorch-cu13==1.10", f"openmm-cuda-13=={OPENMM}"],
+        "distributed": ["dask[distributed]>=2024.1", "dask-jobqueue>=0.8"],
+        "test": ["pytest>=7", "pytest-timeout>=2"],
+    },
+    entry_points={"console_scripts": ["amore=amore_openmm.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Chemistry",
+        "License :: OSI Approved :: MIT License",
+    ],
+)
