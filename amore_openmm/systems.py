@@ -521,12 +521,12 @@ def load_system(source: str | os.PathLike | MolecularSystem, **overrides: Any) -
     src = str(source)
     path = Path(src).expanduser()
     if not path.exists():
-        if src == "muller_brown":
-            ms = muller_brown_system()
-            return ms.with_overrides(**dyn) if dyn else ms
         bundled = systems_root() / src
         if (bundled / "system.toml").is_file():
             path = bundled
+        elif src == "muller_brown":  # built in; the bundled manifest is preferred when present
+            ms = muller_brown_system()
+            return ms.with_overrides(**dyn) if dyn else ms
         else:
             raise SystemLoadError(
                 f"system {src!r} is neither an existing file/folder nor a bundled system "

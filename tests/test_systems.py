@@ -1,0 +1,412 @@
+"""Bundled systems, the peptide builder and the loader's error handling (issue 2)."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import openmm
+import pytest
+from openmm import app, unit
+
+from amore_openmm import builder
+from amore_openmm.systems import (MolecularSystem, SystemLoadError, load_system,
+                                  muller_brown_energy, systems_root)
+
+REPO = Path(__file__).resolve().parent.parent
+EXTERNAL = Path(os.environ.get("AMORE_EXTERNAL_DIR", REPO.parent / "shared" / "external"))
+ALA_DIR = REPO / "systems" / "alanine_dipeptide"
+KJ = unit.kilojoule_per_mole
+
+
+def _state(ctx: openmm.Context) -> tuple[np.ndarray, float, np.ndarray]:
+    st = ctx.getState(getPositions=True, getEnergy=True, getForces=True)
+    return (st.getPositions(asNumpy=True).value_in_unit(unit.nanometer),
+            st.getPotentialEnergy().value_in_unit(KJ),
+            st.getForces(asNumpy=True).value_in_unit(KJ / unit.nanometer))
+
+
+# ---------------------------------------------------------------------------------------------
+# Müller–Brown
+# ---------------------------------------------------------------------------------------------
+MB_MINIMA = [((-0.558, 1.442), -146.70), ((0.623, 0.028), -108.17), ((-0.050, 0.467), -80.77)]
+MB_SADDLE = ((-0.822, 0.624), -40.66)
+
+
+def _mb_force_xy(ctx: openmm.Context, xy: np.ndarray) -> np.ndarray:
+    ctx.setPositions([openmm.Vec3(float(xy[0]), float(xy[1]), 0.0)])
+    return _state(ctx)[2][0, :2]
+
+
+def _mb_hessian(ctx: openmm.Context, xy: np.ndarray, h: float = 1e-5) -> np.ndarray:
+    """Hessian of the OpenMM Müller–Brown force field by central differences of its forces."""
+    H = np.zeros((2, 2))
+    for j in range(2):
+        e = np.zeros(2)
+        e[j] = h
+        H[:, j] = -(_mb_force_xy(ctx, xy + e) - _mb_force_xy(ctx, xy - e)) / (2 * h)
+    return 0.5 * (H + H.T)
+
+
+def test_muller_brown_minima():
+    ms = load_system("muller_brown")
+    assert ms.source == str(systems_root() / "muller_brown")  # the bundled manifest is used
+    assert ms.integrator == "brownian" and ms.coordinate_dims == (0, 1)
+    assert ms.kT == pytest.approx(12.5) and ms.timestep == pytest.approx(1e-4)
+    assert ms.lag_time == pytest.approx(1e-3)
+    ctx = ms.make_context()
+    for (xy, energy) in MB_MINIMA:
+        start = np.array(xy) + (0.08, -0.06)  # a nearby guess
+        ctx.setPositions([openmm.Vec3(start[0], start[1], 0.05)])
+        openmm.LocalEnergyMinimizer.minimize(ctx, 1e-4 * KJ / unit.nanometer, 0)
+        pos, e, _ = _state(ctx)
+        assert np.abs(pos[0, :2] - xy).max() < 1e-2, (xy, pos[0])
+        assert abs(pos[0, 2]) < 1e-4  # the z spring holds the particle in the plane
+        assert e == pytest.approx(energy, abs=0.1)
+        assert np.all(np.linalg.eigvalsh(_mb_hessian(ctx, pos[0, :2])) > 0)
+        # the OpenMM force field and the NumPy reference agree
+        assert muller_brown_energy(pos[0, :2]) == pytest.approx(e, abs=1e-6)
+
+
+def test_muller_brown_saddle():
+    ms = load_system("muller_brown")
+    ctx = ms.make_context()
+    xy = np.array(MB_SADDLE[0]) + (0.05, -0.05)
+    for _ in range(30):  # Newton on ∇E = 0 with the OpenMM forces
+        step = np.linalg.solve(_mb_hessian(ctx, xy), _mb_force_xy(ctx, xy))
+        xy = xy + step
+        if np.linalg.norm(step) < 1e-10:
+            break
+    ctx.setPositions([openmm.Vec3(xy[0], xy[1], 0.0)])
+    _, e, f = _state(ctx)
+    assert np.linalg.norm(f[0, :2]) < 1e-6
+    assert np.abs(xy - MB_SADDLE[0]).max() < 1e-2, xy
+    assert e == pytest.approx(MB_SADDLE[1], abs=0.1)
+    eig = np.linalg.eigvalsh(_mb_hessian(ctx, xy))
+    assert eig[0] < 0 < eig[1]  # index-1 saddle
+
+
+# ---------------------------------------------------------------------------------------------
+# bundled systems
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["muller_brown", "alanine_dipeptide", "vgvapg"])
+def test_bundled_system_finite_energy_and_1ps_dynamics(name):
+    ms = load_system(name)
+    n_steps = int(round(1.0 / ms.timestep))  # 1 ps with the system's own integrator
+    for k, pos in enumerate(ms.positions[:3]):
+        ctx = ms.make_context(seed=11 + k)
+        ctx.setPositions(pos)
+        e0 = ms.energy(pos)
+        assert math.isfinite(e0)
+        ctx.setVelocitiesToTemperature(ms.temperature, 5 + k)
+        ctx.getIntegrator().step(n_steps)
+        x, e, f = _state(ctx)
+        assert np.all(np.isfinite(x)) and math.isfinite(e) and np.all(np.isfinite(f))
+        # a stable run: no atom flew off and the energy stayed within thermal range
+        assert np.abs(x - pos).max() < 1.0
+        dof = 2 if ms.coordinate_dims else 3 * ms.n_atoms
+        assert e - e0 < 5 * dof * ms.kT
+
+
+def test_bundled_manifest_settings():
+    ala = load_system("alanine_dipeptide")
+    assert (ala.n_atoms, ala.temperature, ala.friction, ala.timestep, ala.lag_steps,
+            ala.integrator) == (22, 310.0, 1.0, 0.002, 100, "langevin_middle")
+    assert ala.system.getNumConstraints() == 0
+    nb = [f for f in ala.system.getForces() if isinstance(f, openmm.NonbondedForce)][0]
+    assert nb.getNonbondedMethod() == openmm.NonbondedForce.NoCutoff
+    vg = load_system("vgvapg")
+    assert (vg.n_atoms, vg.temperature, vg.lag_steps) == (73, 298.0, 250)
+    assert any(isinstance(f, openmm.GBSAOBCForce) or "GB" in type(f).__name__ or
+               isinstance(f, openmm.CustomGBForce) for f in vg.system.getForces())
+    assert len(vg.positions) == len(builder.VGVAPG_CONFORMATIONS) >= 6
+    # charged termini: total charge 0 (NH3+ ... COO-), no hydrogen on the C-terminal carboxylate
+    nb = [f for f in vg.system.getForces() if isinstance(f, openmm.NonbondedForce)][0]
+    q = [nb.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge)
+         for i in range(vg.n_atoms)]
+    assert sum(q) == pytest.approx(0.0, abs=1e-6)
+    names = [(a.residue.index, a.name) for a in vg.topology.atoms()]
+    assert {(0, "H"), (0, "H2"), (0, "H3"), (5, "OXT")} <= set(names)
+
+
+def test_vgvapg_conformations_open_and_closed():
+    """The starts span open (extended) and closed (turn: CA(i)–CA(i+3) < 7 Å) structures."""
+    vg = load_system("vgvapg")
+    ca = [a.index for a in vg.topology.atoms() if a.name == "CA"]
+    closed, open_ = 0, 0
+    for pos in vg.positions:
+        d_turn = min(np.linalg.norm(pos[ca[i]] - pos[ca[i + 3]]) for i in range(3))
+        end_to_end = np.linalg.norm(pos[ca[0]] - pos[ca[-1]])
+        closed += d_turn < 0.7
+        open_ += end_to_end > 1.4
+    assert closed >= 3 and open_ >= 2
+    # pairwise distinct structures (heavy-atom RMSD after superposition > 0.5 Å)
+    heavy = vg.heavy_atoms()
+    X = [p[heavy] - p[heavy].mean(0) for p in vg.positions]
+    for i in range(len(X)):
+        for j in range(i):
+            u, _, vt = np.linalg.svd(X[i].T @ X[j])
+            d = np.sign(np.linalg.det(u @ vt))
+            R = u @ np.diag([1, 1, d]) @ vt
+            assert np.sqrt(((X[i] @ R - X[j]) ** 2).sum(1).mean()) > 0.05
+
+
+def test_paper_atom_numbering():
+    """Paper (1-based): alanine 6, 16, 18 = O(ACE), O(ALA), H(NME); VGVAPG ψ(Val3) 26, 28, 40, 42."""
+    ala = load_system("alanine_dipeptide")
+    atoms = list(ala.topology.atoms())
+    assert [(atoms[i - 1].residue.name, atoms[i - 1].name) for i in (6, 16, 18)] == \
+        [("ACE", "O"), ("ALA", "O"), ("NME", "H")]
+    vg = load_system("vgvapg")
+    atoms = list(vg.topology.atoms())
+    assert [(atoms[i - 1].residue.index, atoms[i - 1].name) for i in (26, 28, 40, 42)] == \
+        [(2, "N"), (2, "CA"), (2, "C"), (3, "N")]
+    assert atoms[25].residue.name == "VAL"
+
+
+def test_amber_files_match_pdb_energy():
+    """prmtop/inpcrd (written by parmed) and PDB + amber14 give the same energy."""
+    ms_pdb = load_system("alanine_dipeptide")
+    ms_amb = load_system(ALA_DIR / "alanine_dipeptide.prmtop")
+    assert ms_amb.n_atoms == ms_pdb.n_atoms == 22
+    assert np.abs(ms_amb.positions[0] - ms_pdb.positions[0]).max() < 2e-4
+    rng = np.random.default_rng(3)
+    for pos in (ms_pdb.positions[0], ms_pdb.positions[0] + rng.normal(0, 0.005, (22, 3))):
+        e_pdb, e_amb = ms_pdb.energy(pos), ms_amb.energy(pos)
+        assert abs(e_amb - e_pdb) <= 1e-4 * abs(e_pdb), (e_pdb, e_amb)
+
+
+@pytest.mark.skipif(not EXTERNAL.is_dir(), reason="external prepared inputs not available")
+def test_external_prepared_pdbs_load():
+    ala = load_system(EXTERNAL / "alanine-dipeptide.pdb")
+    assert ala.n_atoms == 22 and math.isfinite(ala.energy())
+    # same atom order and names as the bundled system
+    ours = load_system("alanine_dipeptide")
+    assert [(a.residue.name, a.name) for a in ala.topology.atoms()] == \
+        [(a.residue.name, a.name) for a in ours.topology.atoms()]
+    vg = load_system(EXTERNAL / "vgvapg.pdb", implicit_solvent="implicit/obc2.xml",
+                     temperature=298.0)
+    assert vg.n_atoms == 73 and math.isfinite(vg.energy())
+    ours = load_system("vgvapg")
+    ext_atoms, our_atoms = list(vg.topology.atoms()), list(ours.topology.atoms())
+    for i in (25, 27, 39, 41):
+        assert ext_atoms[i].name == our_atoms[i].name
+
+
+# ---------------------------------------------------------------------------------------------
+# builder
+# ---------------------------------------------------------------------------------------------
+def _cip_volume(pos: np.ndarray, center: int, a: int, b: int, c: int) -> float:
+    """> 0 when a→b→c (priority order, lowest-priority atom away) is counterclockwise: S."""
+    p = pos[center]
+    return float(np.dot(pos[a] - p, np.cross(pos[b] - p, pos[c] - p)))
+
+
+def test_builder_geometry_and_dihedrals():
+    phi = (-100.0, 60.0, -60.0, -90.0, -65.0, -150.0)
+    psi = (150.0, -120.0, -40.0, 0.0, 140.0, 170.0)
+    top, pos = builder.build_heavy_atoms("VGVAPG", phi, psi)
+    idx = {(a.residue.index, a.name): a.index for a in top.atoms()}
+    got = builder.backbone_dihedrals(top, pos)
+    for k, (_label, f, s) in enumerate(got):
+        if f is not None:
+            assert f == pytest.approx(phi[k], abs=1e-6)
+        if s is not None:
+            assert s == pytest.approx(psi[k], abs=1e-6)
+    assert got[0][1] is None and got[-1][2] is None
+    for r in range(6):
+        assert np.linalg.norm(pos[idx[r, "N"]] - pos[idx[r, "CA"]]) == pytest.approx(0.1458)
+        assert np.linalg.norm(pos[idx[r, "C"]] - pos[idx[r, "O"]]) < 0.126
+    for r in range(5):
+        assert np.linalg.norm(pos[idx[r, "C"]] - pos[idx[r + 1, "N"]]) == pytest.approx(0.1329)
+    # proline ring closes with a sensible N–CD bond before any minimisation
+    assert np.linalg.norm(pos[idx[4, "N"]] - pos[idx[4, "CD"]]) == pytest.approx(0.147, abs=0.005)
+    # no heavy-atom clashes
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + np.eye(len(pos))
+    assert d.min() > 0.12
+    with pytest.raises(ValueError, match="PRO"):
+        builder.build_heavy_atoms("VGVAPG", phi=-120.0, psi=130.0)  # Pro φ must be ≈ −65°
+    with pytest.raises(ValueError, match="phi"):
+        builder.build_heavy_atoms("VGVAPG", phi=[-60.0] * 5)
+    with pytest.raises(ValueError, match="not supported"):
+        builder.parse_sequence("VGWAPG")
+
+
+def test_builder_all_residues_chirality_and_forcefield():
+    """Every supported residue: amber14 templates match (names, hydrogens), L-chirality kept."""
+    seq = "ACE-ALA-VAL-LEU-ILE-SER-THR-PHE-PRO-GLY-NME"
+    built = builder.build_peptide(seq, phi=-65.0, psi=140.0)
+    assert math.isfinite(built.energy) and built.energy < 0
+    top, pos = built.topology, built.positions
+    builder.create_system(top)  # raises if any residue has no amber14 template
+    idx = {(a.residue.index, a.name): a.index for a in top.atoms()}
+    for r in top.residues():
+        if r.name in ("ACE", "NME", "GLY"):
+            continue
+        i = r.index
+        # CA is S for every L-amino acid here: N > C > CB > HA
+        assert _cip_volume(pos, idx[i, "CA"], idx[i, "N"], idx[i, "C"], idx[i, "CB"]) > 0, r
+    ile, thr = 4, 6
+    # Ile CB is S: CA > CG1 > CG2 > HB; Thr CB is R: OG1 > CA > CG2 > HB
+    assert _cip_volume(pos, idx[ile, "CB"], idx[ile, "CA"], idx[ile, "CG1"], idx[ile, "CG2"]) > 0
+    assert _cip_volume(pos, idx[thr, "CB"], idx[thr, "OG1"], idx[thr, "CA"], idx[thr, "CG2"]) < 0
+    # the minimised phenyl ring is planar and the proline ring closed
+    ring = [pos[idx[7, n]] for n in ("CG", "CD1", "CD2", "CE1", "CE2", "CZ")]
+    ring = np.array(ring) - np.mean(ring, 0)
+    assert np.linalg.svd(ring, compute_uv=False)[-1] < 0.005
+    assert np.linalg.norm(pos[idx[8, "N"]] - pos[idx[8, "CD"]]) == pytest.approx(0.147, abs=0.005)
+
+
+def test_builder_is_deterministic(tmp_path):
+    a = builder.build_bundled_systems(tmp_path / "a", ["alanine_dipeptide", "muller_brown"])
+    b = builder.build_bundled_systems(tmp_path / "b", ["alanine_dipeptide", "muller_brown"])
+    for name in a:
+        assert [p.name for p in a[name]] == [p.name for p in b[name]]
+        for pa, pb in zip(a[name], b[name]):
+            assert pa.read_bytes() == pb.read_bytes(), pa.name
+    # the committed files are what the builder makes (manifest exactly; coordinates within
+    # 0.05 Å, which leaves room for another CPU's floating-point rounding in the minimiser)
+    assert (ALA_DIR / "system.toml").read_text() == \
+        (tmp_path / "a" / "alanine_dipeptide" / "system.toml").read_text()
+    new = app.PDBFile(str(tmp_path / "a" / "alanine_dipeptide" / "alanine_dipeptide.pdb"))
+    old = app.PDBFile(str(ALA_DIR / "alanine_dipeptide.pdb"))
+    diff = np.abs(new.getPositions(asNumpy=True)._value - old.getPositions(asNumpy=True)._value)
+    assert diff.max() < 5e-3
+    # the regenerated folder loads like the bundled one
+    ms = load_system(tmp_path / "b" / "alanine_dipeptide")
+    assert ms.n_atoms == 22 and math.isfinite(ms.energy())
+
+
+def test_vgvapg_build_reproduces_committed_conformation():
+    conf = builder.VGVAPG_CONFORMATIONS[1]
+    b1 = builder.build_peptide("VGVAPG", conf.phi, conf.psi, implicit_solvent="implicit/obc2.xml")
+    assert b1.topology.getNumAtoms() == 73
+    committed = app.PDBFile(str(REPO / "systems" / "vgvapg" / "conformations" /
+                                f"{conf.name}.pdb"))
+    ref = committed.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    assert np.abs(b1.positions - ref).max() < 5e-3
+    assert [a.name for a in b1.topology.atoms()] == [a.name for a in committed.topology.atoms()]
+
+
+# ---------------------------------------------------------------------------------------------
+# from_openmm
+# ---------------------------------------------------------------------------------------------
+def test_from_openmm():
+    pdb = app.PDBFile(str(ALA_DIR / "alanine_dipeptide.pdb"))
+    system = app.ForceField("amber14-all.xml").createSystem(pdb.topology,
+                                                            nonbondedMethod=app.NoCutoff)
+    ms = MolecularSystem.from_openmm(system, pdb.topology, pdb.positions,
+                                     temperature=310 * unit.kelvin,
+                                     timestep=2 * unit.femtoseconds,
+                                     friction=1 / unit.picosecond, lag_steps=100)
+    assert ms.timestep == pytest.approx(0.002) and ms.temperature == pytest.approx(310.0)
+    assert len(ms.positions) == 1 and ms.positions[0].shape == (22, 3)
+    assert ms.energy() == pytest.approx(load_system("alanine_dipeptide").energy(), rel=1e-9)
+    two = MolecularSystem.from_openmm(system, pdb.topology,
+                                      np.stack([ms.positions[0], ms.positions[0] + 0.001]))
+    assert len(two.positions) == 2
+    integ = ms.make_integrator(seed=3)
+    assert isinstance(integ, openmm.LangevinMiddleIntegrator)
+    assert integ.getStepSize().value_in_unit(unit.picosecond) == pytest.approx(0.002)
+    with pytest.raises(SystemLoadError, match="atoms"):
+        MolecularSystem.from_openmm(system, pdb.topology, ms.positions[0][:21])
+    bad = ms.positions[0].copy()
+    bad[21] = bad[0]
+    with pytest.raises(SystemLoadError, match="non-finite"):
+        MolecularSystem.from_openmm(system, pdb.topology, bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# loader errors
+# ---------------------------------------------------------------------------------------------
+def _copy_system(tmp_path: Path, name: str = "alanine_dipeptide") -> Path:
+    dst = tmp_path / name
+    shutil.copytree(REPO / "systems" / name, dst)
+    return dst
+
+
+def test_error_missing_file(tmp_path):
+    with pytest.raises(SystemLoadError, match="nope.pdb"):
+        load_system(tmp_path / "nope.pdb")
+    with pytest.raises(SystemLoadError, match="bundled"):
+        load_system("no_such_system")
+    folder = _copy_system(tmp_path)
+    (folder / "alanine_dipeptide.pdb").unlink()
+    with pytest.raises(SystemLoadError, match=r"pdb .*alanine_dipeptide.pdb does not exist"):
+        load_system(folder)
+
+
+def test_error_missing_hydrogens_names_fix(tmp_path):
+    pdb = app.PDBFile(str(ALA_DIR / "alanine_dipeptide.pdb"))
+    mod = app.Modeller(pdb.topology, pdb.positions)
+    mod.delete([a for a in mod.topology.atoms() if a.element.symbol == "H"])
+    path = tmp_path / "noh.pdb"
+    with open(path, "w") as fh:
+        app.PDBFile.writeFile(mod.topology, mod.positions, fh)
+    with pytest.raises(SystemLoadError) as err:
+        load_system(path)
+    msg = str(err.value)
+    assert "noh.pdb" in msg and "template" in msg and "addHydrogens" in msg and "pdbfixer" in msg
+
+
+def test_error_atom_count_mismatch(tmp_path):
+    import parmed
+
+    crd = parmed.load_file(str(ALA_DIR / "alanine_dipeptide.inpcrd"))
+    short = parmed.amber.Rst7(natom=21)
+    short.coordinates = np.asarray(crd.coordinates).reshape(-1, 22, 3)[0][:21]
+    short.write(str(tmp_path / "short.inpcrd"))
+    with pytest.raises(SystemLoadError) as err:
+        load_system(ALA_DIR / "alanine_dipeptide.prmtop", inpcrd=tmp_path / "short.inpcrd")
+    assert "21 atoms" in str(err.value) and "22" in str(err.value)
+    # an OpenMM System XML with a PDB of other atoms
+    xml = tmp_path / "ala_system.xml"
+    xml.write_text(openmm.XmlSerializer.serialize(load_system("alanine_dipeptide").system))
+    other = REPO / "systems" / "vgvapg" / "conformations" / "c01_beta.pdb"
+    with pytest.raises(SystemLoadError, match="73 atoms"):
+        load_system(xml, pdb=other)
+    ok = load_system(xml, pdb=ALA_DIR / "alanine_dipeptide.pdb")
+    assert ok.energy() == pytest.approx(load_system("alanine_dipeptide").energy(), rel=1e-9)
+
+
+def test_error_unknown_forcefield(tmp_path):
+    with pytest.raises(SystemLoadError, match="no_such_ff.xml"):
+        load_system(ALA_DIR / "alanine_dipeptide.pdb", forcefield=["no_such_ff.xml"])
+    folder = _copy_system(tmp_path)
+    toml = folder / "system.toml"
+    toml.write_text(toml.read_text().replace('"amber14-all.xml"', '"amber99-typo.xml"'))
+    with pytest.raises(SystemLoadError, match="amber99-typo.xml"):
+        load_system(folder)
+
+
+def test_error_manifest_unknown_key_and_wrong_type(tmp_path):
+    folder = _copy_system(tmp_path)
+    toml = folder / "system.toml"
+    text = toml.read_text()
+    toml.write_text(text.replace("[dynamics]\n", "[dynamics]\ntemprature = 300.0\n"))
+    with pytest.raises(SystemLoadError, match="unknown key 'temprature'"):
+        load_system(folder)
+    toml.write_text(text.replace("temperature = 310.0", 'temperature = "hot"'))
+    with pytest.raises(SystemLoadError, match=r"temperature = 'hot' has type str; expected"):
+        load_system(folder)
+    toml.write_text(text.replace("lag_steps = 100", "lag_steps = 100.5"))
+    with pytest.raises(SystemLoadError, match="lag_steps"):
+        load_system(folder)
+    toml.write_text(text + "\n[mystery]\nx = 1\n")
+    with pytest.raises(SystemLoadError, match=r"unknown section \[mystery\]"):
+        load_system(folder)
+
+
+def test_error_non_finite_initial_energy(tmp_path):
+    pdb = app.PDBFile(str(ALA_DIR / "alanine_dipeptide.pdb"))
+    pos = pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    pos[21] = pos[0]  # NME H3 on top of ACE H1: non-bonded overlap
+    path = tmp_path / "overlap.pdb"
+    with open(path, "w") as fh:
+        app.PDBFile.writeFile(pdb.topology, pos * unit.nanometer, fh)
+    with pytest.raises(SystemLoadError) as err:
+        load_system(path)
+    assert "non-finite" in str(err.value) and "overlap.pdb" in str(err.value)
+    assert load_system(path, check=False).n_atoms == 22  # opt-out for expert use
