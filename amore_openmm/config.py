@@ -1,0 +1,423 @@
+"""Run settings for the AMORE pipeline: :class:`RunConfig`, presets and their resolution.
+
+Every setting has a default. They are layered, later layers winning:
+
+1. the generic defaults of :class:`RunConfig`;
+2. the built-in ``default`` preset of the system (bundled systems have tuned sizes);
+3. the system's ``system.toml`` ``[run]`` table (its top-level keys);
+4. for ``preset != "default"``: the built-in preset of that name, then ``[run.<preset>]``;
+5. a ``--config file.toml`` (keys at the top level or in a ``[run]`` table);
+6. command-line flags / keyword overrides.
+
+Unknown keys are errors that name the key and the file. The resolved configuration is
+written to ``config.toml`` in the run directory (``None`` settings as the string "auto").
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["RunConfig", "ConfigError", "PRESETS", "resolve_config", "load_config_file",
+           "atomic_write_text", "RESUME_MUTABLE"]
+
+AUTO = "auto"
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has a bad value; the message names the key and the fix."""
+
+
+@dataclass
+class RunConfig:
+    """Every setting of an AMORE run (units: steps, ps, nm, kJ/mol).
+
+    ``None`` means "auto" (derived from the system or the machine at run time).
+    """
+
+    system: str = field(default="", metadata={"help": "system: bundled name, folder, .pdb, "
+                                              ".prmtop or System .xml"})
+    preset: str = field(default="default", metadata={"help": "size preset: default, quick "
+                                                     "or paper"})
+    seed: int = field(default=0, metadata={"help": "master seed (bursts, training, choices)"})
+    platform: str = field(default="auto", metadata={"help": "OpenMM platform for bursts: "
+                                                    "auto, Reference, CPU, CUDA, OpenCL"})
+    workers: int | None = field(default=None, metadata={"help": "parallel OpenMM contexts "
+                                                        "(auto: CPU cores)"})
+    # -- initial data -----------------------------------------------------------------------
+    n_starts: int = field(default=1000, metadata={"help": "trajectory frames used as "
+                                                  "initial starts (over all structures)"})
+    stride_steps: int | None = field(default=None, metadata={
+        "help": "integrator steps between trajectory frames (auto: lag_steps)"})
+    n_koopman: int = field(default=4, metadata={"help": "bursts per start (K)"})
+    lag_steps: int | None = field(default=None, metadata={
+        "help": "integrator steps per burst (auto: the system's)"})
+    # -- χ training -------------------------------------------------------------------------
+    featurizer: str = field(default="auto", metadata={
+        "help": "auto, pairwise_all, pairwise_heavy, dihedrals, coordinates"})
+    iterations: int = field(default=500, metadata={"help": "ISOKANN iterations, first fit"})
+    iterations_per_generation: int = field(default=200, metadata={
+        "help": "ISOKANN iterations per adaptive generation (continuing from the weights)"})
+    minibatch: int = field(default=100, metadata={"help": "ISOKANN minibatch size"})
+    optimizer: str = field(default="adam", metadata={"help": "adam or nesterov"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "L2 weight decay"})
+    # -- adaptive generations ---------------------------------------------------------------
+    generations: int = field(default=2, metadata={"help": "adaptive generations G"})
+    paths_per_generation: int = field(default=2, metadata={
+        "help": "χ-MEPs traced per generation"})
+    starts_per_path: int = field(default=20, metadata={
+        "help": "path nodes (evenly spaced) used as new burst starts per path"})
+    # -- χ-MEPs -----------------------------------------------------------------------------
+    ts_low: float = field(default=0.45, metadata={"help": "transition-state window, low χ"})
+    ts_high: float = field(default=0.55, metadata={"help": "transition-state window, high χ"})
+    path_step: float = field(default=0.02, metadata={"help": "χ-MEP step (Δχ per node)"})
+    path_max_nodes: int = field(default=100, metadata={
+        "help": "maximum nodes per χ-MEP (both directions together)"})
+    kappa: float | None = field(default=None, metadata={
+        "help": "level-set restraint stiffness kJ/mol (auto: scaled from ‖∇χ‖)"})
+    final_paths: int = field(default=4, metadata={"help": "χ-MEPs traced with the final χ"})
+    # -- sensitivity / report ---------------------------------------------------------------
+    sensitivity_bins: int = field(default=100, metadata={"help": "χ bins of the level-set "
+                                                         "sensitivity"})
+    sensitivity_samples: int = field(default=5000, metadata={
+        "help": "max. ensemble samples for the sensitivity (subsampled, seeded)"})
+    top_k: int = field(default=10, metadata={"help": "atoms/features listed in the report"})
+    figures: bool = field(default=True, metadata={"help": "write figures/*.png"})
+
+    # -- helpers ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (``None`` kept)."""
+        return dataclasses.asdict(self)
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        """Dict for TOML: ``None`` becomes the string "auto"."""
+        return {k: (AUTO if v is None else v) for k, v in self.to_dict().items()}
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write ``config.toml`` atomically (a ``[run]`` table)."""
+        import tomli_w
+
+        text = ("# resolved amore_openmm run settings; \"auto\" = derived at run time\n"
+                + tomli_w.dumps({"run": self.to_toml_dict()}))
+        return atomic_write_text(path, text)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "RunConfig":
+        """Read a ``config.toml`` written by :meth:`write` (unknown keys are errors)."""
+        data = load_config_file(path)
+        cfg = cls()
+        return apply_settings(cfg, data, where=str(path))
+
+    def digest(self, keys: Any = None) -> str:
+        """Hash of the settings that decide results (all but :data:`RESUME_MUTABLE`)."""
+        d = {k: v for k, v in self.to_dict().items()
+             if k not in RESUME_MUTABLE and (keys is None or k in keys)}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def incompatibilities(self, other: "RunConfig") -> list[str]:
+        """Settings (outside :data:`RESUME_MUTABLE`) where ``other`` differs from self."""
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{k}: {a[k]!r} in the run, {b[k]!r} now" for k in a
+                if k not in RESUME_MUTABLE and a[k] != b[k]]
+
+
+#: settings that may change when a run is resumed (they do not change completed results;
+#: more ``generations`` extends the run, the final stages are then redone)
+RESUME_MUTABLE = frozenset({"platform", "workers", "generations", "figures", "top_k",
+                            "preset"})
+
+FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+_CHOICES = {"optimizer": ("adam", "nesterov"),
+            "featurizer": ("auto", "pairwise_all", "pairwise_heavy", "dihedrals", "coordinates"),
+            "preset": ("default", "quick", "paper")}
+_MIN = {"n_starts": 2, "n_koopman": 1, "lag_steps": 1, "stride_steps": 1, "iterations": 1,
+        "iterations_per_generation": 0, "minibatch": 1, "generations": 0,
+        "paths_per_generation": 1, "starts_per_path": 1, "path_max_nodes": 3,
+        "final_paths": 0, "sensitivity_bins": 1, "sensitivity_samples": 1, "top_k": 1,
+        "workers": 1}
+
+
+# --------------------------------------------------------------------------------------------
+# presets (sizes chosen so that `default` fits the time budget on 2 CPU cores)
+# --------------------------------------------------------------------------------------------
+_GENERIC_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "quick": {"n_starts": 200, "n_koopman": 2, "iterations": 150,
+              "iterations_per_generation": 50, "generations": 1, "paths_per_generation": 1,
+              "starts_per_path": 10, "path_max_nodes": 40, "final_paths": 2,
+              "sensitivity_bins": 20, "sensitivity_samples": 1000},
+    "paper": {"n_starts": 10000, "n_koopman": 1, "iterations": 4000, "minibatch": 1000,
+              "iterations_per_generation": 2000, "generations": 0, "final_paths": 34,
+              "path_max_nodes": 100, "ts_low": 0.49, "ts_high": 0.51,
+              "sensitivity_bins": 100, "sensitivity_samples": 10000},
+}
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "muller_brown": {
+        # kT = 12.5, dt 1e-4, lag 10 steps; frames every 0.1 time units (1000 steps) as in
+        # the authors' script: 300 time units cross the barrier ~35 times (measured)
+        "default": {"n_starts": 3000, "stride_steps": 1000, "n_koopman": 8, "iterations": 600,
+                    "iterations_per_generation": 200, "minibatch": 200, "generations": 2,
+                    "paths_per_generation": 2, "starts_per_path": 25, "path_step": 0.02,
+                    "path_max_nodes": 120, "ts_low": 0.45, "ts_high": 0.55,
+                    "final_paths": 4, "sensitivity_bins": 50, "sensitivity_samples": 3000},
+        "quick": {"n_starts": 1000, "stride_steps": 1000, "n_koopman": 4, "iterations": 200,
+                  "iterations_per_generation": 60, "minibatch": 100, "generations": 1,
+                  "paths_per_generation": 1, "starts_per_path": 10, "path_max_nodes": 60,
+                  "path_step": 0.04, "final_paths": 2, "sensitivity_bins": 20,
+                  "sensitivity_samples": 1000},
+        # the authors' script: 10,000 frames every 0.1 time units, K = 10, 4000 iterations
+        "paper": {"n_starts": 10000, "stride_steps": 1000, "n_koopman": 10, "iterations": 4000,
+                  "minibatch": 1000, "optimizer": "nesterov", "weight_decay": 1e-3,
+                  "generations": 0, "final_paths": 10, "path_max_nodes": 200,
+                  "path_step": 0.01, "ts_low": 0.49, "ts_high": 0.51},
+    },
+    "alanine_dipeptide": {
+        "default": {"n_starts": 3000, "n_koopman": 2, "iterations": 600,
+                    "iterations_per_generation": 150, "minibatch": 200, "generations": 2,
+                    "paths_per_generation": 2, "starts_per_path": 20, "path_step": 0.025,
+                    "path_max_nodes": 80, "final_paths": 4, "sensitivity_bins": 50,
+                    "sensitivity_samples": 3000},
+        "quick": {"n_starts": 500, "n_koopman": 1, "iterations": 150,
+                  "iterations_per_generation": 50, "generations": 1, "paths_per_generation": 1,
+                  "starts_per_path": 10, "path_step": 0.05, "path_max_nodes": 40,
+                  "final_paths": 2, "sensitivity_bins": 20, "sensitivity_samples": 500},
+        # paper: 10,000 starts with K = 1, 4000 iterations, 34 paths of 100 nodes
+        "paper": {"n_starts": 10000, "n_koopman": 1, "iterations": 4000, "minibatch": 1000,
+                  "generations": 0, "final_paths": 34, "path_max_nodes": 100,
+                  "path_step": 0.01, "ts_low": 0.49, "ts_high": 0.51,
+                  "sensitivity_bins": 100, "sensitivity_samples": 10000},
+    },
+    "vgvapg": {
+        # OBC2 on 73 atoms is slow on CPU: the default is a reduced run from the bundled
+        # conformations; `paper` is for GPUs (50,000 starts, 20,000 iterations, 100 gens)
+        "default": {"n_starts": 600, "n_koopman": 1, "iterations": 1500,
+                    "iterations_per_generation": 300, "minibatch": 100, "generations": 2,
+                    "paths_per_generation": 1, "starts_per_path": 20, "path_step": 0.025,
+                    "path_max_nodes": 80, "final_paths": 2, "sensitivity_bins": 40,
+                    "sensitivity_samples": 600},
+        "quick": {"n_starts": 120, "n_koopman": 1, "iterations": 600,
+                  "iterations_per_generation": 100, "generations": 1, "paths_per_generation": 1,
+                  "starts_per_path": 8, "path_step": 0.05, "path_max_nodes": 30,
+                  "final_paths": 1, "sensitivity_bins": 20, "sensitivity_samples": 120},
+        "paper": {"n_starts": 50000, "stride_steps": 10000, "n_koopman": 1,
+                  "iterations": 20000, "minibatch": 1000, "iterations_per_generation": 2000,
+                  "generations": 100, "paths_per_generation": 1, "starts_per_path": 200,
+                  "path_max_nodes": 200, "path_step": 0.005, "ts_low": 0.4995,
+                  "ts_high": 0.5005, "final_paths": 10, "sensitivity_bins": 100,
+                  "sensitivity_samples": 50000},
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------
+# files
+# --------------------------------------------------------------------------------------------
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write text so that readers never see a half-written file (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; others read run dirs
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Settings from a TOML file: top-level keys or a ``[run]`` table (not both kinds mixed
+    ambiguously: a key given in both places is an error)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; give a TOML file with run "
+                          "settings (see `amore run --help`)")
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    run = data.pop("run", {})
+    if not isinstance(run, dict):
+        raise ConfigError(f"{path}: 'run' must be a table [run]")
+    both = set(run) & set(data)
+    if both:
+        raise ConfigError(f"{path}: {sorted(both)} given both at the top level and in [run]; "
+                          "keep one")
+    return {**data, **run}
+
+
+def _check_value(key: str, value: Any, where: str) -> Any:
+    """Type-check and coerce one setting."""
+    f = {f.name: f for f in fields(RunConfig)}[key]
+    default = f.default
+    optional = "None" in str(f.type)
+    if value is None or (optional and value == AUTO):
+        if not optional:
+            raise ConfigError(f"{where}: setting '{key}' cannot be auto/None; give a value "
+                              f"like {default!r}")
+        return None
+    base = str(f.type).replace(" | None", "")
+    ok: Any
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: setting '{key}' = {value!r} must be true or false")
+        ok = value
+    elif base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            elif isinstance(value, str):
+                try:
+                    value = int(value)
+                except ValueError:
+                    raise ConfigError(f"{where}: setting '{key}' = {value!r} must be an "
+                                      "integer") from None
+            else:
+                raise ConfigError(f"{where}: setting '{key}' = {value!r} must be an integer")
+        ok = int(value)
+    elif base == "float":
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: setting '{key}' = {value!r} must be a number")
+        try:
+            ok = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: setting '{key}' = {value!r} must be a number") from None
+    else:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: setting '{key}' = {value!r} must be a string")
+        ok = value
+    if key in _CHOICES and ok not in _CHOICES[key]:
+        raise ConfigError(f"{where}: setting '{key}' = {ok!r} is not one of "
+                          f"{', '.join(_CHOICES[key])}")
+    if key in _MIN and ok < _MIN[key]:
+        raise ConfigError(f"{where}: setting '{key}' = {ok!r} must be >= {_MIN[key]}")
+    if key in ("lr", "path_step") and not ok > 0:
+        raise ConfigError(f"{where}: setting '{key}' = {ok!r} must be > 0")
+    if key in ("weight_decay",) and ok < 0:
+        raise ConfigError(f"{where}: setting '{key}' = {ok!r} must be >= 0")
+    if key == "kappa" and not ok > 0:
+        raise ConfigError(f"{where}: setting 'kappa' = {ok!r} must be > 0 (or \"auto\")")
+    return ok
+
+
+def unknown_key_error(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"{where}: unknown setting '{key}'{hint}; known settings: "
+                       f"{', '.join(FIELD_NAMES)}")
+
+
+def apply_settings(cfg: RunConfig, settings: Mapping[str, Any], where: str) -> RunConfig:
+    """A copy of ``cfg`` with ``settings`` applied (unknown keys and bad values are errors)."""
+    updates = {}
+    for key, value in settings.items():
+        key = str(key).replace("-", "_")
+        if key not in FIELD_NAMES:
+            raise unknown_key_error(key, where)
+        updates[key] = _check_value(key, value, where)
+    return dataclasses.replace(cfg, **updates)
+
+
+def _check_consistency(cfg: RunConfig) -> None:
+    if not 0.0 <= cfg.ts_low < cfg.ts_high <= 1.0:
+        raise ConfigError(f"transition-state window ts_low={cfg.ts_low}, ts_high={cfg.ts_high}"
+                          ": need 0 <= ts_low < ts_high <= 1")
+
+
+def system_key(system: str) -> tuple[str, dict[str, Any]]:
+    """(name used for built-in presets, the manifest's [run] table) for a system source."""
+    from .systems import read_manifest, systems_root
+
+    src = str(system)
+    path = Path(src).expanduser()
+    manifest = None
+    if path.is_dir():
+        manifest = path / "system.toml"
+    elif not path.exists() and (systems_root() / src / "system.toml").is_file():
+        manifest = systems_root() / src / "system.toml"
+    if manifest is not None and manifest.is_file():
+        data = read_manifest(manifest)
+        sec = data.get("system", {})
+        name = sec.get("name", manifest.parent.name)
+        if sec.get("kind") == "muller_brown":
+            name = "muller_brown"
+        run = data.get("run", {})
+        return name, {"__where__": str(manifest), **run}
+    if src == "muller_brown":
+        return "muller_brown", {}
+    return path.stem if path.suffix else src, {}
+
+
+def resolve_config(system: str, preset: str = "default",
+                   config_file: str | os.PathLike | None = None,
+                   overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Resolve every setting for a run of ``system`` (see the module docstring for layers).
+
+    Raises :class:`ConfigError` for unknown keys (naming the file), bad values or an
+    unknown preset.
+    """
+    if preset not in _CHOICES["preset"]:
+        raise ConfigError(f"preset {preset!r} is not known; use one of "
+                          f"{', '.join(_CHOICES['preset'])}")
+    name, run_table = system_key(system)
+    where_manifest = run_table.pop("__where__", "system.toml")
+    cfg = RunConfig(system=str(system), preset=preset)
+    builtin = PRESETS.get(name, _GENERIC_PRESETS)
+    cfg = apply_settings(cfg, builtin.get("default", {}), f"built-in preset {name}/default")
+    top = {k: v for k, v in run_table.items() if not isinstance(v, dict)}
+    sub = {k: v for k, v in run_table.items() if isinstance(v, dict)}
+    for k in sub:
+        if k not in _CHOICES["preset"]:
+            raise ConfigError(f"{where_manifest}: unknown table [run.{k}]; preset tables are "
+                              f"[run.quick], [run.paper] or [run.default]")
+    cfg = apply_settings(cfg, top, f"{where_manifest} [run]")
+    if preset != "default":
+        cfg = apply_settings(cfg, builtin.get(preset, _GENERIC_PRESETS[preset]),
+                             f"built-in preset {name}/{preset}")
+    cfg = apply_settings(cfg, sub.get(preset, {}), f"{where_manifest} [run.{preset}]")
+    if config_file is not None:
+        file_settings = load_config_file(config_file)
+        file_settings.pop("system", None) if file_settings.get("system") in (None, "") else None
+        if "system" in file_settings and file_settings["system"] != str(system):
+            raise ConfigError(f"{config_file}: system = {file_settings['system']!r} differs "
+                              f"from the system given ({system!r}); remove it from the file")
+        if "preset" in file_settings and file_settings["preset"] != preset:
+            raise ConfigError(f"{config_file}: preset = {file_settings['preset']!r}; choose "
+                              "the preset with --preset instead")
+        cfg = apply_settings(cfg, file_settings, str(config_file))
+    if overrides:
+        cfg = apply_settings(cfg, {k: v for k, v in overrides.items() if v is not None},
+                             "command line")
+    # a path is stored absolute so that the run resumes from any working directory
+    path = Path(str(system)).expanduser()
+    cfg = dataclasses.replace(cfg, system=str(path.resolve()) if path.exists() else str(system),
+                              preset=preset)
+    _check_consistency(cfg)
+    return cfg

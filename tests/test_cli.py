@@ -1,0 +1,133 @@
+"""The `amore` command line: exit codes and error messages, single-stage commands, info."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from amore_openmm.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = ["--n-starts=40", "--stride-steps=100", "--n-koopman=2", "--workers=1",
+        "--platform=Reference"]
+
+
+def test_unknown_system_exit_2_names_it(tmp_path, capsys):
+    rc = main(["run", "no_such_system", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "'no_such_system'" in err and "alanine_dipeptide" in err
+    assert not (tmp_path / "r").exists(), "nothing may be written for a bad system"
+
+
+def test_unwritable_output_exit_2(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = main(["run", "muller_brown", "--out", str(blocker / "run"), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not writable" in err and str(blocker / "run") in err
+    if os.geteuid() != 0:  # root ignores permission bits
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            assert main(["run", "muller_brown", "--out", str(ro / "run"), *FAST]) == 2
+        finally:
+            ro.chmod(0o700)
+
+
+def test_unknown_config_key_exit_2_names_key_and_file(tmp_path, capsys):
+    conf = tmp_path / "settings.toml"
+    conf.write_text("[run]\nn_starts = 50\nburst_count = 3\n")
+    rc = main(["run", "muller_brown", "--out", str(tmp_path / "r"), "--config", str(conf)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "unknown setting 'burst_count'" in err and "settings.toml" in err
+    # a flag that does not exist is a usage error too
+    assert main(["run", "muller_brown", "--out", str(tmp_path / "r"), "--n-startz", "3"]) == 2
+    assert "--n-startz" in capsys.readouterr().err
+    # bad value
+    assert main(["run", "muller_brown", "--out", str(tmp_path / "r"), "--optimizer=sgd"]) == 2
+    assert "optimizer" in capsys.readouterr().err
+
+
+def test_resume_other_system_and_existing_run(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", "muller_brown", "--out", str(out), "--until", "trajectory",
+                 "--quiet", *FAST]) == 0
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["completed"] == ["trajectory"] and state["system"]["name"] == "muller_brown"
+    capsys.readouterr()
+    assert main(["run", "alanine_dipeptide", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run of system 'muller_brown'" in err and "alanine_dipeptide" in err
+    assert main(["run", "muller_brown", "--out", str(out), *FAST]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["run", "--out", str(out), "--resume", "--n-koopman=3"]) == 2
+    assert "n_koopman" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "holds no run" in capsys.readouterr().err
+    assert main(["run", "--out", str(out), "--resume", "--until", "nope"]) == 2
+    # resuming continues after the completed stage
+    assert main(["run", "--out", str(out), "--resume", "--until", "initial_bursts",
+                 "--quiet"]) == 0
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["completed"] == ["trajectory", "initial_bursts"]
+    from amore_openmm.data import KoopmanData
+    d = KoopmanData.load(out / "data" / "koopman.npz")
+    assert len(d) == 40 and d.n_koopman == 2
+
+
+def test_help_version_and_missing_command(capsys):
+    assert main(["--help"]) == 0
+    assert "build-systems" in capsys.readouterr().out
+    assert main([]) == 2
+    assert main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--n-starts", "--generations", "--resume", "--config", "--quiet", "--kappa"):
+        assert flag in out
+
+
+def test_info_lists_platforms_and_versions(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "openmm" in out and "Reference" in out and "torch" in out and "gpu" in out
+
+
+def test_every_subcommand_has_a_function():
+    from amore_openmm.cli import COMMANDS
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert set(subs.choices) == set(COMMANDS)
+
+
+def test_single_stage_commands_chain(tmp_path, capsys):
+    """sample -> train -> mep -> sensitivity on files, Müller–Brown, seconds."""
+    data = tmp_path / "data.npz"
+    assert main(["sample", "muller_brown", "--out", str(data), "--n-starts", "600",
+                 "--stride-steps", "1000", "--n-koopman", "4", "--workers", "1",
+                 "--platform", "Reference", "--quiet"]) == 0
+    model = tmp_path / "chi_state.pt"
+    script = tmp_path / "chi.pt"
+    assert main(["train", str(data), "--system", "muller_brown", "--out", str(model),
+                 "--script", str(script), "--iterations", "200"]) == 0
+    assert model.is_file() and script.is_file()
+    from amore_openmm.chi import ChiModel
+    m = ChiModel.load(model)
+    # oriented: basin A (first initial structure) low, basin B high
+    assert m.chi(np.array([[-0.558, 1.442, 0.0]]))[0] < 0.3
+    assert m.chi(np.array([[0.623, 0.028, 0.0]]))[0] > 0.7
+    mep = tmp_path / "mep"
+    assert main(["mep", "--model", str(model), "--system", "muller_brown", "--data", str(data),
+                 "--out", str(mep), "--n-paths", "1", "--ts-low", "0.3", "--ts-high", "0.7",
+                 "--max-nodes", "20", "--step", "0.05", "--workers", "1", "--quiet"]) == 0
+    assert (mep / "paths.npz").is_file() and (mep / "path_000.pdb").is_file()
+    sens = tmp_path / "sens"
+    assert main(["sensitivity", "--model", str(model), "--system", "muller_brown", "--data",
+                 str(data), "--out", str(sens), "--paths", str(mep / "paths.npz"),
+                 "--bins", "10"]) == 0
+    for name in ("atoms.csv", "levelset.npz", "features.csv"):
+        assert (sens / name).is_file()
+    assert "top atoms (0-based): 0:MB1:P" in capsys.readouterr().out

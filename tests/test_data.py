@@ -1,0 +1,68 @@
+"""KoopmanData: shapes, merge/subset, atomic save/load, wrong-system errors."""
+import os
+
+import numpy as np
+import pytest
+
+from amore_openmm.data import KoopmanData, atomic_save_npz
+
+
+def _data(n=5, k=2, atoms=4, gen=0, origin="trajectory", seed=0):
+    rng = np.random.default_rng(seed)
+    return KoopmanData(rng.normal(size=(n, atoms, 3)), rng.normal(size=(n, k, atoms, 3)),
+                       generation=np.full(n, gen), origin=np.full(n, origin),
+                       seed=np.arange(n), lag_steps=100, timestep=0.002, system_name="toy")
+
+
+def test_shapes_and_defaults():
+    d = KoopmanData(np.zeros((3, 2, 3)), np.zeros((3, 2, 3)))  # K=1 given as (N, n, 3)
+    assert d.y.shape == (3, 1, 2, 3)
+    assert d.x.dtype == np.float32
+    assert list(d.origin) == ["trajectory"] * 3 and d.generation.tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="must be"):
+        KoopmanData(np.zeros((3, 2, 3)), np.zeros((4, 1, 2, 3)))
+
+
+def test_merge_subset_keep_metadata():
+    a, b = _data(5), _data(3, gen=1, origin="mep", seed=1)
+    m = a.merge(b)
+    assert m.n_starts == 8 and m.n_koopman == 2
+    assert m.generation.tolist() == [0] * 5 + [1] * 3
+    assert list(m.origin[-3:]) == ["mep"] * 3
+    np.testing.assert_array_equal(m.subset(m.origin == "mep").x, b.x)
+    assert m.lag_time == pytest.approx(0.2)
+
+
+def test_merge_rejects_other_system():
+    with pytest.raises(ValueError, match="different systems"):
+        _data(atoms=4).merge(_data(atoms=5))
+    with pytest.raises(ValueError, match="K="):
+        _data(k=2).merge(_data(k=3))
+
+
+def test_save_load_round_trip(tmp_path):
+    d = _data(6, gen=2, origin="user")
+    path = d.save(tmp_path / "sub" / "koopman.npz")
+    e = KoopmanData.load(path, n_atoms=4)
+    np.testing.assert_array_equal(d.x, e.x)
+    np.testing.assert_array_equal(d.y, e.y)
+    assert e.generation.tolist() == [2] * 6 and list(e.origin) == ["user"] * 6
+    assert (e.lag_steps, e.timestep, e.system_name) == (100, 0.002, "toy")
+    with pytest.raises(ValueError, match="different system"):
+        KoopmanData.load(path, n_atoms=22)
+    assert not [p for p in os.listdir(path.parent) if p.endswith(".tmp")]
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "a.npz"
+    atomic_save_npz(target, v=np.arange(3))
+
+    class Boom:
+        def __array__(self, *a, **k):
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        atomic_save_npz(target, v=Boom())
+    with np.load(target) as f:  # the earlier complete file is still there and intact
+        assert f["v"].tolist() == [0, 1, 2]
+    assert os.listdir(tmp_path) == ["a.npz"]

@@ -1,0 +1,226 @@
+"""χ inside OpenMM: TorchForce CV, restraint forces, reporter, and the plain-OpenMM loading path."""
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import openmm
+from openmm import app, unit
+
+from amore_openmm.chi import ChiModel, make_featurizer, read_torchscript_metadata
+from amore_openmm.forces import ChiReporter, ChiRestraintForce, chi_force
+from amore_openmm.systems import load_system
+
+torch.set_num_threads(1)
+ALA_PDB = "/work/shared/external/alanine-dipeptide.pdb"
+
+
+@pytest.fixture(scope="module")
+def ala():
+    return load_system(ALA_PDB)
+
+
+@pytest.fixture(scope="module")
+def frames(ala):
+    """A few distorted alanine-dipeptide structures from a short 310 K trajectory."""
+    ctx = ala.make_context("Reference", seed=3)
+    ctx.setVelocitiesToTemperature(ala.temperature, 3)
+    out = []
+    for _ in range(4):
+        ctx.getIntegrator().step(200)
+        out.append(ctx.getState(getPositions=True).getPositions(asNumpy=True)
+                   .value_in_unit(unit.nanometer))
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def model(ala):
+    m = ChiModel(make_featurizer(ala, "auto"), seed=7)
+    # sharpen the random output layer so χ varies by O(1) and forces are not tiny
+    with torch.no_grad():
+        m.network[-1].weight.mul_(25.0)
+    return m
+
+
+@pytest.fixture(scope="module")
+def model64(model):
+    """The same χ in float64: what the exported TorchScript (and so OpenMM) computes."""
+    import copy
+    return copy.deepcopy(model).double()
+
+
+def _bare_system(ms):
+    """Same particles as ``ms`` but no physical forces: isolates the χ force."""
+    s = openmm.System()
+    for i in range(ms.n_atoms):
+        s.addParticle(ms.system.getParticleMass(i))
+    return s
+
+
+def _context(system, platform):
+    return openmm.Context(system, openmm.VerletIntegrator(1e-3),
+                          openmm.Platform.getPlatformByName(platform))
+
+
+@pytest.mark.parametrize("platform", ["Reference", "CPU"])
+def test_chi_read_through_openmm_equals_torch(ala, frames, model, model64, platform, tmp_path):
+    path = model.export_torchscript(tmp_path / "chi.pt")
+    for source in (model, path):
+        system = _bare_system(ala)
+        force = ChiRestraintForce(source, z=0.5, kappa=10.0)
+        system.addForce(force)
+        ctx = _context(system, platform)
+        torch_chi = model.chi(frames)             # float32 training precision
+        torch_chi64 = model64.chi(frames)
+        assert np.ptp(torch_chi) > 0.1           # the frames give clearly different χ
+        for x, c, c64 in zip(frames, torch_chi, torch_chi64):
+            ctx.setPositions(x)
+            via_openmm = force.getCollectiveVariableValues(ctx)[0]
+            assert via_openmm == pytest.approx(c64, abs=1e-10)
+            assert via_openmm == pytest.approx(c, rel=1e-6, abs=1e-6)
+            assert force.chi(ctx) == via_openmm
+
+
+@pytest.mark.parametrize("platform", ["Reference", "CPU"])
+def test_restraint_forces_equal_autograd(ala, frames, model, model64, platform):
+    system = _bare_system(ala)
+    force = ChiRestraintForce(model, z=0.2, kappa=300.0)
+    system.addForce(force)
+    ctx = _context(system, platform)
+    chi, grad = model64.chi_and_grad(frames)
+    assert np.ptp(chi) > 0.1
+    for (z, kappa) in [(0.2, 300.0), (0.9, 1.0e4)]:
+        ChiRestraintForce.set(ctx, z=z, kappa=kappa)
+        assert ctx.getParameter(ChiRestraintForce.Z_PARAM) == z
+        for x, c, g in zip(frames, chi, grad):
+            ctx.setPositions(x)
+            st = ctx.getState(getForces=True, getEnergy=True)
+            f = st.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+            e = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+            expected = -kappa * (c - z) * g
+            scale = np.abs(expected).max()
+            assert scale > 1e-2
+            np.testing.assert_allclose(f, expected, atol=1e-9 * scale)
+            assert e == pytest.approx(0.5 * kappa * (c - z) ** 2, rel=1e-9)
+            # distance features: no net force and no net torque
+            np.testing.assert_allclose(f.sum(axis=0), 0.0, atol=1e-9 * scale + 1e-12)
+            np.testing.assert_allclose(np.cross(x, f).sum(axis=0), 0.0,
+                                       atol=1e-8 * scale + 1e-12)
+
+
+def test_parameter_names_do_not_collide_with_user_parameters(ala, frames, model, model64):
+    """A user force with globals 'z' and 'kappa' keeps its own values."""
+    system = _bare_system(ala)
+    user = openmm.CustomBondForce("kappa*(r-z)^2")
+    user.addGlobalParameter("z", 0.1)
+    user.addGlobalParameter("kappa", 2.0)
+    user.addBond(0, 1, [])
+    user.setForceGroup(1)
+    system.addForce(user)
+    restraint = ChiRestraintForce(model, z=0.1, kappa=50.0, force_group=2)
+    system.addForce(restraint)
+    names = {restraint.getGlobalParameterName(i)
+             for i in range(restraint.getNumGlobalParameters())}
+    assert names == {ChiRestraintForce.Z_PARAM, ChiRestraintForce.KAPPA_PARAM}
+    ctx = _context(system, "Reference")
+    x = frames[0]
+    ctx.setPositions(x)
+    ChiRestraintForce.set(ctx, z=0.7, kappa=80.0)
+    e_user = ctx.getState(getEnergy=True, groups={1}).getPotentialEnergy()._value
+    r = np.linalg.norm(x[1] - x[0])
+    assert e_user == pytest.approx(2.0 * (r - 0.1) ** 2, rel=1e-12)
+    c = model64.chi(x)[0]
+    e_r = ctx.getState(getEnergy=True, groups={2}).getPotentialEnergy()._value
+    assert e_r == pytest.approx(0.5 * 80.0 * (c - 0.7) ** 2, rel=1e-9)
+
+
+def test_chi_force_group_gives_minus_gradient(ala, frames, model, model64):
+    system = _bare_system(ala)
+    system.addForce(chi_force(model, force_group=4))
+    ctx = _context(system, "Reference")
+    ctx.setPositions(frames[1])
+    st = ctx.getState(getForces=True, getEnergy=True, groups={4})
+    f = st.getForces(asNumpy=True)._value
+    chi, grad = model64.chi_and_grad(frames[1])
+    assert st.getPotentialEnergy()._value == pytest.approx(chi[0], rel=1e-10)
+    np.testing.assert_allclose(f, -grad[0], atol=1e-10 * np.abs(grad).max())
+
+
+def test_plain_openmm_script_loads_exported_chi(ala, frames, model, model64, tmp_path):
+    """The χ file works with torch + openmm + openmmtorch only (no amore_openmm)."""
+    path = model.export_torchscript(tmp_path / "chi.pt", training={"note": "test"})
+    meta = read_torchscript_metadata(path)
+    assert meta["n_atoms"] == ala.n_atoms and len(meta["feature_names"]) == 231
+    assert meta["metadata"]["training"]["note"] == "test"
+    np.save(tmp_path / "x.npy", frames[2])
+    script = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np
+        import torch
+        import openmm, openmmtorch
+        extra = {{"amore_chi.json": ""}}
+        module = torch.jit.load({str(path)!r}, _extra_files=extra)
+        meta = json.loads(extra["amore_chi.json"])
+        x = np.load({str(tmp_path / 'x.npy')!r})
+        system = openmm.System()
+        for _ in range(meta["n_atoms"]):
+            system.addParticle(1.0)
+        cv = openmm.CustomCVForce("0.5*k*(chi-0.5)^2")
+        cv.addGlobalParameter("k", 100.0)
+        cv.addCollectiveVariable("chi", openmmtorch.TorchForce({str(path)!r}))
+        system.addForce(cv)
+        ctx = openmm.Context(system, openmm.VerletIntegrator(0.001),
+                             openmm.Platform.getPlatformByName("Reference"))
+        ctx.setPositions(x)
+        out = {{"chi_openmm": cv.getCollectiveVariableValues(ctx)[0],
+               "chi_f32": float(module(torch.tensor(x, dtype=torch.float32))),
+               "dtype": str(module(torch.tensor(x)).dtype),
+               "amore_loaded": any(m.startswith("amore_openmm") for m in sys.modules)}}
+        print(json.dumps(out))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = model64.chi(frames[2])[0]
+    assert out["amore_loaded"] is False
+    assert out["dtype"] == "torch.float64"
+    assert out["chi_openmm"] == pytest.approx(expected, abs=1e-10)
+    assert out["chi_f32"] == pytest.approx(expected, rel=1e-5)   # float32 positions in
+
+
+def test_chi_reporter_logs_chi_of_running_simulation(ala, model, model64, tmp_path):
+    sim = app.Simulation(ala.topology, ala.system, ala.make_integrator(seed=5),
+                         openmm.Platform.getPlatformByName("Reference"))
+    sim.context.setPositions(ala.positions[0])
+    sim.context.setVelocitiesToTemperature(ala.temperature, 5)
+    log = tmp_path / "chi.csv"
+    stream = io.StringIO()
+    rep_file = ChiReporter(str(log), 25, model, gradient_norm=True)
+    rep_stream = ChiReporter(stream, 50, model)
+    sim.reporters += [rep_file, rep_stream]
+    sim.step(100)
+    rep_file.close()
+    rows = np.loadtxt(log, delimiter=",", comments="#")
+    assert log.read_text().startswith('#"Step","Time (ps)","Chi","|grad Chi| (1/nm)"')
+    assert rows.shape == (4, 4)
+    np.testing.assert_array_equal(rows[:, 0], [25, 50, 75, 100])
+    np.testing.assert_allclose(rows[:, 1], rows[:, 0] * ala.timestep, rtol=1e-9)
+    x = sim.context.getState(getPositions=True).getPositions(asNumpy=True)._value
+    chi, grad = model64.chi_and_grad(x)
+    assert rows[-1, 2] == pytest.approx(chi[0], rel=1e-7)
+    assert rows[-1, 3] == pytest.approx(np.linalg.norm(grad[0]), rel=1e-5)
+    assert len(set(np.round(rows[:, 2], 7))) > 1       # χ follows the dynamics
+    lines = stream.getvalue().strip().splitlines()
+    assert len(lines) == 3 and lines[2].split(",")[0] == "100"
+    assert [r[0] for r in rep_stream.values] == [50, 100]
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="export_torchscript"):
+        chi_force(tmp_path / "nope.pt")

@@ -1,0 +1,244 @@
+"""χ-minimum-energy paths with OpenMM's LocalEnergyMinimizer and a χ restraint."""
+import numpy as np
+import pytest
+import torch
+
+from amore_openmm.chi import ChiModel, Coordinates, PairwiseDistances
+from amore_openmm.mep import (STOP_REASONS, ChiPath, trace_chi_mep, trace_chi_meps,
+                              transition_states, write_path_dcd, write_path_pdb)
+from amore_openmm.sensitivity import chi_sensitivity, feature_saliency, path_vs_ensemble_mse
+from amore_openmm.strings import path_distance, string_method
+from amore_openmm.systems import load_system, muller_brown_energy
+
+torch.set_num_threads(1)
+SADDLE = np.array([-0.822, 0.624])
+E_SADDLE = -40.66
+MIN_A, MIN_B = (-0.558, 1.442), (0.623, 0.028)
+
+
+@pytest.fixture(scope="module")
+def mb():
+    return load_system("muller_brown")
+
+
+@pytest.fixture(scope="module")
+def mb_trained(mb):
+    """χ for Müller–Brown trained by ISOKANN on K = 10 bursts of lag 1e-3 (as in the paper)
+    from 3000 starts spread over the low-energy region (a reduced quick version)."""
+    from amore_openmm.isokann import Isokann
+    from amore_openmm.sampling import BurstSampler, ContextPool
+    rng = np.random.default_rng(0)
+    xy = rng.uniform([-1.5, -0.4], [1.1, 2.0], size=(20000, 2))
+    xy = xy[muller_brown_energy(xy) < 0][:3000]
+    x = np.zeros((len(xy), 1, 3))
+    x[:, 0, :2] = xy
+    with ContextPool(mb, size=1, platform="Reference") as pool:
+        data = BurstSampler(pool).run(x, n_koopman=10, seed=0, progress=False)
+    model = Isokann(iterations=300, minibatch=500, lr=1e-2, seed=0).fit(data, system=mb)
+    return model, data
+
+
+@pytest.fixture(scope="module")
+def mb_string(mb):
+    return string_method(mb, MIN_A, MIN_B, n_images=50)
+
+
+@pytest.fixture(scope="module")
+def mb_paths(mb, mb_trained):
+    model, data = mb_trained
+    starts = transition_states(model, data, mb, window=(0.49, 0.51), n=3)
+    return starts, trace_chi_meps(mb, model, starts, pool_size=2, step=0.01)
+
+
+def test_transition_states_in_window_lowest_energy_first(mb, mb_trained):
+    model, data = mb_trained
+    ts, idx = transition_states(model, data, mb, window=(0.49, 0.51), return_indices=True)
+    chi = model.chi(ts)
+    assert len(ts) >= 3 and np.all((chi >= 0.49) & (chi <= 0.51))
+    e = muller_brown_energy(ts[:, 0, :2])
+    assert np.all(np.diff(e) >= 0)
+    np.testing.assert_array_equal(ts, data.x[idx])
+    with pytest.raises(ValueError, match="widen the window"):
+        transition_states(model, data, mb, window=(2.0, 3.0))
+
+
+def test_chi_mep_muller_brown_crosses_saddle(mb_paths, mb_string):
+    starts, paths = mb_paths
+    string_xy = mb_string.images[:, 0, :2]
+    for p in paths:
+        xy = p.positions[:, 0, :2]
+        assert np.linalg.norm(xy - SADDLE, axis=1).min() < 0.1
+        mean, _ = path_distance(xy, string_xy)
+        assert mean < 0.1
+        assert abs(p.max_energy - E_SADDLE) < 10.0
+        # it connects the two basins
+        assert p.chi[0] < 0.05 and p.chi[-1] > 0.95
+        assert np.all(np.diff(p.chi) > 0)
+        # the restraint held every level set; energies exclude the restraint
+        assert p.level_error.max() <= 1e-3 + 1e-9
+        np.testing.assert_allclose(p.energy, muller_brown_energy(xy) +
+                                   500.0 * p.positions[:, 0, 2] ** 2, atol=1e-6)
+        assert set(p.stop_reasons.values()) <= set(STOP_REASONS)
+        assert p.stop_reasons["forward"] in ("chi_range", "stalled")
+        np.testing.assert_allclose(p.grad_norm ** 2, p.atom_grad_sq.sum(1), rtol=1e-10)
+
+
+def test_kappa_too_soft_loses_the_level_set(mb, mb_trained, mb_paths):
+    # the measured failure mode: with a soft restraint the minimizer slides down in χ
+    model, _ = mb_trained
+    starts, _ = mb_paths
+    p = trace_chi_mep(mb, model, starts[0], kappa=100.0, max_nodes=5, direction="forward")
+    assert p.level_error.max() > 1e-2
+
+
+def _saddle_chi() -> tuple[ChiModel, np.ndarray]:
+    """Analytic χ = sigmoid(4 u·(r − saddle)) with u the unstable direction at the saddle:
+    its level set through the saddle is the stable line, on which the saddle is the minimum."""
+    h, H = 1e-4, np.zeros((2, 2))
+    for i in range(2):
+        for j in range(2):
+            ei, ej = np.eye(2)[i] * h, np.eye(2)[j] * h
+            H[i, j] = (muller_brown_energy(SADDLE + ei + ej) - muller_brown_energy(SADDLE + ei - ej)
+                       - muller_brown_energy(SADDLE - ei + ej)
+                       + muller_brown_energy(SADDLE - ei - ej)) / (4 * h * h)
+    w, v = np.linalg.eigh(H)
+    u, s = v[:, 0], v[:, 1]
+    net = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Sigmoid()).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.from_numpy(4 * u[None, :]))
+        net[0].bias.fill_(float(-4 * u @ SADDLE))
+    return ChiModel(Coordinates(1, dims=(0, 1)), network=net), s
+
+
+def test_start_node_is_level_set_minimum(mb):
+    model, stable = _saddle_chi()
+    x0 = SADDLE + 0.1 * stable           # on the χ = 0.5 line, 0.1 from the saddle
+    p = trace_chi_mep(mb, model, x0, max_nodes=1)
+    assert len(p) == 1 and p.stop_reasons == {"forward": "max_nodes", "backward": "max_nodes"}
+    assert np.linalg.norm(p.positions[0, 0, :2] - SADDLE) < 5e-3
+    assert abs(p.chi[0] - 0.5) < 1e-3
+    assert p.energy[0] == pytest.approx(E_SADDLE, abs=0.05)
+
+
+def test_step_modes_and_direction(mb):
+    model, _ = _saddle_chi()
+    fwd = trace_chi_mep(mb, model, SADDLE, step=0.02, max_nodes=6, direction="forward")
+    assert fwd.start_index == 0 and len(fwd) == 6
+    # Δχ ≈ h per node in "chi" mode
+    np.testing.assert_allclose(np.diff(fwd.chi), 0.02, atol=2e-3)
+    fixed = trace_chi_mep(mb, model, SADDLE, step=0.01, step_mode="fixed", max_nodes=6,
+                          direction="backward")
+    assert fixed.start_index == len(fixed) - 1 and np.all(np.diff(fixed.chi) > 0)
+    # fixed-length step: ε = 0.01 along ∇χ, so Δχ ≈ ε‖∇χ‖
+    dchi = np.diff(fixed.chi)
+    np.testing.assert_allclose(dchi, 0.01 * fixed.grad_norm[1:], rtol=0.2)
+
+
+def test_path_io(tmp_path, mb, mb_paths):
+    import mdtraj as md
+    p = mb_paths[1][0]
+    p.save(tmp_path / "p.npz")
+    q = ChiPath.load(tmp_path / "p.npz")
+    np.testing.assert_array_equal(q.positions, p.positions)
+    assert q.stop_reasons == p.stop_reasons and q.start_index == p.start_index
+    write_path_pdb(tmp_path / "p.pdb", p, mb.topology)
+    text = (tmp_path / "p.pdb").read_text().splitlines()
+    assert sum(line.startswith("MODEL") for line in text) == len(p)
+    atoms = [line for line in text if line.startswith(("ATOM", "HETATM"))]
+    assert len(atoms) == len(p)
+    assert all(float(line[60:66]) == 100.0 for line in atoms)  # one atom: its own maximum
+    xyz = np.array([[float(line[30:38]), float(line[38:46]), float(line[46:54])]
+                    for line in atoms])
+    np.testing.assert_allclose(xyz / 10, p.positions[:, 0], atol=1e-3)
+    write_path_dcd(tmp_path / "p.dcd", p, mb.topology)
+    t = md.load_dcd(str(tmp_path / "p.dcd"), top=md.Topology.from_openmm(mb.topology))
+    assert t.n_frames == len(p)
+    np.testing.assert_allclose(t.xyz, p.positions, atol=1e-5)
+
+
+def test_sensitivity_and_saliency_on_trained_chi(mb_trained, mb_paths):
+    model, data = mb_trained
+    sens = chi_sensitivity(model, data.x, bins=20)
+    assert sens.levelset.shape == (1, 20) and sens.counts.sum() == len(data.x)
+    ranked = feature_saliency(model, data.x)
+    assert sorted(name for name, _ in ranked) == ["x", "y"]
+    assert all(v > 0 for _, v in ranked)
+    mse = path_vs_ensemble_mse(mb_paths[1][0], sens)
+    assert np.isfinite(mse) and mse >= 0
+
+
+def test_constrained_peptide_path_keeps_constraints():
+    # alanine dipeptide with H-bond constraints; χ = sigmoid of the O(ACE)–H(NME) distance
+    ms = load_system("/work/shared/external/alanine-dipeptide.pdb", constraints="HBonds")
+    net = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.Sigmoid()).double()
+    x0 = ms.positions[0]
+    d0 = float(np.linalg.norm(x0[5] - x0[17]))
+    with torch.no_grad():
+        net[0].weight.fill_(-20.0)
+        net[0].bias.fill_(20.0 * d0)
+    model = ChiModel(PairwiseDistances(22, pairs=[(5, 17)]), network=net)
+    p = trace_chi_mep(ms, model, x0, step=0.03, max_nodes=7, tolerance=5.0)
+    assert len(p) == 7 and np.all(np.isfinite(p.energy))
+    assert p.level_error.max() <= 1e-3 + 1e-9
+    assert np.all(np.diff(p.chi) > 0)
+    for k in range(ms.system.getNumConstraints()):
+        i, j, dist = ms.system.getConstraintParameters(k)
+        lengths = np.linalg.norm(p.positions[:, i] - p.positions[:, j], axis=1)
+        np.testing.assert_allclose(lengths, dist._value, atol=1e-4)
+    # only the restrained distance drives χ: all other atoms have zero sensitivity
+    assert np.all(p.atom_grad_sq[:, [i for i in range(22) if i not in (5, 17)]] == 0)
+
+
+def test_bad_arguments(mb):
+    model, _ = _saddle_chi()
+    with pytest.raises(ValueError, match="x0 must have shape"):
+        trace_chi_mep(mb, model, np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="step_mode"):
+        trace_chi_mep(mb, model, SADDLE, step_mode="big")
+    with pytest.raises(TypeError, match="MolecularSystem"):
+        trace_chi_mep(mb.system, model, SADDLE)
+
+
+@pytest.mark.slow
+def test_alanine_dipeptide_chi_mep_and_sensitivity(tmp_path):
+    """Paper-like alanine dipeptide run (scaled down): trajectory at 310 K, one burst per
+    frame, ISOKANN on all pair distances, a χ-MEP from χ ≈ 0.5, sensitivities and figures."""
+    from amore_openmm import plots
+    from amore_openmm.isokann import Isokann
+    from amore_openmm.sampling import BurstSampler, ContextPool, sample_trajectory
+    ms = load_system("alanine_dipeptide")
+    traj = sample_trajectory(ms, 10000, 100, seed=0, platform="Reference", progress=False)
+    with ContextPool(ms, size=1, platform="Reference") as pool:
+        data = BurstSampler(pool).run(traj, n_koopman=1, seed=0, progress=False)
+    model = Isokann(iterations=500, minibatch=1000, seed=0).fit(data, system=ms)
+    starts = transition_states(model, data, ms, window=(0.49, 0.51), n=1)
+    p = trace_chi_mep(ms, model, starts[0], step=0.01, max_nodes=200, max_node_rmsd=0.05)
+    assert p.chi.min() < 0.1 and p.chi.max() > 0.9
+    assert np.all(np.isfinite(p.energy))
+    assert p.node_rmsd().max() <= 0.05
+    assert p.level_error.max() <= 2e-3
+    assert np.all(np.diff(p.chi) > 0)
+    sens = chi_sensitivity(model, data.x, bins=100, labels=ms)
+    # distance features: rigid-motion invariance of χ
+    from amore_openmm.sensitivity import chi_gradients
+    _, g = chi_gradients(model, data.x[:50])
+    assert np.abs(g.sum(axis=1)).max() < 1e-4 * np.abs(g).max()
+    top5 = sens.top(5)
+    print("top five atoms (0-based index, label, <|grad_i chi|^2>):", top5)
+    # the paper's atoms O(ACE), O(ALA), H(NME) (1-based 6, 16, 18 = 0-based 5, 15, 17)
+    assert len({5, 15, 17} & {i for i, _, _ in top5}) >= 2
+    # the path's per-atom profile is much closer to the level-set ensemble profile than to 0
+    mse = path_vs_ensemble_mse(p, sens)
+    print("path vs ensemble MSE:", mse)
+    assert mse < 0.5 * np.mean(p.atom_grad_sq ** 2)
+    for f in (plots.plot_levelset_heatmap(tmp_path / "heat.png", sens),
+              plots.plot_atom_ranking(tmp_path / "rank.png", sens, highlight=[5, 15, 17]),
+              plots.plot_ramachandran(tmp_path / "rama.png", ms, data.x,
+                                      chi=model.chi(data.x), chi_paths=[p], starts=starts),
+              write_path_pdb(tmp_path / "path.pdb", p, ms.topology)):
+        assert f.stat().st_size > 1000
+    rows = sens.write_ranking_csv(tmp_path / "ranking.csv").read_text().splitlines()
+    assert len(rows) == 23 and rows[1].split(",")[3] == top5[0][1]
+    bf = [float(line[60:66]) for line in (tmp_path / "path.pdb").read_text().splitlines()
+          if line.startswith("ATOM")]
+    assert len(bf) == 22 * len(p) and max(bf) == 100.0 and min(bf) >= 0.0

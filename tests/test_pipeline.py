@@ -1,0 +1,303 @@
+"""End-to-end tests of the AMORE pipeline (AmoreRun) and its run directory."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from amore_openmm.adaptive import AmoreRun, RunDirError, load_chipaths  # noqa: E402
+from amore_openmm.config import ConfigError, RunConfig, resolve_config  # noqa: E402
+from amore_openmm.data import KoopmanData  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Müller–Brown through 2 generations in a few seconds (one worker: no process start-up)
+TINY = {"n_starts": 1000, "stride_steps": 1000, "n_koopman": 4, "iterations": 200,
+        "iterations_per_generation": 40, "minibatch": 100, "generations": 2,
+        "paths_per_generation": 1, "starts_per_path": 8, "path_max_nodes": 30,
+        "path_step": 0.05, "final_paths": 1, "sensitivity_bins": 10,
+        "sensitivity_samples": 1000, "workers": 1, "platform": "Reference", "seed": 0}
+
+
+def _cli_flags(settings: dict) -> list[str]:
+    return [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+
+
+@pytest.fixture(scope="module")
+def mb_run(tmp_path_factory):
+    """One uninterrupted tiny Müller–Brown run (shared by the layout and resume tests)."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("mb") / "run"
+    t0 = time.perf_counter()
+    with AmoreRun(out, "muller_brown", preset="quick", overrides=TINY, quiet=True) as run:
+        report = run.run()
+    return out, report, time.perf_counter() - t0
+
+
+def test_layout_every_file_written_and_readable(mb_run):
+    out, report, seconds = mb_run
+    for rel in ["config.toml", "run.log", "data/koopman.npz", "model/chi.pt",
+                "model/chi_state.pt", "mep/paths.npz", "mep/path_000.pdb",
+                "sensitivity/atoms.csv", "sensitivity/levelset.npz",
+                "sensitivity/features.csv", "report.json", "report.md",
+                "checkpoint/state.json", "figures/landscape.png"]:
+        assert (out / rel).is_file() and (out / rel).stat().st_size > 0, rel
+    assert not list(out.rglob(".*.tmp")), "temporary files left behind"
+
+    # config round trip
+    cfg = RunConfig.read(out / "config.toml")
+    assert cfg.generations == 2 and cfg.n_starts == 1000 and cfg.kappa is None
+
+    # data: trajectory starts of generation 0 plus path-node starts of generations 1 and 2
+    data = KoopmanData.load(out / "data" / "koopman.npz", n_atoms=1)
+    assert data.n_koopman == 4 and data.lag_steps == 10
+    assert np.sum(data.origin == "trajectory") == 1000
+    for g in (1, 2):
+        sel = data.generation == g
+        assert 1 <= sel.sum() <= 8 and np.all(data.origin[sel] == "mep")
+    assert len(data) == report["data_size"]
+
+    # χ: TorchScript file maps (n, 3) nm -> scalar; the state file reloads to the same χ
+    from amore_openmm.chi import ChiModel
+    scripted = torch.jit.load(str(out / "model" / "chi.pt"))
+    model = ChiModel.load(out / "model" / "chi_state.pt")
+    a = np.array([[-0.558, 1.442, 0.0]])
+    b = np.array([[0.623, 0.028, 0.0]])
+    chi_a = float(scripted(torch.tensor(a)).detach())
+    assert chi_a == pytest.approx(float(model.chi(a)[0]), abs=1e-5)
+    # oriented: the first initial structure (basin A) has χ ≈ 0, the other basin χ ≈ 1
+    assert chi_a < 0.2 and float(model.chi(b)[0]) > 0.8
+
+    # paths: arrays per node, energies in kJ/mol on the Müller–Brown surface
+    with np.load(out / "mep" / "paths.npz") as f:
+        for key in ("positions", "chi", "energy", "grad_norm", "path_id"):
+            assert key in f.files
+        assert f["positions"].shape[1:] == (1, 3) and len(f["chi"]) == len(f["path_id"])
+    paths = load_chipaths(out / "mep" / "paths.npz")
+    assert len(paths) == 1
+    from amore_openmm.systems import muller_brown_energy
+    p = paths[0]
+    np.testing.assert_allclose(p.energy, muller_brown_energy(p.positions[:, 0, :2])
+                               + 500.0 * p.positions[:, 0, 2] ** 2, atol=1e-3)
+    pdb = (out / "mep" / "path_000.pdb").read_text()
+    assert pdb.count("MODEL") == len(p.chi)
+
+    # sensitivity files
+    with open(out / "sensitivity" / "atoms.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert "atom_index_0based" in rows[0] and rows[0]["atom_index_0based"] == "0"
+    with np.load(out / "sensitivity" / "levelset.npz") as f:
+        assert f["levelset"].shape == (1, 10) and len(f["bin_edges"]) == 11
+        assert f["counts"].sum() == 1000
+    with open(out / "sensitivity" / "features.csv", newline="") as fh:
+        feats = {r["feature"] for r in csv.DictReader(fh)}
+    assert feats == {"x", "y"}
+
+    # report.json: per-generation records, rates, top atoms/features, MSE
+    rep = json.loads((out / "report.json").read_text())
+    assert [g["generation"] for g in rep["generations"]] == [0, 1, 2]
+    for g in rep["generations"]:
+        assert g["n_data"] > 0 and g["loss"] is not None and g["seconds"] > 0
+    assert rep["generations"][1]["n_paths"] == 1
+    assert rep["exit_rates"]["lag_time_ps"] == pytest.approx(1e-3)
+    assert rep["top_atoms"][0]["index_0based"] == 0
+    assert len(rep["path_vs_ensemble_mse"]) == 1
+    md = (out / "report.md").read_text()
+    assert "figures/landscape.png" in md and "Generations" in md
+    log = (out / "run.log").read_text()
+    assert "generation 2/2" in log
+
+
+def test_resume_after_sigkill_mid_generation_gives_same_files(mb_run, tmp_path):
+    ref_out, ref_report, _ = mb_run
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "amore_openmm.cli", "run", "muller_brown", "--out", str(out),
+           "--preset", "quick", "--quiet", *_cli_flags(TINY)]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    state = out / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    killed_after = None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if state.is_file():
+                try:
+                    done = json.loads(state.read_text())["completed"]
+                except (json.JSONDecodeError, OSError):
+                    done = []  # never happens with atomic writes; tolerate anyway
+                if "paths_1" in done:  # inside generation 1: bursts_1 / train_1 in flight
+                    proc.send_signal(signal.SIGKILL)
+                    killed_after = list(done)
+                    break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None and killed_after is None:
+            proc.kill()
+        proc.wait()
+    assert killed_after is not None, "the run ended before it could be killed"
+    assert "final_paths" not in killed_after
+    # the killed run's state is readable and consistent
+    st = json.loads(state.read_text())
+    assert st["completed"][:len(killed_after)] == killed_after
+
+    res = subprocess.run([sys.executable, "-m", "amore_openmm.cli", "run", "--out", str(out),
+                          "--resume", "--quiet"], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert [g["generation"] for g in rep["generations"]] == [0, 1, 2]
+    # same data as the uninterrupted run (seeded bursts), same χ to training precision
+    d1 = KoopmanData.load(ref_out / "data" / "koopman.npz")
+    d2 = KoopmanData.load(out / "data" / "koopman.npz")
+    assert len(d1) == len(d2)
+    np.testing.assert_array_equal(d1.origin, d2.origin)
+    np.testing.assert_allclose(d1.x, d2.x, atol=1e-6)
+    np.testing.assert_allclose(d1.y, d2.y, atol=1e-6)
+    from amore_openmm.chi import ChiModel
+    m1 = ChiModel.load(ref_out / "model" / "chi_state.pt")
+    m2 = ChiModel.load(out / "model" / "chi_state.pt")
+    np.testing.assert_allclose(m1.chi(d1.x), m2.chi(d1.x), atol=1e-4)
+    assert (out / "mep" / "path_000.pdb").is_file()
+    assert "resuming" in (out / "run.log").read_text()
+
+
+def test_resume_refuses_other_system_and_changed_settings(tmp_path):
+    out = tmp_path / "run"
+    with AmoreRun(out, "muller_brown", preset="quick", overrides=TINY, quiet=True) as run:
+        run.run(until="trajectory")
+        assert run.completed == ["trajectory"]
+    with pytest.raises(RunDirError, match="holds a run of system 'muller_brown'"):
+        AmoreRun(out, "alanine_dipeptide", resume=True)
+    with pytest.raises(RunDirError, match="n_starts"):
+        AmoreRun(out, resume=True, overrides={"n_starts": 700})
+    with pytest.raises(RunDirError, match="already holds a run"):
+        AmoreRun(out, "muller_brown", overrides=TINY)
+    # a setting that may change on resume
+    run = AmoreRun(out, resume=True, overrides={"generations": 3})
+    assert run.config.generations == 3 and run.stages()[-1] == "report"
+    run.close()
+
+
+def test_extending_generations_redoes_final_stages(mb_run, tmp_path):
+    import shutil
+    ref_out, _, _ = mb_run
+    out = tmp_path / "run"
+    shutil.copytree(ref_out, out)
+    with AmoreRun(out, resume=True, overrides={"generations": 3}, quiet=True) as run:
+        rep = run.run()
+        assert run.is_complete() and run.completed.count("report") == 1
+    assert [g["generation"] for g in rep["generations"]] == [0, 1, 2, 3]
+    data = KoopmanData.load(out / "data" / "koopman.npz")
+    assert np.any(data.generation == 3)
+
+
+def test_config_layers_and_unknown_keys(tmp_path):
+    src = (REPO / "systems" / "muller_brown" / "system.toml").read_text()
+    folder = tmp_path / "mb"
+    folder.mkdir()
+    (folder / "system.toml").write_text(
+        src + "\n[run]\nn_starts = 1234\niterations = 77\nlr = 0.002\n\n[run.quick]\n"
+              "n_starts = 321\n")
+    cfg = resolve_config(str(folder))
+    assert cfg.n_starts == 1234 and cfg.iterations == 77
+    quick = resolve_config(str(folder), "quick")
+    # [run] < built-in quick preset (iterations 200) < [run.quick]; lr kept from [run]
+    assert (quick.n_starts, quick.iterations, quick.lr) == (321, 200, 0.002)
+    conf = tmp_path / "c.toml"
+    conf.write_text("[run]\nn_koopman = 3\nkappa = 5e5\n")
+    cfg = resolve_config(str(folder), "default", conf, {"iterations": 10, "seed": None})
+    assert (cfg.n_koopman, cfg.kappa, cfg.iterations, cfg.n_starts) == (3, 5e5, 10, 1234)
+    # round trip through config.toml
+    cfg.write(tmp_path / "config.toml")
+    assert RunConfig.read(tmp_path / "config.toml") == cfg
+    bad = tmp_path / "bad.toml"
+    bad.write_text("n_startz = 3\n")
+    with pytest.raises(ConfigError, match=r"bad.toml: unknown setting 'n_startz' \(did you "
+                                          r"mean 'n_starts'\?\)"):
+        resolve_config("muller_brown", config_file=bad)
+    (folder / "system.toml").write_text(src + "\n[run]\nlag = 3\n")
+    with pytest.raises(ConfigError, match=r"system.toml \[run\]: unknown setting 'lag'"):
+        resolve_config(str(folder))
+    with pytest.raises(ConfigError, match="'iterations' = -1 must be >= 1"):
+        resolve_config("muller_brown", overrides={"iterations": -1})
+    with pytest.raises(ConfigError, match="ts_low"):
+        resolve_config("muller_brown", overrides={"ts_low": 0.6, "ts_high": 0.5})
+
+
+@pytest.mark.slow
+def test_muller_brown_default_pipeline_meets_path_criteria(tmp_path):
+    """The χ-MEP criteria on the pipeline's output: saddle within 0.1, barrier top within
+    10 kJ/mol of −40.66, mean distance to the string MEP < 0.1."""
+    from amore_openmm.strings import path_distance, string_method
+    from amore_openmm.systems import load_system
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    with AmoreRun(out, "muller_brown", overrides={"ts_low": 0.49, "ts_high": 0.51},
+                  quiet=True) as run:
+        rep = run.run()
+    seconds = time.perf_counter() - t0
+    assert seconds < 400
+    paths = load_chipaths(out / "mep" / "paths.npz")
+    assert len(paths) >= 1
+    saddle = np.array([-0.822, 0.624])
+    ms = load_system("muller_brown")
+    string = string_method(ms, np.array([[-0.558, 1.442, 0.0]]),
+                           np.array([[0.623, 0.028, 0.0]]), n_images=50)
+    for p in paths:
+        xy = p.positions[:, 0, :2]
+        assert np.min(np.linalg.norm(xy - saddle, axis=1)) < 0.1
+        assert abs(p.max_energy - (-40.66)) < 10.0
+        mean, _ = path_distance(xy, np.asarray(string.images)[:, 0, :2])
+        assert mean < 0.1
+    assert rep["generations"][-1]["n_data"] > rep["generations"][0]["n_data"]
+
+
+@pytest.mark.slow
+def test_alanine_dipeptide_default_pipeline(tmp_path):
+    """`amore run alanine_dipeptide` defaults: χ separates the sampled basins, paths cross
+    χ = 0.5, sensitivity and report written, within the 5-minute budget (2 cores)."""
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    with AmoreRun(out, "alanine_dipeptide", quiet=True) as run:
+        rep = run.run()
+    seconds = time.perf_counter() - t0
+    assert seconds < 600  # budget 300 s on an idle 2-core machine; slack for contention
+    data = KoopmanData.load(out / "data" / "koopman.npz")
+    from amore_openmm.chi import ChiModel
+    chi = ChiModel.load(out / "model" / "chi_state.pt").chi(data.x)
+    assert chi.min() < 0.15 and chi.max() > 0.85, "χ does not separate the basins"
+    assert rep["paths"], "no χ-MEP traced"
+    for p in rep["paths"]:
+        assert p["chi_min"] < 0.4 and p["chi_max"] > 0.6 and np.isfinite(p["energy_max"])
+    assert len(rep["top_atoms"]) == 10 and rep["top_features"]
+    assert rep["generations"][-1]["n_data"] > rep["generations"][0]["n_data"]
+    with np.load(out / "sensitivity" / "levelset.npz") as f:
+        assert f["levelset"].shape[0] == 22
+
+
+@pytest.mark.slow
+def test_vgvapg_reduced_pipeline_reports_dihedral_saliency(tmp_path):
+    """VGVAPG from its bundled conformations, quick preset, χ on backbone dihedrals: the run
+    completes and the report lists the feature saliency over φ/ψ."""
+    out = tmp_path / "run"
+    with AmoreRun(out, "vgvapg", preset="quick", quiet=True,
+                  overrides={"featurizer": "dihedrals", "n_starts": 200}) as run:
+        rep = run.run()
+    feats = [f["feature"] for f in rep["top_features"]]
+    assert feats and all(("φ" in f or "ψ" in f) for f in feats), feats
+    md = (out / "report.md").read_text()
+    assert "Most salient features" in md and "ψ" in md
+    traj = np.load(out / "checkpoint" / "trajectory.npz")["frames"]
+    assert len(traj) == 200
+    assert (out / "sensitivity" / "atoms.csv").read_text().count("\n") == 73 + 1

@@ -1,0 +1,389 @@
+"""Tests of the burst engine: reproducibility, pool reuse, robustness, physics of bursts."""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import openmm
+import pytest
+from openmm import app
+
+from amore_openmm.data import KoopmanData
+from amore_openmm.sampling import (BurstFailureWarning, BurstSampler, ContextPool, burst_seed,
+                                   choose_platform, sample_trajectory)
+from amore_openmm.systems import BOLTZ, MolecularSystem, load_system, muller_brown_system
+
+ALA_PDB = Path("/work/shared/external/alanine-dipeptide.pdb")
+
+
+@pytest.fixture(scope="module")
+def ala() -> MolecularSystem:
+    if not ALA_PDB.is_file():
+        pytest.skip(f"{ALA_PDB} not available")
+    return load_system(ALA_PDB, temperature=310.0)
+
+
+@pytest.fixture(scope="module")
+def ala_starts(ala: MolecularSystem) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    x0 = ala.positions[0]
+    return x0[None] + rng.normal(scale=0.003, size=(6,) + x0.shape)
+
+
+@pytest.fixture(scope="module")
+def pool2(ala: MolecularSystem):
+    with ContextPool(ala, size=2, platform="Reference") as pool:
+        yield pool
+
+
+def harmonic_brownian(n_particles: int = 50, k: float = 100.0, kT: float = 2.5,
+                      a: float = 0.005, lag_steps: int = 400) -> MolecularSystem:
+    """Independent particles (1 amu) in 0.5*k*r^2, BrownianIntegrator with γ=1/ps, k·dt/(mγ)=a."""
+    system = openmm.System()
+    force = openmm.CustomExternalForce(f"0.5*{k}*(x^2+y^2+z^2)")
+    top = app.Topology()
+    res = top.addResidue("HO", top.addChain())
+    for i in range(n_particles):
+        system.addParticle(1.0)
+        force.addParticle(i, [])
+        top.addAtom(f"P{i}", None, res)
+    system.addForce(force)
+    pos = np.ones((n_particles, 3))
+    return MolecularSystem.from_openmm(system, top, pos, temperature=kT / BOLTZ,
+                                       timestep=a / k, friction=1.0, integrator="brownian",
+                                       lag_steps=lag_steps, featurizer="coordinates",
+                                       name="harmonic")
+
+
+# ---------------------------------------------------------------------------------------------
+def test_burst_seed_is_valid_and_distinct() -> None:
+    seeds = {burst_seed(7, i, k) for i in range(50) for k in range(4)}
+    assert len(seeds) == 200
+    assert all(1 <= s < 2**31 - 1 for s in seeds)
+    assert burst_seed(7, 3, 1) == burst_seed(7, 3, 1)
+    assert burst_seed(7, 3, 1) != burst_seed(8, 3, 1)
+    assert burst_seed(-1, 0, 0) >= 1  # negative run seeds are valid too
+
+
+def test_same_seed_same_data_whatever_pool_size(ala, ala_starts, pool2) -> None:
+    with ContextPool(ala, size=1, platform="Reference") as pool1:
+        assert pool1.mode == "inline"
+        d1 = BurstSampler(pool1).run(ala_starts, 2, 30, seed=11, progress=False)
+    assert pool2.mode == "process"
+    d2 = BurstSampler(pool2).run(ala_starts, 2, 30, seed=11, progress=False, chunk_size=1)
+    d3 = BurstSampler(pool2).run(ala_starts, 2, 30, seed=11, progress=False, chunk_size=4)
+    assert np.array_equal(d1.y, d2.y) and np.array_equal(d2.y, d3.y)
+    # a burst's stream depends only on (seed, start index, k): a subset run reproduces it
+    d4 = BurstSampler(pool2).run(ala_starts[3:], 2, 30, seed=11, progress=False,
+                                 start_indices=[3, 4, 5])
+    assert np.array_equal(d4.y, d1.y[3:])
+    # and another seed gives other bursts
+    d5 = BurstSampler(pool2).run(ala_starts, 2, 30, seed=12, progress=False)
+    assert not np.allclose(d5.y, d1.y)
+
+
+def test_bursts_differ_by_k_and_move_thermally(ala, ala_starts, pool2) -> None:
+    d = BurstSampler(pool2).run(ala_starts, 3, 50, seed=1, progress=False)
+    for k1, k2 in [(0, 1), (0, 2), (1, 2)]:
+        assert not np.allclose(d.y[:, k1], d.y[:, k2])
+    # 100 fs at 310 K: atoms move ~0.01–0.1 nm, nothing explodes
+    disp = np.linalg.norm(d.y - d.x[:, None], axis=-1)
+    assert 0.005 < disp.mean() < 0.2 and disp.max() < 1.0
+
+
+def test_shapes_and_metadata(ala, ala_starts, pool2) -> None:
+    d = BurstSampler(pool2).run(ala_starts[:4], 3, 10, seed=5, generation=2, origin="mep",
+                                start_indices=[10, 11, 12, 13], progress=False)
+    assert isinstance(d, KoopmanData)
+    assert d.x.shape == (4, 22, 3) and d.y.shape == (4, 3, 22, 3)
+    assert d.x.dtype == np.float32
+    np.testing.assert_allclose(d.x, ala_starts[:4], atol=1e-6)
+    assert d.generation.tolist() == [2] * 4 and d.origin.tolist() == ["mep"] * 4
+    assert d.seed.tolist() == [5] * 4
+    assert d.lag_steps == 10 and d.timestep == pytest.approx(ala.timestep)
+    assert d.lag_time == pytest.approx(10 * ala.timestep)
+    assert d.system_name == ala.name
+    assert d.extra["start_index"].tolist() == [10, 11, 12, 13] and d.extra["dropped"] == []
+    # lag_steps defaults to the system's
+    d2 = BurstSampler(pool2).run(ala_starts[:1], 1, seed=5, progress=False)
+    assert d2.lag_steps == ala.lag_steps
+
+
+def test_contexts_created_once(ala, ala_starts) -> None:
+    with ContextPool(ala, size=2, platform="Reference") as pool:
+        assert pool.contexts_created == 2
+        sampler = BurstSampler(pool)
+        for seed in range(3):
+            sampler.run(ala_starts, 2, 10, seed=seed, progress=False, chunk_size=1)
+        assert pool.contexts_created == 2
+        pids = {slot.proc.pid for slot in pool._slots}
+        assert len(pids) == 2
+    with ContextPool(ala, size=2, platform="CPU") as pool:
+        assert pool.mode == "thread" and pool.properties["Threads"] == "1"
+        BurstSampler(pool).run(ala_starts, 2, 10, seed=0, progress=False, chunk_size=1)
+        BurstSampler(pool).run(ala_starts, 2, 10, seed=1, progress=False, chunk_size=1)
+        assert pool.contexts_created == 2
+
+
+def test_cpu_platform_threads_are_reproducible(ala, ala_starts) -> None:
+    """Per-Context RNG on CPU: neither pool size nor thread scheduling changes the data."""
+    with ContextPool(ala, size=1, platform="CPU") as pool:
+        a = BurstSampler(pool).run(ala_starts, 2, 20, seed=4, progress=False, reseed_block=2)
+        assert a.extra["reseed"] == "block:2"  # auto: block re-seeding off Reference
+    with ContextPool(ala, size=2, platform="CPU") as pool:
+        b = BurstSampler(pool).run(ala_starts, 2, 20, seed=4, progress=False, reseed_block=2)
+        c = BurstSampler(pool).run(ala_starts, 2, 20, seed=4, progress=False, reseed="burst",
+                                   chunk_size=1)
+        d = BurstSampler(pool).run(ala_starts, 2, 20, seed=4, progress=False, reseed="burst",
+                                   chunk_size=4)
+        # per-burst streams: a subset run reproduces its starts
+        e = BurstSampler(pool).run(ala_starts[4:], 2, 20, seed=4, progress=False,
+                                   reseed="burst", start_indices=[4, 5])
+    assert np.array_equal(a.y, b.y)
+    assert np.array_equal(c.y, d.y) and np.array_equal(e.y, c.y[4:])
+    assert not np.allclose(a.y[:, 0], a.y[:, 1]) and not np.allclose(a.y, c.y)
+
+
+def test_block_reseeding_on_reference_matches_across_pool_sizes(ala, ala_starts,
+                                                                pool2) -> None:
+    with ContextPool(ala, size=1, platform="Reference") as pool1:
+        a = BurstSampler(pool1).run(ala_starts, 2, 20, seed=6, progress=False,
+                                    reseed="block", reseed_block=4)
+    b = BurstSampler(pool2).run(ala_starts, 2, 20, seed=6, progress=False, reseed="block",
+                                reseed_block=4)
+    burst = BurstSampler(pool2).run(ala_starts, 2, 20, seed=6, progress=False)
+    assert np.array_equal(a.y, b.y) and not np.allclose(a.y, burst.y)
+    assert not np.allclose(a.y[:, 0], a.y[:, 1])
+
+
+def test_exploding_start_is_dropped_with_warning(ala, ala_starts, pool2) -> None:
+    bad = ala_starts[:3].copy()
+    bad[1, 5] = bad[1, 0] + 0.002  # non-bonded atoms 0.002 nm apart: LJ blows it up (NaN)
+    with pytest.warns(BurstFailureWarning, match=r"start 1 \(input row 1\) dropped"):
+        d = BurstSampler(pool2).run(bad, 2, 20, seed=0, progress=False, max_retries=2)
+    assert d.n_starts == 2
+    assert d.extra["start_index"].tolist() == [0, 2] and d.extra["dropped"] == [1]
+    np.testing.assert_allclose(d.x, bad[[0, 2]], atol=1e-6)
+    assert np.all(np.isfinite(d.y))
+
+
+def test_failed_bursts_are_retried_with_new_seeds() -> None:
+    """A tight displacement bound makes some bursts fail; retries with new seeds succeed."""
+    ms = harmonic_brownian(n_particles=1, lag_steps=20)
+    x = np.zeros((30, 1, 3))
+    # a 20-step burst moves each coordinate by ~N(0, 0.0675² nm²) (OU variance); a 0.15 nm bound
+    # fails ~8 % of first attempts (any of 3 coordinates beyond 2.2 sd)
+    with ContextPool(ms, size=1, platform="Reference") as pool:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BurstFailureWarning)
+            d = BurstSampler(pool).run(x, 2, seed=3, progress=False, max_retries=6,
+                                       max_displacement=0.15)
+    assert d.extra["retried"] > 0
+    assert d.n_starts >= 28  # dropping needs 7 failures in a row
+    assert np.abs(d.y - d.x[:, None]).max() <= 0.15
+
+
+def test_save_load_round_trip_and_wrong_system(ala, ala_starts, pool2, tmp_path) -> None:
+    d = BurstSampler(pool2).run(ala_starts[:3], 2, 10, seed=2, progress=False,
+                                generation=1, origin="user")
+    path = d.save(tmp_path / "bursts.npz")
+    back = KoopmanData.load(path, n_atoms=ala.n_atoms)
+    assert np.array_equal(back.x, d.x) and np.array_equal(back.y, d.y)
+    assert back.origin.tolist() == ["user"] * 3 and back.generation.tolist() == [1] * 3
+    assert back.lag_steps == 10 and back.system_name == ala.name
+    with pytest.raises(ValueError, match="different system"):
+        KoopmanData.load(path, n_atoms=1)
+
+
+def test_interrupt_keeps_finished_chunks_and_resume_matches(ala, ala_starts, tmp_path) -> None:
+    ck = tmp_path / "ck.npz"
+    with ContextPool(ala, size=1, platform="Reference") as pool:
+        sampler = BurstSampler(pool)
+        full = sampler.run(ala_starts, 2, 20, seed=9, progress=False)
+        calls = []
+
+        def stop_after_two(chunk: KoopmanData) -> None:
+            calls.append(chunk.n_starts)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt) as info:
+            sampler.run(ala_starts, 2, 20, seed=9, progress=False, chunk_size=2,
+                        checkpoint=ck, on_chunk=stop_after_two)
+        partial = info.value.partial
+        assert partial.n_starts == 4 and sampler.partial.n_starts == 4
+        np.testing.assert_array_equal(partial.y, full.y[:4])
+        on_disk = KoopmanData.load(ck, n_atoms=22)  # the checkpoint is a KoopmanData file
+        assert on_disk.n_starts == 4
+        resumed = sampler.run(ala_starts, 2, 20, seed=9, progress=False, chunk_size=2,
+                              checkpoint=ck, on_chunk=lambda c: calls.append(-c.n_starts))
+        assert calls[2:] == [-2]  # only the missing chunk was computed
+        np.testing.assert_array_equal(resumed.y, full.y)
+        with pytest.raises(ValueError, match="different run"):
+            sampler.run(ala_starts, 2, 20, seed=10, progress=False, checkpoint=ck)
+
+
+def test_brownian_harmonic_variance_and_relaxation() -> None:
+    """Euler–Maruyama OU process: exact mean (1-a)^n x0 and variance kT/k (1-(1-a)^2n)/(1-a/2)."""
+    k, kT, a, n = 100.0, 2.5, 0.005, 400
+    ms = harmonic_brownian(n_particles=50, k=k, kT=kT, a=a, lag_steps=n)
+    x0 = np.full((4, 50, 3), 0.5)
+    with ContextPool(ms, size=2, platform="Reference") as pool:
+        d = BurstSampler(pool).run(x0, 10, seed=1, progress=False)
+    samples = d.y.reshape(-1).astype(np.float64)  # 4 starts × 10 bursts × 150 coordinates
+    decay = (1 - a) ** n
+    mean_exp = 0.5 * decay
+    var_exp = kT / k * (1 - (1 - a) ** (2 * n)) / (1 - a / 2)
+    m = len(samples)
+    assert abs(samples.mean() - mean_exp) < 4 * math.sqrt(var_exp / m)
+    assert abs(samples.var() / var_exp - 1) < 4 * math.sqrt(2 / m)
+    # sanity: the stationary variance kT/k is within 2 % of var_exp here
+    assert var_exp == pytest.approx(kT / k, rel=0.02)
+
+
+def test_muller_brown_bursts_from_minimum() -> None:
+    ms = muller_brown_system()
+    x = np.repeat(np.array([[[-0.558, 1.442, 0.0]]]), 20, axis=0)
+    with ContextPool(ms, size=1, platform="Reference") as pool:
+        d = BurstSampler(pool).run(x, 5, seed=0, progress=False)
+    disp = (d.y - d.x[:, None])[..., 0, :2].reshape(-1, 2)
+    # 10 steps of 1e-4 with kT = 12.5: free diffusion sd sqrt(2 kT dt 10) = 0.158 per axis;
+    # the well's curvature shrinks it somewhat
+    sd = disp.std(axis=0)
+    assert np.all((sd > 0.08) & (sd < 0.2))
+    assert np.abs(d.y[..., 2]).max() < 0.3  # z stays held by its spring
+
+
+def test_sample_trajectory_shapes_and_determinism(ala) -> None:
+    a = sample_trajectory(ala, 5, 20, seed=3, platform="Reference", progress=False)
+    b = sample_trajectory(ala, 5, 20, seed=3, platform="Reference", progress=False)
+    c = sample_trajectory(ala, 5, 20, seed=4, platform="Reference", progress=False)
+    assert a.shape == (5, 22, 3) and a.dtype == np.float64
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+    steps = np.linalg.norm(np.diff(a, axis=0), axis=-1)
+    assert np.all(steps.max(axis=1) > 1e-3)  # frames move
+    x0 = ala.positions[0] + 0.01
+    d = sample_trajectory(ala, 2, 10, seed=3, x0=x0, platform="Reference", progress=False)
+    assert np.linalg.norm(d[0] - x0, axis=-1).max() < 0.2
+
+
+def test_auto_platform_probe_is_cheap(ala, capsys) -> None:
+    from amore_openmm import sampling
+
+    sampling._PROBE_CACHE.clear()
+    name, report = choose_platform(ala)
+    assert name in report["steps_per_s"] and report["chosen"] == name
+    assert report["probe_seconds"] < 5.0
+    assert "platform auto ->" in capsys.readouterr().err
+
+
+def test_bad_arguments(ala, pool2) -> None:
+    with pytest.raises(ValueError, match="starts must have shape"):
+        BurstSampler(pool2).run(np.zeros((2, 5, 3)), 1, progress=False)
+    with pytest.raises(ValueError, match="start_indices must be unique"):
+        BurstSampler(pool2).run(np.repeat(ala.positions[0][None], 2, 0), 1,
+                                start_indices=[1, 1], progress=False)
+    with pytest.raises(ValueError, match="platform"):
+        ContextPool(ala, size=1, platform="NoSuchPlatform")
+
+
+def test_ctrl_c_in_process_pool_keeps_work_and_pool_survives(ala, ala_starts) -> None:
+    """A real SIGINT part-way: finished chunks come back, workers survive and are reused."""
+    import signal
+    import threading
+
+    starts = np.repeat(ala_starts, 100, axis=0)  # 600 starts × 200 steps: > 1 s
+    timers = []
+
+    def interrupt_soon(chunk: KoopmanData) -> None:
+        if not timers:  # SIGINT arrives asynchronously while the loop waits on workers
+            timers.append(threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)))
+            timers[0].start()
+
+    with ContextPool(ala, size=2, platform="Reference") as pool:
+        sampler = BurstSampler(pool)
+        with pytest.raises(KeyboardInterrupt) as info:
+            sampler.run(starts, 1, 200, seed=0, progress=False, chunk_size=4,
+                        on_chunk=interrupt_soon)
+        timers[0].join()
+        part = info.value.partial
+        assert 0 < part.n_starts < len(starts)
+        ref = sampler.run(starts[:8], 1, 200, seed=0, progress=False)
+        kept = part.extra["start_index"]
+        first = kept[kept < 8]
+        np.testing.assert_array_equal(part.y[: len(first)], ref.y[first])
+        assert pool.contexts_created == 2
+
+
+def test_dead_worker_fails_the_run_keeps_work_and_is_restarted(ala, ala_starts) -> None:
+    import signal
+
+    with ContextPool(ala, size=2, platform="Reference") as pool:
+        sampler = BurstSampler(pool)
+        calls = []
+
+        def kill_one(chunk: KoopmanData) -> None:
+            calls.append(chunk.n_starts)
+            if len(calls) == 1:
+                os.kill(pool._slots[0].proc.pid, signal.SIGKILL)
+
+        starts = np.repeat(ala_starts, 10, axis=0)
+        with pytest.raises(RuntimeError, match="died") as info:
+            sampler.run(starts, 1, 100, seed=0, progress=False, chunk_size=2, on_chunk=kill_one)
+        assert info.value.partial.n_starts >= 2
+        again = sampler.run(ala_starts, 1, 20, seed=0, progress=False, chunk_size=1)
+        assert again.n_starts == len(ala_starts)
+        assert pool.contexts_created == 3  # the dead worker's replacement
+
+
+def test_user_executor_gives_the_same_data(ala, ala_starts, pool2) -> None:
+    import concurrent.futures as cf
+
+    ref = BurstSampler(pool2).run(ala_starts, 2, 20, seed=8, progress=False)
+    with cf.ThreadPoolExecutor(1) as ex:
+        got = BurstSampler(pool2, executor=ex).run(ala_starts, 2, 20, seed=8, progress=False)
+    assert np.array_equal(ref.y, got.y)
+
+
+def test_empty_and_quantity_inputs(ala, pool2) -> None:
+    from openmm import unit
+
+    empty = BurstSampler(pool2).run(np.zeros((0, 22, 3)), 2, 10, progress=False)
+    assert empty.n_starts == 0 and empty.y.shape == (0, 2, 22, 3)
+    q = BurstSampler(pool2).run(ala.positions[0] * 10 * unit.angstrom, 1, 10, seed=1,
+                                progress=False)
+    plain = BurstSampler(pool2).run(ala.positions[0], 1, 10, seed=1, progress=False)
+    assert q.n_starts == 1 and np.array_equal(q.y, plain.y)
+
+
+def test_barostat_system_bursts_are_independent() -> None:
+    """A barostat has its own random stream, step counter and box: bursts must not inherit
+    them from the previous burst on the same Context."""
+    n, L = 64, 2.0
+    system = openmm.System()
+    system.setDefaultPeriodicBoxVectors(openmm.Vec3(L, 0, 0), openmm.Vec3(0, L, 0),
+                                        openmm.Vec3(0, 0, L))
+    nb = openmm.NonbondedForce()
+    nb.setNonbondedMethod(openmm.NonbondedForce.CutoffPeriodic)
+    nb.setCutoffDistance(0.8)
+    top = app.Topology()
+    res = top.addResidue("AR", top.addChain())
+    for _ in range(n):
+        system.addParticle(39.9)
+        nb.addParticle(0.0, 0.34, 0.99)
+        top.addAtom("Ar", app.element.argon, res)
+    system.addForce(nb)
+    system.addForce(openmm.MonteCarloBarostat(100.0, 120.0, 2))
+    top.setPeriodicBoxVectors(system.getDefaultPeriodicBoxVectors())
+    grid = np.stack(np.meshgrid(*[np.arange(4)] * 3), -1).reshape(-1, 3) * 0.5 + 0.25
+    ms = MolecularSystem.from_openmm(system, top, grid, temperature=120, timestep=0.004,
+                                     lag_steps=50, name="argon")
+    starts = np.repeat(grid[None], 3, axis=0)
+    with ContextPool(ms, size=1, platform="Reference") as pool:
+        assert not pool.fast_reseed  # the barostat needs the reinitialize path
+        a = BurstSampler(pool).run(starts, 2, seed=1, progress=False)
+        b = BurstSampler(pool).run(starts[1:], 2, seed=1, progress=False, start_indices=[1, 2])
+    assert np.array_equal(a.y[1:], b.y)
