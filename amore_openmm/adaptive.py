@@ -687,7 +687,7 @@ def sample_data(system: Any, n_starts: int, n_koopman: int, *, lag_steps: int | 
     """Initial Koopman data: a trajectory from each initial structure (frames every
     ``stride_steps``, default the lag) and ``n_koopman`` bursts of ``lag_steps`` from every
     frame. ``system``: a MolecularSystem or anything ``load_system`` takes."""
-    from .sampling import BurstSampler, ContextPool, sample_trajectory
+    from .sampling import BurstSampler, ContextPool
     from .systems import load_system
     ms = load_system(system)
     lag = int(lag_steps or ms.lag_steps)

@@ -28,6 +28,8 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
+from .data import atomic_write_text
+
 __all__ = [
     "BuiltPeptide",
     "BundledConformation",
@@ -180,7 +182,7 @@ def build_heavy_atoms(sequence: str | Sequence[str], phi: float | Sequence[float
         −65°: the ring constrains it.
     """
     names = parse_sequence(sequence)
-    capped_n, capped_c = names[0] == "ACE", names[-1] == "NME"
+    capped_n, _capped_c = names[0] == "ACE", names[-1] == "NME"
     aa = [n for n in names if n not in CAPS]
     phis = _per_residue(phi, len(aa), -120.0, "phi")
     psis = _per_residue(psi, len(aa), 130.0, "psi")
@@ -459,7 +461,7 @@ def write_pdb(path: str | Path, topology: app.Topology, positions: np.ndarray,
     app.PDBFile.writeModel(topology, np.asarray(positions) * 10.0 * unit.angstrom, buf,
                            keepIds=True)
     app.PDBFile.writeFooter(topology, buf)
-    return _atomic_write(Path(path), buf.getvalue())
+    return atomic_write_text(Path(path), buf.getvalue())
 
 
 def write_amber(prmtop: str | Path, inpcrd: str | Path, topology: app.Topology,
@@ -482,19 +484,11 @@ def write_amber(prmtop: str | Path, inpcrd: str | Path, topology: app.Topology,
     lines = [("%VERSION  VERSION_STAMP = V0001.000  DATE = 01/01/00  00:00:00\n"
               if ln.startswith("%VERSION") else ln) for ln in lines]
     tmp_top.unlink()
-    _atomic_write(prmtop, "".join(lines))
+    atomic_write_text(prmtop, "".join(lines))
     crd_text = tmp_crd.read_text()
     tmp_crd.unlink()
-    _atomic_write(inpcrd, crd_text)
+    atomic_write_text(inpcrd, crd_text)
     return prmtop, inpcrd
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
 
 
 def _toml_value(v: Any) -> str:
@@ -584,7 +578,7 @@ def _build_muller_brown(folder: Path) -> list[Path]:
                      "integrator": "brownian", "friction": 1.0},
         "chi": {"featurizer": "coordinates"},
     }, header=[_BUILT_BY, "beta = 2/sigma^2 (kT = 12.5 kJ/mol), m*gamma = 1, lag 1e-3"])
-    return [_atomic_write(folder / "system.toml", text)]
+    return [atomic_write_text(folder / "system.toml", text)]
 
 
 def _build_alanine(folder: Path) -> list[Path]:
@@ -610,7 +604,7 @@ def _build_alanine(folder: Path) -> list[Path]:
         "chi": {"featurizer": "pairwise_all"},
     }, header=[_BUILT_BY, "the PDB is loaded with the force field; prmtop/inpcrd (parmed) "
                "hold the same system for Amber tools"])
-    return [pdb, prm, crd, _atomic_write(folder / "system.toml", text)]
+    return [pdb, prm, crd, atomic_write_text(folder / "system.toml", text)]
 
 
 def _build_vgvapg(folder: Path, conformations: Sequence[BundledConformation] | None = None
@@ -638,7 +632,7 @@ def _build_vgvapg(folder: Path, conformations: Sequence[BundledConformation] | N
                      "integrator": "langevin_middle", "lag_steps": 250},
         "chi": {"featurizer": "pairwise_all"},
     }, header=[_BUILT_BY, "psi of the central valine (Val3): atoms 25, 27, 39, 41 (0-based)"])
-    written.append(_atomic_write(folder / "system.toml", text))
+    written.append(atomic_write_text(folder / "system.toml", text))
     return written
 
 

@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from .data import atomic_write_bytes
 
 __all__ = [
     "PairwiseDistances",
@@ -53,22 +54,6 @@ def _as_batch(x: torch.Tensor) -> torch.Tensor:
     if x.dim() == 2:
         return x.unsqueeze(0)
     return x
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,7 +495,7 @@ class ChiModel(nn.Module):
             payload["network_module"] = copy.deepcopy(self.network).cpu()
         buf = io.BytesIO()
         torch.save(payload, buf)
-        return _atomic_write_bytes(Path(path), buf.getvalue())
+        return atomic_write_bytes(Path(path), buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ChiModel":
@@ -572,7 +557,7 @@ class ChiModel(nn.Module):
             desc["metadata"] = dict(desc["metadata"], training=_jsonable(training))
         buf = io.BytesIO()
         torch.jit.save(scripted, buf, _extra_files={METADATA_FILE: json.dumps(desc)})
-        return _atomic_write_bytes(path, buf.getvalue())
+        return atomic_write_bytes(path, buf.getvalue())
 
     def scripted(self) -> torch.jit.ScriptModule:
         """The exported TorchScript module in memory (what :meth:`export_torchscript` saves)."""

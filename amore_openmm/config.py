@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,6 +28,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
+
+from .data import atomic_write_text
 
 __all__ = ["RunConfig", "ConfigError", "PRESETS", "resolve_config", "load_config_file",
            "atomic_write_text", "RESUME_MUTABLE"]
@@ -226,31 +227,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 # --------------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------------
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write text so that readers never see a half-written file (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; others read run dirs
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Settings from a TOML file: top-level keys or a ``[run]`` table (not both kinds mixed
     ambiguously: a key given in both places is an error)."""

@@ -6,36 +6,73 @@ Saved as one ``.npz`` file, written atomically (temp file, then rename).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["KoopmanData", "atomic_save_npz", "ORIGINS"]
+__all__ = ["KoopmanData", "atomic_save_npz", "atomic_write_bytes", "atomic_write_text",
+           "atomic_path", "ORIGINS"]
 
 ORIGINS = ("trajectory", "mep", "user")
 FORMAT_VERSION = 1
 
 
-def atomic_save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
-    """Write an ``.npz`` so that readers never see a half-written file."""
+def _default_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+#: mkstemp creates 0600 files; run directories are read by other people and tools
+_FILE_MODE = _default_file_mode()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary file beside ``path``; when the block succeeds it replaces ``path``.
+
+    Readers never see a half-written file and an interrupted write leaves the old file intact.
+    ``suffix`` lets writers that choose a format by extension (DCD, PNG) see the right one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` atomically (temp file, fsync, rename)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
+    """Write an ``.npz`` so that readers never see a half-written file."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Path(path)
 
 
 @dataclass
@@ -110,9 +147,14 @@ class KoopmanData:
     # -- combination ---------------------------------------------------------------------------
     def subset(self, index: Sequence[int] | np.ndarray | slice) -> "KoopmanData":
         """The starts selected by ``index`` (indices, boolean mask or slice)."""
+        extra = {k: (v[index] if self._per_start(v) else v) for k, v in self.extra.items()}
         return KoopmanData(self.x[index], self.y[index], self.generation[index],
                            self.origin[index], self.seed[index], self.lag_steps,
-                           self.timestep, self.system_name, dict(self.extra))
+                           self.timestep, self.system_name, extra)
+
+    def _per_start(self, value: Any) -> bool:
+        """True for ``extra`` entries holding one value per start (sliced with the data)."""
+        return isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == len(self)
 
     def merge(self, other: "KoopmanData") -> "KoopmanData":
         """Concatenate two data sets of the same system and burst count."""
@@ -134,7 +176,18 @@ class KoopmanData:
                            np.concatenate([self.origin, other.origin]),
                            np.concatenate([self.seed, other.seed]),
                            self.lag_steps or other.lag_steps, self.timestep or other.timestep,
-                           self.system_name or other.system_name, dict(self.extra))
+                           self.system_name or other.system_name, self._merged_extra(other))
+
+    def _merged_extra(self, other: "KoopmanData") -> dict[str, Any]:
+        # Per-start arrays are concatenated when both sides have them and dropped otherwise,
+        # so they never go stale; scalar entries of ``self`` win.
+        extra = {}
+        for key, value in self.extra.items():
+            if not self._per_start(value):
+                extra[key] = value
+            elif other._per_start(other.extra.get(key)):
+                extra[key] = np.concatenate([value, other.extra[key]])
+        return extra
 
     @classmethod
     def empty(cls, n_atoms: int, n_koopman: int, **kwargs: Any) -> "KoopmanData":

@@ -41,12 +41,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import openmm
 from openmm import unit
 
+from .data import atomic_path, atomic_write_text
 from .sensitivity import chi_gradients
 from .systems import MolecularSystem
 
@@ -582,19 +583,11 @@ def write_path_pdb(path: str | os.PathLike, chipath: ChiPath, topology: Any,
                 f"{min(bf[m, i], 999.99):6.2f}          {elem:>2s}")
         lines.append("ENDMDL")
     lines.append("END")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out)
-    return out
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def write_path_dcd(path: str | os.PathLike, chipath: ChiPath, topology: Any) -> Path:
     """Write the path nodes as a DCD trajectory (via mdtraj)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.dcd")
-    chipath.to_mdtraj(topology).save_dcd(str(tmp))
-    os.replace(tmp, out)
-    return out
+    with atomic_path(path, suffix=".dcd") as tmp:
+        chipath.to_mdtraj(topology).save_dcd(str(tmp))
+    return Path(path)

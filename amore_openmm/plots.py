@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .data import atomic_path
+
 __all__ = ["plot_muller_brown", "plot_ramachandran", "plot_levelset_heatmap",
            "plot_atom_ranking", "plot_path_profile"]
 
@@ -23,12 +25,9 @@ def _figure(width: float, height: float):
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, out)
-    return out
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)
 
 
 def _xy(p: Any) -> np.ndarray:

@@ -19,9 +19,11 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+
+from .data import atomic_path
 
 __all__ = ["Sensitivity", "chi_sensitivity", "chi_gradients", "feature_saliency",
            "path_vs_ensemble_mse", "atom_labels"]
@@ -170,10 +172,7 @@ class Sensitivity:
 
     def write_ranking_csv(self, path: str | os.PathLike) -> Path:
         """Atom ranking as CSV: rank, atom_index_0based, atom_index_1based, label, value."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["rank", "atom_index_0based", "atom_index_1based", "label",
                         "mean_grad_sq_nm-2", "fraction"])
@@ -181,8 +180,7 @@ class Sensitivity:
             for r, i in enumerate(self.ranking, start=1):
                 w.writerow([r, int(i), int(i) + 1, self.labels[i] if self.labels else "",
                             f"{self.per_atom[i]:.6g}", f"{frac[i]:.6g}"])
-        os.replace(tmp, path)
-        return path
+        return Path(path)
 
 
 def chi_sensitivity(model: Any, positions: Any, bins: int = 100,

@@ -264,7 +264,7 @@ def string_method(system: MolecularSystem | openmm.System, a: Any, b: Any,
                              f"{images.shape}")
     if not (dt > 0 and math.isfinite(dt)):
         raise ValueError(f"dt must be positive, got {dt}")
-    M = len(images)
+    len(images)
     mask = np.zeros(3, dtype=bool)
     mask[list(dims)] = True
     evaluate = _ForceEvaluator(omm_system, platform, properties)

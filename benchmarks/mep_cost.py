@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import openmm
@@ -29,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def quick_chi(ms, frames: int, iterations: int, seed: int = 0):
-    from amore_openmm.chi import ChiModel
     from amore_openmm.isokann import Isokann
     from amore_openmm.sampling import BurstSampler, ContextPool, sample_trajectory
     traj = sample_trajectory(ms, frames, ms.lag_steps, seed=seed, platform="Reference",

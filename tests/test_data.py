@@ -66,3 +66,21 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     with np.load(target) as f:  # the earlier complete file is still there and intact
         assert f["v"].tolist() == [0, 1, 2]
     assert os.listdir(tmp_path) == ["a.npz"]
+
+
+def test_per_start_extras_follow_subset_and_merge():
+    a, b = _data(5), _data(3, seed=1)
+    a.extra.update(start_index=np.arange(5), note="run-1")
+    b.extra["start_index"] = np.arange(100, 103)
+    assert a.subset([4, 1]).extra["start_index"].tolist() == [4, 1]
+    m = a.merge(b)
+    assert m.extra["start_index"].tolist() == [0, 1, 2, 3, 4, 100, 101, 102]
+    assert m.extra["note"] == "run-1"
+    assert "start_index" not in a.merge(_data(2)).extra  # would be stale: dropped
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    path = atomic_save_npz(tmp_path / "k.npz", v=np.arange(2))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # the umask's mode, not mkstemp's 0600
