@@ -38,6 +38,7 @@ import ctypes
 import glob
 import hashlib
 import json
+import functools
 import logging
 import math
 import os
@@ -335,6 +336,8 @@ def _worker_main() -> None:
             elif msg[0] == "chunk":
                 assert engine is not None, "worker got a chunk before init"
                 reply = ("ok", engine.run_chunk(msg[1]))
+            elif msg[0] == "call":  # a chunk for another engine (e.g. packed replicas)
+                reply = ("ok", msg[1](msg[2]))
             elif msg[0] == "stop":
                 return
             else:
@@ -394,12 +397,14 @@ class _ProcessSlot:
                                "see its messages on stderr. The pool restarts it for the "
                                "next chunk.") from None
 
-    def run_chunk(self, task: dict[str, Any]) -> dict[str, Any]:
+    def run_chunk(self, task: dict[str, Any],
+                  runner: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+                  ) -> dict[str, Any]:
         if self.proc is None or self.proc.poll() is not None:  # died earlier: restart
             self._launch()
         try:
             self._finish_init()
-            self._send(("chunk", task))
+            self._send(("chunk", task) if runner is None else ("call", runner, task))
             reply = self._recv()
         except (BrokenPipeError, RuntimeError):
             if self.proc is not None and self.proc.poll() is None:
@@ -659,23 +664,33 @@ class ContextPool:
     def spec(self) -> _Spec:
         return self._specs[0]
 
-    def submit(self, task: dict[str, Any]) -> cf.Future:
-        """Run one chunk task on a free slot; returns a Future of the chunk result."""
+    def submit(self, task: dict[str, Any],
+               runner: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> cf.Future:
+        """Run one chunk task on a free slot; returns a Future of the chunk result.
+
+        ``runner`` (a picklable callable, e.g. ``functools.partial(packed_chunk, spec)``)
+        runs the task instead of the slot's own Context, inside the slot's thread or worker
+        process, so that other engines share the pool's parallelism and process isolation.
+        """
         if self._closed:
             raise RuntimeError("this ContextPool is closed; create a new one")
         if self._executor is not None:
-            return self._executor.submit(self._thread_chunk, task)
+            return self._executor.submit(self._thread_chunk, task, runner)
         fut: cf.Future = cf.Future()
         try:
-            fut.set_result(self._thread_chunk(task))
+            fut.set_result(self._thread_chunk(task, runner))
         except Exception as exc:  # noqa: BLE001 - delivered through the future
             fut.set_exception(exc)
         return fut
 
-    def _thread_chunk(self, task: dict[str, Any]) -> dict[str, Any]:
+    def _thread_chunk(self, task: dict[str, Any],
+                      runner: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+                      ) -> dict[str, Any]:
         eng = self._free.get()
         try:
-            return eng.run_chunk(task)
+            if isinstance(eng, _ProcessSlot):
+                return eng.run_chunk(task, runner)
+            return eng.run_chunk(task) if runner is None else runner(task)
         finally:
             self._free.put(eng)
 
@@ -744,20 +759,37 @@ class BurstSampler:
             executor worker builds and caches one Context per thread; on Reference use
             process workers (the Reference random generator is per process; bursts inside one
             process are serialised).
+        replicas: run M > 1 bursts per Context step in a System of M non-interacting copies
+            (:func:`amore_openmm.packing.pack_replicas`; exact for vacuum, see there). Chunks
+            then hold a fixed number of starts, so results depend on (seed, M) but not on pool
+            size; the statistics equal the unpacked sampler's.
 
     After :meth:`run` returns or raises, ``partial`` holds the data of the finished chunks.
     """
 
-    def __init__(self, pool: ContextPool, executor: cf.Executor | None = None) -> None:
+    def __init__(self, pool: ContextPool, executor: cf.Executor | None = None,
+                 replicas: int = 1) -> None:
+        if int(replicas) < 1:
+            raise ValueError(f"BurstSampler(replicas={replicas}): need at least 1 copy")
         self.pool = pool
         self.executor = executor
+        self.replicas = int(replicas)
+        self._runner: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        if self.replicas > 1:
+            from .packing import PackedSpec, packed_chunk
+
+            spec = PackedSpec.from_system(pool.system, self.replicas, pool.platform_name,
+                                          pool.properties)
+            self._runner = functools.partial(packed_chunk, spec)
         self.partial: KoopmanData | None = None
         self.last_stats: dict[str, Any] = {}
 
     def _submit(self, task: dict[str, Any]) -> cf.Future:
         if self.executor is not None:
+            if self._runner is not None:
+                return self.executor.submit(self._runner, task)
             return self.executor.submit(_executor_chunk, self.pool.spec, task)
-        return self.pool.submit(task)
+        return self.pool.submit(task, self._runner)
 
     def run(self, starts: Any, n_koopman: int, lag_steps: int | None = None, seed: int = 0, *,
             start_indices: Sequence[int] | np.ndarray | None = None, generation: Any = 0,
@@ -851,6 +883,7 @@ class BurstSampler:
         block = int(reseed_block) if reseed == "block" else 0
         reseed_tag = f"block:{block}" if block else "burst"
         run_key = {"seed": int(seed), "n_koopman": K, "lag_steps": lag, "n_atoms": n,
+                   "replicas": self.replicas,
                    "system": ms.name, "platform": self.pool.platform_name,
                    "max_displacement": float(max_displacement), "reseed": reseed_tag}
 
@@ -870,7 +903,8 @@ class BurstSampler:
                                ms.name, {"start_index": idx[sel].copy(),
                                          "dropped": sorted(dropped),
                                          "retried": counts["retried"],
-                                         "reseed": reseed_tag})
+                                         "reseed": reseed_tag,
+                                         "replicas": self.replicas})
 
         def commit(force: bool = False) -> None:
             nonlocal last_commit
@@ -904,6 +938,8 @@ class BurstSampler:
         pos = 0
 
         def next_size() -> int:
+            if self.replicas > 1:  # packed streams depend on the grouping: keep it fixed
+                return max(int(chunk_size or 1), math.ceil(self.replicas / K))
             if block:
                 return 1  # one block per task
             if chunk_size is not None:

@@ -161,6 +161,25 @@ def test_packed_bursts_match_unpacked_statistics(ala: MolecularSystem) -> None:
     assert not np.allclose(other["y"], out["y"])
 
 
+@pytest.mark.parametrize("platform", ["Reference", "CPU"])
+def test_burst_sampler_with_replicas(ala: MolecularSystem, platform: str) -> None:
+    """BurstSampler(pool, replicas=M) packs starts into one Context per chunk: the data do not
+    depend on the pool size (process slots on Reference, threads on CPU) and every burst
+    moves away from its start like an unpacked one."""
+    starts = _perturbed(ala, 6, sigma=0.002, seed=7)
+    runs = []
+    for size in (1, 2):
+        with ContextPool(ala, size=size, platform=platform) as pool:
+            data = BurstSampler(pool, replicas=4).run(starts, 2, lag_steps=50, seed=11,
+                                                       progress=False)
+        runs.append(data)
+    assert runs[0].y.shape == (6, 2, 22, 3) and runs[0].extra["replicas"] == 4
+    np.testing.assert_array_equal(runs[0].y, runs[1].y)
+    moved = np.sqrt(((runs[0].y - starts[:, None]) ** 2).sum(-1).mean(-1))
+    assert np.all((moved > 0.005) & (moved < 0.1))  # nm: thermal motion, no explosion
+    assert not np.array_equal(runs[0].y[:, 0], runs[0].y[:, 1])  # k gives distinct bursts
+
+
 def test_bad_copy_fails_alone_and_padding(ala: MolecularSystem) -> None:
     starts = _perturbed(ala, 5, sigma=0.002, seed=5)
     starts[2, 1] = starts[2, 0]  # two atoms on top of each other: this burst explodes
