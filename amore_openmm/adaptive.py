@@ -317,7 +317,11 @@ class AmoreRun:
         return self._logger
 
     def close(self) -> None:
-        """Close the log file handlers."""
+        """Close the log file handlers and the Dask client, if one was opened."""
+        dask = getattr(self, "_dask", None)
+        if dask is not None:
+            dask.client.close()
+            self._dask = None
         if self._logger is not None:
             for h in list(self._logger.handlers):
                 h.close()
@@ -496,6 +500,20 @@ class AmoreRun:
             g = max(trained)
         return ChiModel.load(self._model_path(g))
 
+    def _executor(self) -> Any:
+        """The Dask executor for ``scheduler`` (connected once per run), or None."""
+        if not self.config.scheduler:
+            return None
+        if getattr(self, "_dask", None) is None:
+            from .distributed import DaskExecutor
+            try:
+                from distributed import Client
+            except ImportError as exc:
+                raise ConfigError("scheduler is set but Dask is not installed: "
+                                  "pip install -e '.[distributed]'") from exc
+            self._dask = DaskExecutor(Client(self.config.scheduler))
+        return self._dask
+
     def _bursts(self, starts: np.ndarray, seed: int, generation: int, origin: str,
                 partial: Path) -> KoopmanData:
         """K bursts from ``starts``; finished starts are committed to ``partial`` as they
@@ -503,8 +521,10 @@ class AmoreRun:
         from .sampling import BurstSampler, ContextPool
         cfg = self.config
         with ContextPool(self.system, size=cfg.workers, platform=self.platform) as pool:
+            sampler = BurstSampler(pool, executor=self._executor(), replicas=cfg.replicas)
+
             def go() -> KoopmanData:
-                return BurstSampler(pool).run(starts, cfg.n_koopman, self.lag_steps, seed=seed,
+                return sampler.run(starts, cfg.n_koopman, self.lag_steps, seed=seed,
                                               generation=generation, origin=origin,
                                               progress=self.progress, checkpoint=partial)
             try:

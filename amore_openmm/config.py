@@ -57,6 +57,12 @@ class RunConfig:
                                                     "auto, Reference, CPU, CUDA, OpenCL"})
     workers: int | None = field(default=None, metadata={"help": "parallel OpenMM contexts "
                                                         "(auto: CPU cores)"})
+    replicas: int = field(default=1, metadata={
+        "help": "bursts per Context step: M > 1 packs M copies of a small molecule into one "
+                "System (exact in vacuum; pays off on CPU/GPU platforms)"})
+    scheduler: str = field(default="", metadata={
+        "help": "Dask scheduler address (e.g. tcp://host:8786) to run bursts on its workers; "
+                "empty: this machine"})
     # -- initial data -----------------------------------------------------------------------
     n_starts: int = field(default=1000, metadata={"help": "trajectory frames used as "
                                                   "initial starts (over all structures)"})
@@ -138,7 +144,7 @@ class RunConfig:
 #: settings that may change when a run is resumed (they do not change completed results;
 #: more ``generations`` extends the run, the final stages are then redone)
 RESUME_MUTABLE = frozenset({"platform", "workers", "generations", "figures", "top_k",
-                            "preset"})
+                            "preset", "scheduler"})
 
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 _CHOICES = {"optimizer": ("adam", "nesterov"),

@@ -95,3 +95,21 @@ def test_killed_worker_costs_only_its_chunks(client) -> None:
     _assert_same(local, remote)
     client.wait_for_workers(2, timeout=120)  # the nanny restarted the killed worker
     assert victim not in client.run(os.getpid).values()
+
+
+def test_amore_run_on_a_scheduler_gives_the_local_data(client, tmp_path) -> None:
+    """`amore run --scheduler ADDRESS`: the initial bursts of a run on Dask workers equal those
+    of the same run on this machine."""
+    from amore_openmm.adaptive import AmoreRun
+
+    settings = {"n_starts": 200, "stride_steps": 200, "n_koopman": 2, "workers": 1,
+                "platform": "Reference", "seed": 5}
+    data = []
+    for name, extra in (("local", {}), ("dask", {"scheduler": client.scheduler.address})):
+        with AmoreRun(tmp_path / name, "muller_brown", preset="quick",
+                      overrides={**settings, **extra}, quiet=True) as run:
+            run.run(until="initial_bursts")
+            data.append(run.load_data())
+    assert data[0].n_starts == 200 and data[0].n_koopman == 2
+    for field in ("x", "y", "seed"):
+        np.testing.assert_array_equal(getattr(data[0], field), getattr(data[1], field))
