@@ -601,7 +601,7 @@ def _build_alanine(folder: Path) -> list[Path]:
                    "constraints": "None"},
         "dynamics": {"temperature": 310.0, "friction": 1.0, "timestep": 0.002,
                      "integrator": "langevin_middle", "lag_steps": 100},
-        "chi": {"featurizer": "pairwise_all"},
+        "chi": {"featurizer": "pairwise_polar"},
     }, header=[_BUILT_BY, "the PDB is loaded with the force field; prmtop/inpcrd (parmed) "
                "hold the same system for Amber tools"])
     return [pdb, prm, crd, atomic_write_text(folder / "system.toml", text)]
@@ -630,7 +630,7 @@ def _build_vgvapg(folder: Path, conformations: Sequence[BundledConformation] | N
                    "nonbonded_method": "NoCutoff", "constraints": "None"},
         "dynamics": {"temperature": 298.0, "friction": 1.0, "timestep": 0.002,
                      "integrator": "langevin_middle", "lag_steps": 250},
-        "chi": {"featurizer": "pairwise_all"},
+        "chi": {"featurizer": "pairwise_polar"},
     }, header=[_BUILT_BY, "psi of the central valine (Val3): atoms 25, 27, 39, 41 (0-based)"])
     written.append(atomic_write_text(folder / "system.toml", text))
     return written

@@ -44,7 +44,8 @@ __all__ = [
 METADATA_FILE = "amore_chi.json"
 FORMAT = "amore_chi"
 FORMAT_VERSION = 1
-FEATURIZER_KINDS = ("auto", "pairwise_all", "pairwise_heavy", "dihedrals", "coordinates")
+FEATURIZER_KINDS = ("auto", "pairwise_all", "pairwise_heavy", "pairwise_polar", "dihedrals",
+                    "coordinates")
 #: below this many atoms "auto" uses all pairwise distances, above it heavy atoms only
 AUTO_ALL_ATOMS_BELOW = 100
 
@@ -280,7 +281,8 @@ def make_featurizer(system: Any, kind: str | None = "auto") -> nn.Module:
             ``atom_labels()``, ``heavy_atoms()``).
         kind: "auto" (coordinates for 2-D toys; all pairwise distances below
             ``AUTO_ALL_ATOMS_BELOW`` atoms; heavy-atom distances above), "pairwise_all",
-            "pairwise_heavy", "dihedrals" or "coordinates". None: the system's own default
+            "pairwise_heavy", "pairwise_polar" (heavy atoms + H on N/O/S: no methyl rotors),
+            "dihedrals" or "coordinates". None: the system's own default
             (``system.featurizer``).
     """
     if kind is None:
@@ -305,12 +307,12 @@ def make_featurizer(system: Any, kind: str | None = "auto") -> nn.Module:
         labels = None
     if kind == "pairwise_all":
         return PairwiseDistances(n, names=labels)
-    if kind == "pairwise_heavy":
-        heavy = system.heavy_atoms()
-        if len(heavy) < 2:
-            raise ValueError(f"system {getattr(system, 'name', '')!r} has fewer than two heavy "
-                             "atoms; use featurizer 'pairwise_all'")
-        return PairwiseDistances(n, atoms=heavy, names=labels)
+    if kind in ("pairwise_heavy", "pairwise_polar"):
+        atoms = system.heavy_atoms() if kind == "pairwise_heavy" else system.polar_atoms()
+        if len(atoms) < 2:
+            raise ValueError(f"system {getattr(system, 'name', '')!r} has fewer than two "
+                             f"atoms for {kind!r}; use featurizer 'pairwise_all'")
+        return PairwiseDistances(n, atoms=atoms, names=labels)
     if kind == "dihedrals":
         return BackboneDihedrals(system.topology)
     return Coordinates(n, dims=dims or (0, 1, 2))

@@ -73,7 +73,7 @@ class RunConfig:
         "help": "integrator steps per burst (auto: the system's)"})
     # -- χ training -------------------------------------------------------------------------
     featurizer: str = field(default="auto", metadata={
-        "help": "auto, pairwise_all, pairwise_heavy, dihedrals, coordinates"})
+        "help": "auto, pairwise_all, pairwise_heavy, pairwise_polar, dihedrals, coordinates"})
     iterations: int = field(default=500, metadata={"help": "ISOKANN iterations, first fit"})
     iterations_per_generation: int = field(default=200, metadata={
         "help": "ISOKANN iterations per adaptive generation (continuing from the weights)"})
@@ -148,7 +148,8 @@ RESUME_MUTABLE = frozenset({"platform", "workers", "generations", "figures", "to
 
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 _CHOICES = {"optimizer": ("adam", "nesterov"),
-            "featurizer": ("auto", "pairwise_all", "pairwise_heavy", "dihedrals", "coordinates"),
+            "featurizer": ("auto", "pairwise_all", "pairwise_heavy", "pairwise_polar",
+                           "dihedrals", "coordinates"),
             "preset": ("default", "quick", "paper")}
 _MIN = {"n_starts": 2, "n_koopman": 1, "lag_steps": 1, "stride_steps": 1, "iterations": 1,
         "iterations_per_generation": 0, "minibatch": 1, "generations": 0,

@@ -78,7 +78,7 @@ class MolecularSystem:
         temperature: K. timestep: ps. friction: 1/ps.
         integrator: "langevin_middle" (default), "langevin" or "brownian" (overdamped).
         lag_steps: integrator steps per Koopman burst (the lag time τ = lag_steps·timestep).
-        featurizer: default χ featurizer: "auto", "pairwise_all", "pairwise_heavy",
+        featurizer: default χ featurizer: "auto", "pairwise_all", "pairwise_heavy", "pairwise_polar",
             "dihedrals" or "coordinates".
         name: short name used in run directories and reports.
         source: where the system came from (for reports and resume checks).
@@ -179,6 +179,20 @@ class MolecularSystem:
     def heavy_atoms(self) -> list[int]:
         return [a.index for a in self.topology.atoms()
                 if a.element is None or a.element.symbol != "H"]
+
+    def polar_atoms(self) -> list[int]:
+        """Heavy atoms plus hydrogens bonded to N, O or S (amide, hydroxyl, thiol H).
+
+        Leaves out C-bound hydrogens: methyl and methylene rotations permute chemically
+        equivalent atoms, which labelled distance features would see as slow processes.
+        """
+        polar_h = set()
+        for a, b in self.topology.bonds():
+            for h, x in ((a, b), (b, a)):
+                if h.element is not None and h.element.symbol == "H" and \
+                        x.element is not None and x.element.symbol in ("N", "O", "S"):
+                    polar_h.add(h.index)
+        return sorted(set(self.heavy_atoms()) | polar_h)
 
     # -- OpenMM objects ----------------------------------------------------------------------
     def make_integrator(self, seed: int | None = None) -> openmm.Integrator:

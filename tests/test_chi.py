@@ -44,6 +44,11 @@ def test_make_featurizer_kinds(ala):
     assert f.feature_names[0] == "d(ACE1:H1,ACE1:CH3)"
     heavy = make_featurizer(ala, "pairwise_heavy")
     assert heavy.n_features == len(ala.heavy_atoms()) * (len(ala.heavy_atoms()) - 1) // 2
+    polar = make_featurizer(ala, "pairwise_polar")  # heavy atoms + the two amide H, no C-H
+    names = {a for f in polar.feature_names for a in f[2:-1].split(",")}
+    assert names == {"ACE1:CH3", "ACE1:C", "ACE1:O", "ALA2:N", "ALA2:H", "ALA2:CA", "ALA2:CB",
+                     "ALA2:C", "ALA2:O", "NME3:N", "NME3:H", "NME3:C"}
+    assert polar.n_features == 12 * 11 // 2
     d = make_featurizer(ala, "dihedrals")
     assert d.dihedral_names == ["ALA2 φ", "ALA2 ψ"]
     assert d.feature_names == ["sin(ALA2 φ)", "cos(ALA2 φ)", "sin(ALA2 ψ)", "cos(ALA2 ψ)"]
