@@ -27,7 +27,7 @@ from amore_openmm.isokann import Isokann  # noqa: E402
 from amore_openmm.systems import load_system  # noqa: E402
 
 ALA = "alanine_dipeptide"
-ALA_PDB = "/work/shared/external/alanine-dipeptide.pdb"
+ALA_PDB = "alanine_dipeptide"  # the bundled system (systems/alanine_dipeptide)
 
 
 def _system():

@@ -55,7 +55,7 @@ def main() -> None:
     try:
         ms = load_system(args.system)
     except Exception:  # bundled systems may not be built: fall back to the shared PDB
-        ms = load_system("/work/shared/external/alanine-dipeptide.pdb", temperature=310.0)
+        ms = load_system("alanine_dipeptide", temperature=310.0)
     frames, iters = (2000, 300) if args.quick else (20000, 1000)
     t0 = time.perf_counter()
     if args.model:

@@ -12,7 +12,7 @@ from amore_openmm.isokann import Isokann, IsokannError, exit_rates, koopman_chi,
 from amore_openmm.systems import load_system, muller_brown_energy
 
 torch.set_num_threads(1)
-ALA_PDB = "/work/shared/external/alanine-dipeptide.pdb"
+ALA_PDB = "alanine_dipeptide"  # the bundled system (systems/alanine_dipeptide)
 MB_A = np.array([[-0.558, 1.442, 0.0]])
 MB_B = np.array([[0.623, 0.028, 0.0]])
 MB_SADDLE = np.array([-0.822, 0.624])

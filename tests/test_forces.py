@@ -17,7 +17,7 @@ from amore_openmm.forces import ChiReporter, ChiRestraintForce, chi_force
 from amore_openmm.systems import load_system
 
 torch.set_num_threads(1)
-ALA_PDB = "/work/shared/external/alanine-dipeptide.pdb"
+ALA_PDB = "alanine_dipeptide"  # the bundled system (systems/alanine_dipeptide)
 
 
 @pytest.fixture(scope="module")

@@ -169,7 +169,7 @@ def test_sensitivity_and_saliency_on_trained_chi(mb_trained, mb_paths):
 
 def test_constrained_peptide_path_keeps_constraints():
     # alanine dipeptide with H-bond constraints; χ = sigmoid of the O(ACE)–H(NME) distance
-    ms = load_system("/work/shared/external/alanine-dipeptide.pdb", constraints="HBonds")
+    ms = load_system("alanine_dipeptide", constraints="HBonds")
     net = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.Sigmoid()).double()
     x0 = ms.positions[0]
     d0 = float(np.linalg.norm(x0[5] - x0[17]))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import openmm
@@ -16,13 +15,11 @@ from amore_openmm.sampling import (BurstFailureWarning, BurstSampler, ContextPoo
                                    choose_platform, sample_trajectory)
 from amore_openmm.systems import BOLTZ, MolecularSystem, load_system, muller_brown_system
 
-ALA_PDB = Path("/work/shared/external/alanine-dipeptide.pdb")
+ALA_PDB = "alanine_dipeptide"  # the bundled system
 
 
 @pytest.fixture(scope="module")
 def ala() -> MolecularSystem:
-    if not ALA_PDB.is_file():
-        pytest.skip(f"{ALA_PDB} not available")
     return load_system(ALA_PDB, temperature=310.0)
 
 
