@@ -19,17 +19,12 @@ import difflib
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 from .data import atomic_write_text
+from .systems import read_toml
 
 __all__ = ["RunConfig", "ConfigError", "PRESETS", "resolve_config", "load_config_file",
            "atomic_write_text", "RESUME_MUTABLE"]
@@ -238,14 +233,8 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Settings from a TOML file: top-level keys or a ``[run]`` table (not both kinds mixed
     ambiguously: a key given in both places is an error)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; give a TOML file with run "
-                          "settings (see `amore run --help`)")
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    data = read_toml(path, ConfigError, "give a TOML config file with run settings "
+                     "(see `amore run --help`)")
     run = data.pop("run", {})
     if not isinstance(run, dict):
         raise ConfigError(f"{path}: 'run' must be a table [run]")

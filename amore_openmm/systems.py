@@ -357,17 +357,24 @@ CONSTRAINTS = {"None": None, "HBonds": app.HBonds, "AllBonds": app.AllBonds,
                "HAngles": app.HAngles}
 
 
+def read_toml(path: str | os.PathLike, error: type[Exception], missing: str) -> dict[str, Any]:
+    """Parse a TOML file; a missing file or bad syntax raises ``error`` naming the file
+    (``missing`` is the sentence saying what file is expected there)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} does not exist; {missing}")
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML ({exc})") from exc
+
+
 def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
     """Read and validate a ``system.toml`` manifest; errors name the file and key."""
     path = Path(path)
-    if not path.is_file():
-        raise SystemLoadError(f"manifest {path} does not exist; a system folder needs a "
-                              "system.toml (run `amore build-systems` for the bundled ones)")
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise SystemLoadError(f"{path}: not valid TOML ({exc})") from exc
+    data = read_toml(path, SystemLoadError, "a system folder needs a system.toml manifest "
+                     "(run `amore build-systems` for the bundled ones)")
     for section, content in data.items():
         if section not in MANIFEST_SCHEMA:
             raise SystemLoadError(f"{path}: unknown section [{section}]; known sections: "

@@ -20,19 +20,8 @@ MB_C = np.array([-0.05, 0.467])
 
 
 @pytest.fixture(scope="module")
-def ala():
-    return load_system(ALA_PDB)
-
-
-@pytest.fixture(scope="module")
-def ala_frames(ala):
-    ctx = ala.make_context("Reference", seed=11)
-    ctx.setVelocitiesToTemperature(ala.temperature, 11)
-    out = []
-    for _ in range(6):
-        ctx.getIntegrator().step(150)
-        out.append(ctx.getState(getPositions=True).getPositions(asNumpy=True)._value)
-    return np.array(out)
+def ala_frames(ala, trajectory):
+    return trajectory(ala, n_frames=6, stride=150, seed=11)
 
 
 # ------------------------------------------------------------------------------------------

@@ -14,28 +14,14 @@ from openmm import app, unit
 
 from amore_openmm.chi import ChiModel, make_featurizer, read_torchscript_metadata
 from amore_openmm.forces import ChiReporter, ChiRestraintForce, chi_force
-from amore_openmm.systems import load_system
 
 torch.set_num_threads(1)
-ALA_PDB = "alanine_dipeptide"  # the bundled system (systems/alanine_dipeptide)
 
 
 @pytest.fixture(scope="module")
-def ala():
-    return load_system(ALA_PDB)
-
-
-@pytest.fixture(scope="module")
-def frames(ala):
+def frames(ala, trajectory):
     """A few distorted alanine-dipeptide structures from a short 310 K trajectory."""
-    ctx = ala.make_context("Reference", seed=3)
-    ctx.setVelocitiesToTemperature(ala.temperature, 3)
-    out = []
-    for _ in range(4):
-        ctx.getIntegrator().step(200)
-        out.append(ctx.getState(getPositions=True).getPositions(asNumpy=True)
-                   .value_in_unit(unit.nanometer))
-    return np.array(out)
+    return trajectory(ala, n_frames=4, stride=200, seed=3)
 
 
 @pytest.fixture(scope="module")
