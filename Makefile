@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 EXTRAS ?= cpu,distributed,test
 PY      = $(VENV)/bin/python
-STAMP   = $(VENV)/.installed
+comma  := ,
+# one stamp per EXTRAS set: `make run EXTRAS=cuda13,...` on an existing .venv installs the new extras
+STAMP   = $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 OUT    ?= results/alanine_dipeptide
 export OMP_NUM_THREADS ?= 2
 
@@ -16,6 +18,7 @@ $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 
 run: $(STAMP)
