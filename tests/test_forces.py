@@ -1,5 +1,6 @@
 """χ inside OpenMM on both backends (TorchForce, PythonForce): CV, restraint forces, reporter,
 and the plain-OpenMM loading path."""
+import copy
 import io
 import json
 import subprocess
@@ -14,8 +15,8 @@ import openmm
 from openmm import app, unit
 
 from amore_openmm.chi import ChiModel, make_featurizer, read_torchscript_metadata
-from amore_openmm.forces import (BACKENDS, ChiReporter, ChiRestraintForce, chi_force,
-                                 chi_from_context)
+from amore_openmm.forces import (BACKENDS, ChiReporter, ChiRestraintForce, KappaWindowError,
+                                 chi_force, chi_from_context, kappa_window, md_kappa)
 from amore_openmm.forces.backend import torchforce_problem
 
 torch.set_num_threads(1)
@@ -235,3 +236,81 @@ def test_missing_file_is_a_clear_error(tmp_path, backend):
         chi_force(tmp_path / "nope.pt", backend=backend)
     with pytest.raises(FileNotFoundError, match="export_torchscript"):
         ChiRestraintForce(tmp_path / "nope.pt", backend=backend)
+
+
+# --- the κ rule for restrained MD (issue 10 item 8) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def md_model(ala):
+    """A random pairwise-distance χ whose ‖∇χ‖ (~4 nm⁻¹) is that of a trained alanine χ."""
+    m = ChiModel(make_featurizer(ala, "auto"), seed=7)
+    with torch.no_grad():
+        m.network[-1].weight.mul_(5.0)
+    return m
+
+
+def test_kappa_window_follows_the_physics(ala, md_model):
+    x0 = ala.positions[0]
+    T, dt = ala.temperature, ala.timestep
+    w = kappa_window(md_model, x0, T, dt, masses=ala, chi_tolerance=0.01)
+    kT = 0.0083144626 * T
+    assert w.kappa_min == pytest.approx(kT / 0.01 ** 2, rel=1e-6)
+    # the restraint's fastest period at κ_max is exactly 10 timesteps
+    assert 2 * np.pi / np.sqrt(w.kappa_max * w.curvature) == pytest.approx(10 * dt, rel=1e-12)
+    assert w.kappa_min < w.kappa < w.kappa_max
+    assert w.kappa == pytest.approx(np.sqrt(w.kappa_min * w.kappa_max), rel=1e-12)
+    assert md_kappa(md_model, x0, T, dt * unit.picosecond, masses=ala) == pytest.approx(w.kappa)
+    # hydrogen mass for every atom bounds the frequency from above: a smaller κ_max
+    w_h = kappa_window(md_model, x0, T, dt, chi_tolerance=0.01)
+    _, g = copy.deepcopy(md_model).double().chi_and_grad(x0)
+    assert w_h.curvature == pytest.approx(float((g * g).sum()) / 1.008, rel=1e-9)
+    assert w_h.kappa_max < w.kappa_max
+    # a timestep too long for the tolerance: the error names one that works
+    with pytest.raises(KappaWindowError, match="timestep") as err:
+        md_kappa(md_model, x0, T, 0.02, masses=ala)
+    assert f"{w.max_timestep:.3g}" in str(err.value)
+    assert md_kappa(md_model, x0, T, 0.99 * w.max_timestep, masses=ala) > w.kappa_min
+    with pytest.warns(RuntimeWarning, match="no restraint stiffness"):
+        k = md_kappa(md_model, x0, T, 0.02, masses=ala, on_empty="warn")
+    assert k == pytest.approx(kappa_window(md_model, x0, T, 0.02, masses=ala).kappa_max)
+
+
+def _restrained_md(ala, model, z, kappa, backend, n_steps=1000, every=10):
+    system = openmm.XmlSerializer.clone(ala.system)
+    system.addForce(ChiRestraintForce(model, z=z, kappa=kappa, backend=backend))
+    integ = ala.make_integrator(seed=3)            # Langevin, 2 fs, 310 K
+    ctx = _context_with(system, integ)
+    ctx.setPositions(ala.positions[0])
+    ctx.setVelocitiesToTemperature(ala.temperature, 3)
+    m64 = copy.deepcopy(model).double()
+    chis = []
+    for _ in range(n_steps // every):
+        integ.step(every)
+        x = ctx.getState(getPositions=True).getPositions(asNumpy=True)._value
+        chis.append(m64.chi(x)[0] if np.isfinite(x).all() else np.nan)
+    energy = ctx.getState(getEnergy=True).getPotentialEnergy()._value
+    return np.array(chis), energy
+
+
+def _context_with(system, integrator):
+    return openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_restrained_md_with_md_kappa_is_stable_and_holds_z(ala, md_model, backend):
+    """2 fs Langevin MD of the bundled alanine dipeptide with κ from md_kappa: finite, χ
+    held at z within its thermal width sqrt(kT/κ); 10× above κ_max (3 steps per restraint
+    period, the Verlet limit) the same MD blows up."""
+    x0 = ala.positions[0]
+    z = float(copy.deepcopy(md_model).double().chi(x0)[0])
+    w = kappa_window(md_model, x0, ala.temperature, ala.timestep, masses=ala)
+    sigma = np.sqrt(w.kT / w.kappa)
+    assert sigma <= 0.01
+    chis, energy = _restrained_md(ala, md_model, z, w.kappa, backend)
+    assert np.isfinite(chis).all() and np.isfinite(energy) and energy < 500.0
+    held = chis[10:]                                   # after 200 fs
+    assert abs(held.mean() - z) < sigma
+    assert 0.3 * sigma < held.std() < 1.5 * sigma
+    if backend == "pythonforce":
+        chis, energy = _restrained_md(ala, md_model, z, 10 * w.kappa_max, backend, 500)
+        assert not (np.isfinite(energy) and energy < 1e6)
