@@ -75,6 +75,9 @@ def resolve_backend(backend: str = "auto") -> tuple[str, str]:
                 return torchforce.NAME, "auto: openmmtorch imports and openmm < 8.6"
             return pythonforce.NAME, f"auto: {problem}"
     if requested == pythonforce.NAME:
+        if not hasattr(openmm, "PythonForce"):
+            raise ChiBackendError(f"backend 'pythonforce' needs openmm>=8.5 (openmm.PythonForce);"
+                                  f" this is openmm {openmm.__version__}: upgrade openmm")
         return requested, source
     if requested == torchforce.NAME:
         problem = torchforce_problem()
