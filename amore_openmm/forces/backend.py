@@ -73,7 +73,7 @@ def resolve_backend(backend: str = "auto") -> tuple[str, str]:
             problem = torchforce_problem()
             if problem is None:
                 return torchforce.NAME, "auto: openmmtorch imports and openmm < 8.6"
-            return pythonforce.NAME, f"auto: {problem}"
+            requested, source = pythonforce.NAME, f"auto: {problem}"
     if requested == pythonforce.NAME:
         if not hasattr(openmm, "PythonForce"):
             raise ChiBackendError(f"backend 'pythonforce' needs openmm>=8.5 (openmm.PythonForce);"
