@@ -10,6 +10,7 @@ once per process and model.
 from __future__ import annotations
 
 import hashlib
+import io
 import threading
 from typing import Any
 
@@ -30,7 +31,6 @@ def _load(key: str, data: bytes) -> Any:
     with _LOCK:
         module = _MODULES.get(key)
         if module is None:
-            import io
             module = torch.jit.load(io.BytesIO(data), map_location="cpu")
             module.eval()
             _MODULES[key] = module
