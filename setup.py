@@ -3,7 +3,16 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-OPENMM = "8.5.2"  # openmm 8.6 segfaults with the torch plugin (see README)
+OPENMM_TORCHFORCE = "openmm>=8.5,<8.6"  # openmm-torch 1.10 wheels segfault with openmm 8.6
+TORCH_TORCHFORCE = "torch>=2.10,<2.13"   # what the acellera-openmmtorch 1.10 wheels require
+TORCHFORCE = {  # extras that bring the "torchforce" χ backend (openmm-torch) with its pins
+    "torchforce": ["acellera-openmmtorch-cpu==1.10", OPENMM_TORCHFORCE, TORCH_TORCHFORCE],
+    "cpu": ["acellera-openmmtorch-cpu==1.10", OPENMM_TORCHFORCE, TORCH_TORCHFORCE],
+    "cuda12": ["acellera-openmmtorch-cu12==1.10", "openmm-cuda-12==8.5.2", "openmm==8.5.2",
+               TORCH_TORCHFORCE],
+    "cuda13": ["acellera-openmmtorch-cu13==1.10", "openmm-cuda-13==8.5.2", "openmm==8.5.2",
+               TORCH_TORCHFORCE],
+}
 
 setup(
     name="amore_openmm",
@@ -16,8 +25,10 @@ setup(
     packages=find_packages(include=["amore_openmm", "amore_openmm.*"]),
     install_requires=[
         "numpy>=1.24",
-        "openmm>=8.4,<8.6",
-        "torch>=2.10,<2.13",
+        # the core runs χ through openmm.PythonForce (OpenMM >= 8.5), 8.6 included; the
+        # torchforce extras below narrow these pins for openmm-torch
+        "openmm>=8.5",
+        "torch>=2.10,<2.14",
         "mdtraj>=1.9.9",
         "parmed>=4.2",
         "matplotlib>=3.7",
@@ -26,9 +37,7 @@ setup(
         "tomli-w>=1.0",
     ],
     extras_require={
-        "cpu": ["acellera-openmmtorch-cpu==1.10"],
-        "cuda12": ["acellera-openmmtorch-cu12==1.10", f"openmm-cuda-12=={OPENMM}"],
-        "cuda13": ["acellera-openmmtorch-cu13==1.10", f"openmm-cuda-13=={OPENMM}"],
+        **TORCHFORCE,
         "distributed": ["dask[distributed]>=2024.1", "dask-jobqueue>=0.8"],
         "test": ["pytest>=7", "pytest-timeout>=2"],
     },

@@ -1,4 +1,6 @@
-"""χ inside OpenMM: TorchForce CV, restraint forces, reporter, and the plain-OpenMM loading path."""
+"""χ inside OpenMM on both backends (TorchForce, PythonForce): CV, restraint forces, reporter,
+and the plain-OpenMM loading path."""
+import copy
 import io
 import json
 import subprocess
@@ -13,9 +15,17 @@ import openmm
 from openmm import app, unit
 
 from amore_openmm.chi import ChiModel, make_featurizer, read_torchscript_metadata
-from amore_openmm.forces import ChiReporter, ChiRestraintForce, chi_force
+from amore_openmm.forces import (BACKENDS, ChiReporter, ChiRestraintForce, KappaWindowError,
+                                 chi_force, chi_from_context, kappa_window, md_kappa)
+from amore_openmm.forces.backend import torchforce_problem
 
 torch.set_num_threads(1)
+
+_NO_TORCHFORCE = torchforce_problem()
+requires_torchforce = pytest.mark.skipif(_NO_TORCHFORCE is not None,
+                                         reason=f"torchforce backend: {_NO_TORCHFORCE}")
+BACKEND_PARAMS = [pytest.param("torchforce", marks=requires_torchforce), "pythonforce"]
+assert tuple(p if isinstance(p, str) else p.values[0] for p in BACKEND_PARAMS) == BACKENDS
 
 
 @pytest.fixture(scope="module")
@@ -53,33 +63,37 @@ def _context(system, platform):
                           openmm.Platform.getPlatformByName(platform))
 
 
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("platform", ["Reference", "CPU"])
-def test_chi_read_through_openmm_equals_torch(ala, frames, model, model64, platform, tmp_path):
+def test_chi_read_through_openmm_equals_torch(ala, frames, model, model64, platform, backend,
+                                              tmp_path):
     path = model.export_torchscript(tmp_path / "chi.pt")
     for source in (model, path):
         system = _bare_system(ala)
-        force = ChiRestraintForce(source, z=0.5, kappa=10.0)
+        force = ChiRestraintForce(source, z=0.5, kappa=10.0, backend=backend)
+        assert isinstance(force, ChiRestraintForce) and force.backend == backend
         system.addForce(force)
         ctx = _context(system, platform)
         torch_chi = model.chi(frames)             # float32 training precision
         torch_chi64 = model64.chi(frames)
-        assert np.ptp(torch_chi) > 0.1           # the frames give clearly different χ
+        assert np.ptp(torch_chi) > 0.02          # the frames give clearly different χ
         for x, c, c64 in zip(frames, torch_chi, torch_chi64):
             ctx.setPositions(x)
-            via_openmm = force.getCollectiveVariableValues(ctx)[0]
+            via_openmm = force.chi(ctx)
             assert via_openmm == pytest.approx(c64, abs=1e-10)
             assert via_openmm == pytest.approx(c, rel=1e-6, abs=1e-6)
-            assert force.chi(ctx) == via_openmm
+            assert chi_from_context(ctx, force) == via_openmm
 
 
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("platform", ["Reference", "CPU"])
-def test_restraint_forces_equal_autograd(ala, frames, model, model64, platform):
+def test_restraint_forces_equal_autograd(ala, frames, model, model64, platform, backend):
     system = _bare_system(ala)
-    force = ChiRestraintForce(model, z=0.2, kappa=300.0)
+    force = ChiRestraintForce(model, z=0.2, kappa=300.0, backend=backend)
     system.addForce(force)
     ctx = _context(system, platform)
     chi, grad = model64.chi_and_grad(frames)
-    assert np.ptp(chi) > 0.1
+    assert np.ptp(chi) > 0.02
     for (z, kappa) in [(0.2, 300.0), (0.9, 1.0e4)]:
         ChiRestraintForce.set(ctx, z=z, kappa=kappa)
         assert ctx.getParameter(ChiRestraintForce.Z_PARAM) == z
@@ -99,7 +113,9 @@ def test_restraint_forces_equal_autograd(ala, frames, model, model64, platform):
                                        atol=1e-8 * scale + 1e-12)
 
 
-def test_parameter_names_do_not_collide_with_user_parameters(ala, frames, model, model64):
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_parameter_names_do_not_collide_with_user_parameters(ala, frames, model, model64,
+                                                             backend):
     """A user force with globals 'z' and 'kappa' keeps its own values."""
     system = _bare_system(ala)
     user = openmm.CustomBondForce("kappa*(r-z)^2")
@@ -108,10 +124,13 @@ def test_parameter_names_do_not_collide_with_user_parameters(ala, frames, model,
     user.addBond(0, 1, [])
     user.setForceGroup(1)
     system.addForce(user)
-    restraint = ChiRestraintForce(model, z=0.1, kappa=50.0, force_group=2)
+    restraint = ChiRestraintForce(model, z=0.1, kappa=50.0, force_group=2, backend=backend)
     system.addForce(restraint)
-    names = {restraint.getGlobalParameterName(i)
-             for i in range(restraint.getNumGlobalParameters())}
+    if backend == "torchforce":
+        names = {restraint.getGlobalParameterName(i)
+                 for i in range(restraint.getNumGlobalParameters())}
+    else:
+        names = set(restraint.getGlobalParameters().keys())
     assert names == {ChiRestraintForce.Z_PARAM, ChiRestraintForce.KAPPA_PARAM}
     ctx = _context(system, "Reference")
     x = frames[0]
@@ -125,9 +144,10 @@ def test_parameter_names_do_not_collide_with_user_parameters(ala, frames, model,
     assert e_r == pytest.approx(0.5 * 80.0 * (c - 0.7) ** 2, rel=1e-9)
 
 
-def test_chi_force_group_gives_minus_gradient(ala, frames, model, model64):
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_chi_force_group_gives_minus_gradient(ala, frames, model, model64, backend):
     system = _bare_system(ala)
-    system.addForce(chi_force(model, force_group=4))
+    system.addForce(chi_force(model, force_group=4, backend=backend))
     ctx = _context(system, "Reference")
     ctx.setPositions(frames[1])
     st = ctx.getState(getForces=True, getEnergy=True, groups={4})
@@ -137,6 +157,7 @@ def test_chi_force_group_gives_minus_gradient(ala, frames, model, model64):
     np.testing.assert_allclose(f, -grad[0], atol=1e-10 * np.abs(grad).max())
 
 
+@requires_torchforce
 def test_plain_openmm_script_loads_exported_chi(ala, frames, model, model64, tmp_path):
     """The χ file works with torch + openmm + openmmtorch only (no amore_openmm)."""
     path = model.export_torchscript(tmp_path / "chi.pt", training={"note": "test"})
@@ -180,15 +201,17 @@ def test_plain_openmm_script_loads_exported_chi(ala, frames, model, model64, tmp
     assert out["chi_f32"] == pytest.approx(expected, rel=1e-5)   # float32 positions in
 
 
-def test_chi_reporter_logs_chi_of_running_simulation(ala, model, model64, tmp_path):
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_chi_reporter_logs_chi_of_running_simulation(ala, model, model64, backend, tmp_path):
     sim = app.Simulation(ala.topology, ala.system, ala.make_integrator(seed=5),
                          openmm.Platform.getPlatformByName("Reference"))
     sim.context.setPositions(ala.positions[0])
     sim.context.setVelocitiesToTemperature(ala.temperature, 5)
     log = tmp_path / "chi.csv"
     stream = io.StringIO()
-    rep_file = ChiReporter(str(log), 25, model, gradient_norm=True)
-    rep_stream = ChiReporter(stream, 50, model)
+    rep_file = ChiReporter(str(log), 25, model, gradient_norm=True, backend=backend)
+    rep_stream = ChiReporter(stream, 50, model, backend=backend)
+    assert rep_file.backend == backend
     sim.reporters += [rep_file, rep_stream]
     sim.step(100)
     rep_file.close()
@@ -207,6 +230,87 @@ def test_chi_reporter_logs_chi_of_running_simulation(ala, model, model64, tmp_pa
     assert [r[0] for r in rep_stream.values] == [50, 100]
 
 
-def test_missing_file_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_missing_file_is_a_clear_error(tmp_path, backend):
     with pytest.raises(FileNotFoundError, match="export_torchscript"):
-        chi_force(tmp_path / "nope.pt")
+        chi_force(tmp_path / "nope.pt", backend=backend)
+    with pytest.raises(FileNotFoundError, match="export_torchscript"):
+        ChiRestraintForce(tmp_path / "nope.pt", backend=backend)
+
+
+# --- the κ rule for restrained MD (issue 10 item 8) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def md_model(ala):
+    """A random pairwise-distance χ whose ‖∇χ‖ (~4 nm⁻¹) is that of a trained alanine χ."""
+    m = ChiModel(make_featurizer(ala, "auto"), seed=7)
+    with torch.no_grad():
+        m.network[-1].weight.mul_(5.0)
+    return m
+
+
+def test_kappa_window_follows_the_physics(ala, md_model):
+    x0 = ala.positions[0]
+    T, dt = ala.temperature, ala.timestep
+    w = kappa_window(md_model, x0, T, dt, masses=ala, chi_tolerance=0.01)
+    kT = 0.0083144626 * T
+    assert w.kappa_min == pytest.approx(kT / 0.01 ** 2, rel=1e-6)
+    # the restraint's fastest period at κ_max is exactly 10 timesteps
+    assert 2 * np.pi / np.sqrt(w.kappa_max * w.curvature) == pytest.approx(10 * dt, rel=1e-12)
+    assert w.kappa_min < w.kappa < w.kappa_max
+    assert w.kappa == pytest.approx(np.sqrt(w.kappa_min * w.kappa_max), rel=1e-12)
+    assert md_kappa(md_model, x0, T, dt * unit.picosecond, masses=ala) == pytest.approx(w.kappa)
+    # hydrogen mass for every atom bounds the frequency from above: a smaller κ_max
+    w_h = kappa_window(md_model, x0, T, dt, chi_tolerance=0.01)
+    _, g = copy.deepcopy(md_model).double().chi_and_grad(x0)
+    assert w_h.curvature == pytest.approx(float((g * g).sum()) / 1.008, rel=1e-9)
+    assert w_h.kappa_max < w.kappa_max
+    # a timestep too long for the tolerance: the error names one that works
+    with pytest.raises(KappaWindowError, match="timestep") as err:
+        md_kappa(md_model, x0, T, 0.02, masses=ala)
+    assert f"{w.max_timestep:.3g}" in str(err.value)
+    assert md_kappa(md_model, x0, T, 0.99 * w.max_timestep, masses=ala) > w.kappa_min
+    with pytest.warns(RuntimeWarning, match="no restraint stiffness"):
+        k = md_kappa(md_model, x0, T, 0.02, masses=ala, on_empty="warn")
+    assert k == pytest.approx(kappa_window(md_model, x0, T, 0.02, masses=ala).kappa_max)
+
+
+def _restrained_md(ala, model, z, kappa, backend, n_steps=1000, every=10):
+    system = openmm.XmlSerializer.clone(ala.system)
+    system.addForce(ChiRestraintForce(model, z=z, kappa=kappa, backend=backend))
+    integ = ala.make_integrator(seed=3)            # Langevin, 2 fs, 310 K
+    ctx = _context_with(system, integ)
+    ctx.setPositions(ala.positions[0])
+    ctx.setVelocitiesToTemperature(ala.temperature, 3)
+    m64 = copy.deepcopy(model).double()
+    chis = []
+    for _ in range(n_steps // every):
+        integ.step(every)
+        x = ctx.getState(getPositions=True).getPositions(asNumpy=True)._value
+        chis.append(m64.chi(x)[0] if np.isfinite(x).all() else np.nan)
+    energy = ctx.getState(getEnergy=True).getPotentialEnergy()._value
+    return np.array(chis), energy
+
+
+def _context_with(system, integrator):
+    return openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_restrained_md_with_md_kappa_is_stable_and_holds_z(ala, md_model, backend):
+    """2 fs Langevin MD of the bundled alanine dipeptide with κ from md_kappa: finite, χ
+    held at z within its thermal width sqrt(kT/κ); 10× above κ_max (3 steps per restraint
+    period, the Verlet limit) the same MD blows up."""
+    x0 = ala.positions[0]
+    z = float(copy.deepcopy(md_model).double().chi(x0)[0])
+    w = kappa_window(md_model, x0, ala.temperature, ala.timestep, masses=ala)
+    sigma = np.sqrt(w.kT / w.kappa)
+    assert sigma <= 0.01
+    chis, energy = _restrained_md(ala, md_model, z, w.kappa, backend)
+    assert np.isfinite(chis).all() and np.isfinite(energy) and energy < 500.0
+    held = chis[10:]                                   # after 200 fs
+    assert abs(held.mean() - z) < sigma
+    assert 0.3 * sigma < held.std() < 1.5 * sigma
+    if backend == "pythonforce":
+        chis, energy = _restrained_md(ala, md_model, z, 10 * w.kappa_max, backend, 500)
+        assert not (np.isfinite(energy) and energy < 1e6)

@@ -1,0 +1,80 @@
+"""The "torchforce" backend: χ as an ``openmmtorch.TorchForce`` (TorchScript) collective
+variable, the restraint as a ``CustomCVForce``.
+
+``openmmtorch`` is imported only when this backend is used (:func:`import_openmmtorch`), so
+``amore_openmm`` works without it (then the "pythonforce" backend runs χ).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import openmm
+
+from .common import (CV_NAME, KAPPA_PARAM, Z_PARAM, ModelLike, _ChiRestraintBase,
+                     _existing_file, kj, load_chi_module)
+
+NAME = "torchforce"
+_CACHE: dict[str, Any] = {}
+
+
+def import_openmmtorch() -> Any:
+    """The ``openmmtorch`` module, imported once (after torch, as it needs).
+
+    Raises ImportError (the original one) when it is not installed or does not import.
+    """
+    if "module" not in _CACHE:
+        import torch  # noqa: F401  (torch must be imported before openmmtorch)
+        try:
+            with warnings.catch_warnings():  # its wrapper still imports the ``simtk`` name
+                warnings.simplefilter("ignore")
+                import openmmtorch
+        except Exception as exc:  # ImportError, or OSError from a missing CUDA library
+            _CACHE["module"], _CACHE["error"] = None, exc
+        else:
+            _CACHE["module"], _CACHE["error"] = openmmtorch, None
+    if _CACHE["module"] is None:
+        err = _CACHE["error"]
+        raise ImportError(f"openmmtorch does not import ({type(err).__name__}: {err})") from err
+    return _CACHE["module"]
+
+
+def torch_chi_force(model: ModelLike, force_group: int | None = None) -> openmm.Force:
+    """χ as an ``openmmtorch.TorchForce`` whose energy is χ (forces −∇χ).
+
+    A path is passed to TorchForce as a file. The force does not use periodic boundary
+    conditions, so the model sees the Context's unwrapped positions.
+    """
+    openmmtorch = import_openmmtorch()
+    if isinstance(model, (str, os.PathLike)):
+        force = openmmtorch.TorchForce(str(_existing_file(model)))
+    else:
+        force = openmmtorch.TorchForce(load_chi_module(model))
+    force.setUsesPeriodicBoundaryConditions(False)
+    force.setOutputsForces(False)
+    force.setName("AmoreChi")
+    if force_group is not None:
+        force.setForceGroup(int(force_group))
+    return force
+
+
+class TorchChiRestraint(_ChiRestraintBase, openmm.CustomCVForce):
+    """0.5·κ·(χ − z)² as a ``CustomCVForce`` over the TorchForce χ (see ChiRestraintForce)."""
+
+    backend = NAME
+
+    def __init__(self, model: ModelLike, z: float = 0.5, kappa: Any = 1e5,
+                 force_group: int | None = None) -> None:
+        chi = torch_chi_force(model)
+        openmm.CustomCVForce.__init__(self, f"0.5*{KAPPA_PARAM}*({CV_NAME}-{Z_PARAM})^2")
+        self.addGlobalParameter(Z_PARAM, float(z))
+        self.addGlobalParameter(KAPPA_PARAM, kj(kappa))
+        self.addCollectiveVariable(CV_NAME, chi)
+        self.setName("AmoreChiRestraint")
+        if force_group is not None:
+            self.setForceGroup(int(force_group))
+
+    def chi(self, context: openmm.Context) -> float:
+        """χ at the Context's current positions, read through OpenMM."""
+        return float(self.getCollectiveVariableValues(context)[0])
