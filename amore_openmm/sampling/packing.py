@@ -349,6 +349,22 @@ def _copy_virtual_site(site: openmm.VirtualSite, o: int) -> openmm.VirtualSite:
                        "supported; use TwoParticleAverage/ThreeParticleAverage/OutOfPlane sites")
 
 
+def _packed_topology(topology: app.Topology, copies: int) -> app.Topology:
+    """``copies`` copies of ``topology`` (one chain per copy and chain)."""
+    top = app.Topology()
+    for c in range(copies):
+        atoms = {}
+        for chain in topology.chains():
+            new_chain = top.addChain(f"{chain.id}{c}" if chain.id else str(c))
+            for res in chain.residues():
+                new_res = top.addResidue(res.name, new_chain, res.id, res.insertionCode)
+                for atom in res.atoms():
+                    atoms[atom] = top.addAtom(atom.name, atom.element, new_res, atom.id)
+        for a, b in topology.bonds():
+            top.addBond(atoms[a], atoms[b])
+    return top
+
+
 def pack_replicas(system: MolecularSystem, copies: int, *, gb_cutoff: float = 5.0,
                   spacing: float | None = None) -> PackedSystem:
     """Build one OpenMM System with ``copies`` non-interacting copies of ``system``.
@@ -430,17 +446,7 @@ def pack_replicas(system: MolecularSystem, copies: int, *, gb_cutoff: float = 5.
             f.setForceGroup(force.getForceGroup())
             packed.addForce(f)
 
-    top = app.Topology()
-    for c in range(copies):
-        atoms = {}
-        for chain in system.topology.chains():
-            new_chain = top.addChain(f"{chain.id}{c}" if chain.id else str(c))
-            for res in chain.residues():
-                new_res = top.addResidue(res.name, new_chain, res.id, res.insertionCode)
-                for atom in res.atoms():
-                    atoms[atom] = top.addAtom(atom.name, atom.element, new_res, atom.id)
-        for a, b in system.topology.bonds():
-            top.addBond(atoms[a], atoms[b])
-    return PackedSystem(system=packed, topology=top, copies=copies, n_atoms=n,
+    return PackedSystem(system=packed, topology=_packed_topology(system.topology, copies),
+                        copies=copies, n_atoms=n,
                         offsets=offsets, gb_cutoff=gb_cutoff if has_gb else None,
                         exact=not has_gb, dropped_forces=dropped, source=system)
