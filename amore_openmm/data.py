@@ -1,14 +1,21 @@
 """Stage 2 — data: Koopman pairs (x, y) from bursts, with per-start metadata.
 
 ``x`` holds N starting structures (N×n×3, nm) and ``y`` the end points of K bursts from each
-(N×K×n×3, nm). Metadata per start: generation, origin ("trajectory", "mep", "user"), seed.
-Saved as one ``.npz`` file, written atomically (temp file, then rename).
+(N×K×n×3, nm). Metadata per start: generation, origin ("trajectory", "mep", "user"), seed and
+a weight for ensemble averages. Saved as one ``.npz`` file, written atomically (temp file,
+then rename). Also here: the atomic writers of the run directory and the one JSON sanitiser
+(:func:`to_jsonable`, :func:`write_json`).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import math
 import os
 import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -16,10 +23,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 __all__ = ["KoopmanData", "atomic_save_npz", "atomic_write_bytes", "atomic_write_text",
-           "atomic_path", "ORIGINS"]
+           "atomic_path", "ORIGINS", "FORMAT_VERSION", "to_jsonable", "write_json"]
 
 ORIGINS = ("trajectory", "mep", "user")
-FORMAT_VERSION = 1
+#: 2: per-start ``weights`` and ``extra`` are saved (files of version 1 still load)
+FORMAT_VERSION = 2
+_EXTRA_ARRAY = "extra."  # npz key prefix of the array entries of KoopmanData.extra
 
 
 def _default_file_mode() -> int:
@@ -75,6 +84,40 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
     return Path(path)
 
 
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON types: numpy scalars and arrays become numbers and (nested)
+    lists, Paths strings, tuples and sets lists, dataclasses dicts, dict keys strings, and
+    non-finite floats (NaN, ±inf) ``None`` (JSON has no NaN). Raises ``TypeError`` naming the
+    type of anything else."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.str_):
+        return str(obj)
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in obj]
+    raise TypeError(f"to_jsonable: cannot write a {type(obj).__name__} as JSON")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``to_jsonable(obj)`` to ``path`` atomically (indented, UTF-8, newline at end)."""
+    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False)
+    return atomic_write_text(path, text + "\n")
+
+
 @dataclass
 class KoopmanData:
     """Starting structures and burst end points for ISOKANN.
@@ -86,7 +129,15 @@ class KoopmanData:
         origin: (N,) str, one of "trajectory", "mep", "user".
         seed: (N,) int64, the burst seed used for each start.
         lag_steps, timestep: burst settings (integrator steps, ps) for rate estimates.
-        system_name: name of the system the data belong to (checked on merge/load).
+        system_name: name of the system the data belong to. ``merge`` refuses data whose
+            system_name, lag_steps or timestep differ (where both are set); ``load(path,
+            n_atoms=...)`` checks the atom count.
+        extra: run metadata (e.g. ``start_index``, ``dropped``). Arrays with one entry per
+            start follow ``subset``/``merge``; saved and loaded with the data (arrays as
+            arrays, the rest as JSON through :func:`to_jsonable`; entries JSON cannot hold are
+            left out with a warning).
+        weights: (N,) float64 ≥ 0, the weight of each start in ensemble averages (default 1;
+            starts that are not Boltzmann samples, such as path nodes, get 0).
     """
 
     x: np.ndarray
@@ -98,6 +149,7 @@ class KoopmanData:
     timestep: float = 0.0
     system_name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    weights: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.x = np.asarray(self.x, dtype=np.float32)
@@ -117,6 +169,14 @@ class KoopmanData:
                        else np.asarray(self.origin, dtype="<U10").reshape(n))
         self.seed = (np.zeros(n, dtype=np.int64) if self.seed is None
                      else np.asarray(self.seed, dtype=np.int64).reshape(n))
+        if self.weights is None:
+            self.weights = np.ones(n, dtype=np.float64)
+        else:
+            w = np.asarray(self.weights, dtype=np.float64)
+            if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0):
+                raise ValueError(f"KoopmanData.weights must be {n} finite values >= 0 (one per "
+                                 f"start), got shape {w.shape}")
+            self.weights = w
 
     # -- shape ---------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -150,14 +210,19 @@ class KoopmanData:
         extra = {k: (v[index] if self._per_start(v) else v) for k, v in self.extra.items()}
         return KoopmanData(self.x[index], self.y[index], self.generation[index],
                            self.origin[index], self.seed[index], self.lag_steps,
-                           self.timestep, self.system_name, extra)
+                           self.timestep, self.system_name, extra, self.weights[index])
 
     def _per_start(self, value: Any) -> bool:
         """True for ``extra`` entries holding one value per start (sliced with the data)."""
         return isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == len(self)
 
     def merge(self, other: "KoopmanData") -> "KoopmanData":
-        """Concatenate two data sets of the same system and burst count."""
+        """Concatenate two data sets of the same system, lag and burst count.
+
+        Raises ``ValueError`` naming both values when the atom count, K, or (where both are
+        set) the system name, lag_steps or timestep differ.
+        """
+        self._check_compatible(other)
         if len(self) == 0:
             return other
         if len(other) == 0:
@@ -168,15 +233,22 @@ class KoopmanData:
         if other.n_koopman != self.n_koopman:
             raise ValueError(f"cannot merge data with K={other.n_koopman} bursts per start "
                              f"into data with K={self.n_koopman}; use the same n_koopman")
-        if (self.lag_steps and other.lag_steps and self.lag_steps != other.lag_steps):
-            raise ValueError(f"cannot merge data with lag {other.lag_steps} steps into data "
-                             f"with lag {self.lag_steps} steps")
         return KoopmanData(np.concatenate([self.x, other.x]), np.concatenate([self.y, other.y]),
                            np.concatenate([self.generation, other.generation]),
                            np.concatenate([self.origin, other.origin]),
                            np.concatenate([self.seed, other.seed]),
                            self.lag_steps or other.lag_steps, self.timestep or other.timestep,
-                           self.system_name or other.system_name, self._merged_extra(other))
+                           self.system_name or other.system_name, self._merged_extra(other),
+                           np.concatenate([self.weights, other.weights]))
+
+    def _check_compatible(self, other: "KoopmanData") -> None:
+        for name, mine, theirs in (("system_name", self.system_name, other.system_name),
+                                   ("lag_steps", self.lag_steps, other.lag_steps),
+                                   ("timestep", self.timestep, other.timestep)):
+            if mine and theirs and mine != theirs:
+                raise ValueError(f"cannot merge data with {name}={theirs!r} into data with "
+                                 f"{name}={mine!r}: Koopman pairs of different systems or lag "
+                                 "times cannot be mixed")
 
     def _merged_extra(self, other: "KoopmanData") -> dict[str, Any]:
         # Per-start arrays are concatenated when both sides have them and dropped otherwise,
@@ -195,13 +267,24 @@ class KoopmanData:
 
     # -- I/O -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write one ``.npz`` file atomically."""
+        """Write one ``.npz`` file atomically (``extra`` included, see the class docstring)."""
+        arrays, rest = {}, {}
+        for key, value in self.extra.items():
+            if isinstance(value, np.ndarray) and value.dtype.kind in "biufU":
+                arrays[_EXTRA_ARRAY + str(key)] = value
+                continue
+            try:
+                rest[str(key)] = to_jsonable(value)
+            except TypeError as exc:
+                warnings.warn(f"KoopmanData.save: extra[{key!r}] is not saved ({exc})",
+                              stacklevel=2)
         return atomic_save_npz(path, x=self.x, y=self.y, generation=self.generation,
-                               origin=self.origin, seed=self.seed,
+                               origin=self.origin, seed=self.seed, weights=self.weights,
                                lag_steps=np.int64(self.lag_steps),
                                timestep=np.float64(self.timestep),
                                system_name=np.str_(self.system_name),
-                               format_version=np.int64(FORMAT_VERSION))
+                               format_version=np.int64(FORMAT_VERSION),
+                               extra_json=np.str_(json.dumps(rest, allow_nan=False)), **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, n_atoms: int | None = None) -> "KoopmanData":
@@ -211,10 +294,17 @@ class KoopmanData:
             raise FileNotFoundError(f"Koopman data file {path} does not exist")
         try:
             with np.load(path, allow_pickle=False) as f:
+                extra = json.loads(str(f["extra_json"])) if "extra_json" in f.files else {}
+                extra.update({k[len(_EXTRA_ARRAY):]: f[k] for k in f.files
+                              if k.startswith(_EXTRA_ARRAY)})
                 data = cls(f["x"], f["y"], f["generation"], f["origin"], f["seed"],
-                           int(f["lag_steps"]), float(f["timestep"]), str(f["system_name"]))
+                           int(f["lag_steps"]), float(f["timestep"]), str(f["system_name"]),
+                           extra, f["weights"] if "weights" in f.files else None)
         except KeyError as exc:
             raise ValueError(f"{path} is not a KoopmanData file (missing {exc})") from exc
+        except (zipfile.BadZipFile, EOFError, OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path} is damaged or not a KoopmanData .npz file ({exc}); "
+                             "delete it and sample again") from exc
         if n_atoms is not None and data.n_atoms != n_atoms:
             raise ValueError(f"{path} holds data for {data.n_atoms} atoms but the system has "
                              f"{n_atoms}: it belongs to a different system")

@@ -5,9 +5,10 @@ pass it to :class:`~amore_openmm.sampling.BurstSampler` (``BurstSampler(pool,
 executor=DaskExecutor(client))``). Each chunk task runs the sampler's chunk function on a
 worker; the worker builds its Context for the run's system once (cached per worker process and
 thread, keyed by a hash of the serialised System, integrator, platform and properties) and
-reuses it for every later chunk. Because burst k of start i always uses the random stream
-``burst_seed(seed, i, k)``, the data equal those of the local pool for the same seed and
-platform, whichever worker runs which chunk. If a worker dies, Dask reschedules its in-flight
+reuses it for every later chunk. Because a burst's random stream depends only on the seed,
+its start index and k (and, with block re-seeding, the default off Reference, on its block of
+starts), the data equal those of the local pool for the same seed and platform, whichever
+worker runs which chunk. If a worker dies, Dask reschedules its in-flight
 chunks on the remaining workers (``retries`` more attempts for tasks that raise): a lost worker
 costs only the chunks it was running.
 
@@ -28,12 +29,13 @@ SLURM with dask-jobqueue, one GPU per worker::
     cluster.scale(jobs=8)                    # 8 SLURM jobs = 8 workers = 8 GPUs
     client = Client(cluster)
     ms = load_system("alanine_dipeptide")
-    with ContextPool(ms, size=1, platform="CUDA") as pool:   # fixes system + platform
-        data = BurstSampler(pool, executor=DaskExecutor(client)).run(starts, n_koopman=1,
-                                                                     seed=0)
+    starts = ms.positions[0][None].repeat(1000, axis=0)     # (N, n_atoms, 3) nm
+    # local=False: the pool is only the Context recipe (system + platform); it builds no
+    # Context on this machine, so a login node without a GPU can submit CUDA bursts
+    pool = ContextPool(ms, size=8, platform="CUDA", local=False)
+    data = BurstSampler(pool, executor=DaskExecutor(client)).run(starts, n_koopman=1, seed=0)
 
-The pool on the client machine only defines the Context recipe (it builds one Context
-locally); the bursts run on the workers. ``amore run --scheduler ADDRESS`` connects a
+The bursts run on the workers. ``amore run --scheduler ADDRESS`` connects a
 ``Client(ADDRESS)`` and does the same.
 """
 from __future__ import annotations
@@ -47,20 +49,12 @@ __all__ = ["DaskExecutor", "worker_engine_ids"]
 
 
 def worker_engine_ids() -> dict[str, int]:
-    """On a worker: ``{spec digest: id(engine)}`` of the burst engines this process keeps
-    (sampler and packed engines). Run with ``client.run(worker_engine_ids)`` to check that
-    Contexts are reused across tasks."""
-    out: dict[str, int] = {}
-    try:
-        from amore_openmm import sampling
-        for (digest, _tid), eng in sampling._EXEC_ENGINES.items():
-            out[f"burst:{digest}"] = id(eng)
-    except ImportError:  # pragma: no cover
-        pass
-    from amore_openmm import packing
-    for (digest, _tid), eng in packing._PACKED_ENGINES.items():
-        out[f"packed:{digest}"] = id(eng)
-    return out
+    """On a worker: ``{"kind:spec digest": id(engine)}`` of the burst engines this process
+    keeps (plain "burst" and "packed" engines). Run with ``client.run(worker_engine_ids)`` to
+    check that Contexts are reused across tasks."""
+    from amore_openmm.sampling import engine_cache
+
+    return {f"{kind}:{digest}": id(eng) for (kind, digest, _tid), eng in engine_cache().items()}
 
 
 class DaskExecutor(cf.Executor):

@@ -7,7 +7,8 @@ Measures, for one system:
     ``--lag`` steps, K = 1, default re-seeding policy of the platform), aggregate integrator
     steps per second (pool start-up excluded, reported separately);
 (b) one bare Context stepping the same total number of steps with ``integrator.step``;
-(c) the parallel limit: as many bare Contexts as the pool has slots, each stepping its share
+(c) the parallel limit: as many bare Contexts as the pool really created (its default on GPUs
+    is two Contexts per device, on CPU/Reference one per core), each stepping its share
     with ``integrator.step`` in one call, started together, from threads and from processes.
     Reference Contexts of one process share a process-global random generator, so from
     threads they race; the process variant is the honest limit there. The ratio uses the
@@ -43,8 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 import openmm  # noqa: E402
 
-from amore_openmm.sampling import (BurstSampler, ContextPool, _default_properties,  # noqa: E402
-                                   _usable_cpus, choose_platform)
+from amore_openmm.sampling import (BurstSampler, ContextPool, choose_platform,  # noqa: E402
+                                   default_platform_properties, usable_cpus)
 from amore_openmm.systems import load_system  # noqa: E402
 
 
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bursts", type=int, default=2000)
     ap.add_argument("--lag", type=int, default=None,
                     help="steps per burst (default: the system's lag_steps)")
-    ap.add_argument("--size", type=int, default=None, help="pool slots (default: CPU cores)")
+    ap.add_argument("--size", type=int, default=None,
+                    help="pool slots (default: the pool's own: CPU cores, 2 per GPU)")
     ap.add_argument("--platform", default="auto")
     ap.add_argument("--repeats", type=int, default=1, help="best of N for (a) and (c)")
     ap.add_argument("--quick", action="store_true", help="400 bursts (a smoke run)")
@@ -162,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     platform = args.platform
     if platform == "auto":
         platform, probe = choose_platform(ms)
-    size = args.size or _usable_cpus()
-    props = _default_properties(platform, None)
+    props = default_platform_properties(platform, None)
     spec = {"system_xml": openmm.XmlSerializer.serialize(ms.system),
             "integrator_xml": openmm.XmlSerializer.serialize(ms.make_integrator(seed=1)),
             "platform": platform, "props": props, "x0": ms.positions[0].tolist(),
@@ -175,14 +176,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # (b) one bare Context
     single = bare_single(spec, total)
-    # (c) the parallel limit
-    steps_each = total // size
-    thr, prc = [], []
-    engine, pool_start = [], None
+    thr, prc, engine = [], [], []
     t0 = time.perf_counter()
-    pool = ContextPool(ms, size=size, platform=platform)
+    pool = ContextPool(ms, size=args.size, platform=platform)
     pool_start = time.perf_counter() - t0
     try:
+        # (c) the parallel limit with the Contexts the pool really holds
+        size = pool.contexts_created
+        steps_each = total // size
         sampler = BurstSampler(pool)
         sampler.run(starts[: 4 * size], 1, args.lag, seed=1, progress=False)  # warm-up
         for rep in range(args.repeats):
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             engine.append(data.n_starts * args.lag / (time.perf_counter() - t0))
         stats = sampler.last_stats
         mode, fast = pool.mode, pool.fast_reseed
+        drops = data.extra["drop_counts"]
     finally:
         pool.close()
     limit = max(thr + prc)
@@ -202,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform, "auto_choice": probe["chosen"] if probe else None,
         "probe_steps_per_s": probe["steps_per_s"] if probe else None,
         "probe_seconds": probe["probe_seconds"] if probe else None,
-        "pool_size": size, "pool_mode": mode, "fast_reseed": fast,
+        "pool_size": size, "pool_contexts": size, "pool_mode": mode, "fast_reseed": fast,
+        "dropped": drops,
         "reseed": stats.get("reseed"),
         "bursts": args.bursts, "lag_steps": args.lag, "total_steps": total,
         "engine_steps_per_s": round(max(engine), 1),
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine_vs_single_ratio": round(max(engine) / single, 3),
         "engine_chunks": stats.get("chunks"), "pool_start_s": round(pool_start, 2),
         "load_avg_1min_before": round(load0, 2), "load_avg_1min_after":
-            round(os.getloadavg()[0], 2), "cpus": _usable_cpus(),
+            round(os.getloadavg()[0], 2), "cpus": usable_cpus(),
     }
     print(json.dumps(out))
     return 0

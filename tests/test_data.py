@@ -84,3 +84,69 @@ def test_written_files_are_readable_by_others(tmp_path):
     os.umask(mask)
     path = atomic_save_npz(tmp_path / "k.npz", v=np.arange(2))
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # the umask's mode, not mkstemp's 0600
+
+
+def test_merge_refuses_other_system_name_lag_or_timestep():
+    a = _data(3)
+    for field, value in (("system_name", "other"), ("lag_steps", 50), ("timestep", 0.004)):
+        b = _data(2, seed=1)
+        setattr(b, field, value)
+        with pytest.raises(ValueError, match=rf"{field}={value!r}.*{field}={getattr(a, field)!r}"):
+            a.merge(b)
+    unnamed = _data(2, seed=1)
+    unnamed.system_name = ""  # unknown system: accepted, the name of the other side is kept
+    assert a.merge(unnamed).system_name == "toy" and unnamed.merge(a).system_name == "toy"
+
+
+def test_weights_default_follow_subset_merge_save_load(tmp_path):
+    a, b = _data(4), _data(3, seed=1)
+    assert a.weights.dtype == np.float64 and a.weights.tolist() == [1.0] * 4
+    b.weights = np.array([0.0, 0.5, 2.0])
+    m = a.merge(b)
+    assert m.weights.tolist() == [1.0] * 4 + [0.0, 0.5, 2.0]
+    assert m.subset(slice(0, 4)).weights.tolist() == [1.0] * 4
+    assert m.subset([5, 6]).weights.tolist() == [0.5, 2.0]
+    back = KoopmanData.load(m.save(tmp_path / "w.npz"))
+    np.testing.assert_array_equal(back.weights, m.weights)
+    with pytest.raises(ValueError, match="weights"):
+        KoopmanData(np.zeros((2, 1, 3)), np.zeros((2, 1, 3)), weights=[1.0, -1.0])
+
+
+def test_extra_is_saved_and_loaded(tmp_path):
+    d = _data(3)
+    d.extra.update(start_index=np.array([7, 8, 9]), reseed="burst", retried=2,
+                   dropped=[{"start_index": 4, "k": -1, "reason": "start_energy"}],
+                   drop_counts={"start_energy": 1}, score=np.float64("nan"))
+    with pytest.warns(UserWarning, match="not_json"):
+        d.extra["not_json"] = object()
+        back = KoopmanData.load(d.save(tmp_path / "e.npz"))
+    assert back.extra["start_index"].tolist() == [7, 8, 9]
+    assert back.extra["dropped"] == d.extra["dropped"]
+    assert back.extra["drop_counts"] == {"start_energy": 1} and back.extra["retried"] == 2
+    assert back.extra["reseed"] == "burst" and back.extra["score"] is None  # NaN -> null
+    assert "not_json" not in back.extra
+    assert back.subset([2]).extra["start_index"].tolist() == [9]
+
+
+def test_damaged_file_is_a_value_error_naming_it(tmp_path):
+    bad = tmp_path / "koopman.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="koopman.npz is damaged"):
+        KoopmanData.load(bad)
+
+
+def test_to_jsonable_and_write_json(tmp_path):
+    import json
+    from pathlib import Path
+
+    from amore_openmm.data import to_jsonable, write_json
+
+    obj = {"a": np.float32(1.5), "b": np.arange(3), "c": (np.int64(2), float("inf")),
+           "d": Path("/x/y"), 5: {np.str_("s"): np.bool_(True)}, "e": np.array([1.0, np.nan])}
+    plain = to_jsonable(obj)
+    assert plain == {"a": 1.5, "b": [0, 1, 2], "c": [2, None], "d": "/x/y",
+                     "5": {"s": True}, "e": [1.0, None]}
+    path = write_json(tmp_path / "sub" / "o.json", obj)
+    assert json.loads(path.read_text()) == plain and path.read_text().endswith("\n")
+    with pytest.raises(TypeError, match="object"):
+        to_jsonable({"x": object()})

@@ -12,8 +12,8 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 from amore_openmm.distributed import DaskExecutor, worker_engine_ids  # noqa: E402
-from amore_openmm.packing import PackedSpec, packed_chunk  # noqa: E402
-from amore_openmm.sampling import BurstSampler, ContextPool  # noqa: E402
+from amore_openmm.sampling import (BurstSampler, ContextPool, PackedSpec,  # noqa: E402
+                                   cached_chunk)
 from amore_openmm.systems import load_system  # noqa: E402
 
 
@@ -69,9 +69,9 @@ def test_packed_chunks_on_dask_equal_local(client) -> None:
               "n_koopman": 2, "lag_steps": 20, "seed": 5, "max_retries": 1,
               "max_displacement": 100.0} for c in range(2)]
     ex = DaskExecutor(client)
-    remote = [f.result(timeout=120) for f in [ex.submit(packed_chunk, spec, t) for t in tasks]]
+    remote = [f.result(timeout=120) for f in [ex.submit(cached_chunk, spec, t) for t in tasks]]
     for t, r in zip(tasks, remote):
-        np.testing.assert_array_equal(packed_chunk(spec, t)["y"], r["y"])
+        np.testing.assert_array_equal(cached_chunk(spec, t)["y"], r["y"])
 
 
 def test_killed_worker_costs_only_its_chunks(client) -> None:

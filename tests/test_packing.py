@@ -5,9 +5,9 @@ import numpy as np
 import openmm
 import pytest
 
-from amore_openmm.packing import (PackedEngine, PackedSpec, PackingError, pack_replicas,
-                                  packed_chunk, packed_stream_key)
-from amore_openmm.sampling import BurstSampler, ContextPool
+from amore_openmm.sampling import (BurstSampler, ContextPool, PackedEngine, PackedSpec,
+                                   PackingError, cached_chunk, engine_cache, pack_replicas,
+                                   packed_stream_key)
 from amore_openmm.systems import MolecularSystem, load_system
 
 PHI, PSI = (4, 6, 8, 14), (6, 8, 14, 16)  # alanine dipeptide, 0-based
@@ -184,15 +184,34 @@ def test_bad_copy_fails_alone_and_padding(ala: MolecularSystem) -> None:
     starts = _perturbed(ala, 5, sigma=0.002, seed=5)
     starts[2, 1] = starts[2, 0]  # two atoms on top of each other: this burst explodes
     spec = PackedSpec.from_system(ala, copies=4, platform="Reference")
-    out = packed_chunk(spec, _task(starts, 1, seed=0, lag=20))  # 5 bursts: groups of 4 + 1
+    task = {**_task(starts, 1, seed=0, lag=20), "sanity": {"enabled": False}}
+    out = cached_chunk(spec, task)  # 5 bursts: groups of 4 + 1
     assert out["ok"].tolist() == [True, True, False, True, True]
     assert out["y"].shape == (5, 1, 22, 3) and np.all(np.isfinite(out["y"][out["ok"]]))
     assert {e[0] for e in out["events"]} == {2}
+    # with the sanity checks (the default) the overlapping start is refused before any burst
+    out = cached_chunk(spec, _task(starts, 1, seed=0, lag=20))
+    assert out["ok"].tolist() == [True, True, False, True, True]
+    assert [e[:4] for e in out["events"]] == [(2, -1, 0, "start_energy")]
     # the per-process engine cache: the same spec reuses the same Context
-    from amore_openmm import packing
-    n_engines = len(packing._PACKED_ENGINES)
-    packed_chunk(spec, _task(starts[:1], 1, seed=0, lag=5))
-    assert len(packing._PACKED_ENGINES) == n_engines
+    engines = {key: eng for key, eng in engine_cache().items() if key[0] == "packed"}
+    cached_chunk(spec, _task(starts[:1], 1, seed=0, lag=5))
+    assert {key: eng for key, eng in engine_cache().items() if key[0] == "packed"} == engines
+
+
+def test_packed_engine_refuses_a_broken_bond_and_keeps_normal_bursts(ala) -> None:
+    from amore_openmm.sampling.sanity import system_bonds
+
+    starts = _perturbed(ala, 3, sigma=0.002, seed=8)
+    i, j = system_bonds(ala.system)[0][4]
+    u = starts[1, j] - starts[1, i]
+    starts[1, j] = starts[1, i] + 0.5 * u / np.linalg.norm(u)  # bond i-j stretched to 0.5 nm
+    eng = PackedEngine(ala, copies=2, platform="Reference")
+    task = {**_task(starts, 2, seed=1, lag=20), "sanity": {"energy_margin_kT": 1e9}}
+    out = eng.run_chunk(task)
+    assert out["ok"].tolist() == [True, False, True]
+    assert [e[:4] for e in out["events"]] == [(1, -1, 0, "start_bond")]
+    assert eng.groups_run == 2  # 4 bursts of the 2 good starts, 2 copies per group
 
 
 @pytest.mark.gpu
@@ -211,6 +230,8 @@ def test_packing_on_gpu(ala: MolecularSystem, platform: str) -> None:
     for c, x in enumerate(xs):
         f = _energy_forces(ala.system, x)[1]
         assert np.max(np.abs(F[c] - f)) <= 1e-5 * np.max(np.abs(f))
+    # bursts from thermal-size perturbations (0.01 nm noise on every atom puts a structure
+    # 200–650 kT above the minimum: the sanity checks refuse most such starts)
     out = PackedEngine(ala, copies=8, platform=platform).run_chunk(
-        _task(xs, 2, seed=0))
+        _task(_perturbed(ala, 8, sigma=0.003, seed=6), 2, seed=0))
     assert out["ok"].all() and np.all(np.isfinite(out["y"]))

@@ -3,7 +3,9 @@
 A 22-atom peptide cannot fill a GPU (or amortise a Context's per-step overhead) one copy at a
 time. :func:`pack_replicas` builds one System holding M copies, so that one Context advances M
 bursts per integrator step; :class:`PackedEngine` runs Koopman bursts on it with the same task
-protocol as the unpacked sampler's engines (see :mod:`amore_openmm.sampling`).
+protocol as the unpacked sampler's engines (see :mod:`amore_openmm.sampling.engine`).
+This module builds the packed System; the engine is in
+:mod:`amore_openmm.sampling.packed_engine`.
 
 Exactness
     *Vacuum* (``NonbondedForce`` with ``NoCutoff``): exact. The non-bonded part becomes a
@@ -43,33 +45,20 @@ Random streams
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
 
 import numpy as np
 import openmm
 from openmm import app, unit
 
-from amore_openmm.systems import BOLTZ, MolecularSystem
+from amore_openmm.systems import MolecularSystem
 
-__all__ = [
-    "PackedSystem",
-    "PackingError",
-    "pack_replicas",
-    "packed_stream_key",
-    "PackedSpec",
-    "PackedEngine",
-    "packed_chunk",
-]
+__all__ = ["PackedSystem", "PackingError", "pack_replicas"]
 
 #: Coulomb constant OpenMM uses (kJ·nm/(mol·e²)), measured from NonbondedForce
 ONE_4PI_EPS0 = 138.93545764438198
 COPY_PARAM = "amore_copy"
-_PACK_TAG = 0x5041434B  # "PACK": separates packed streams from unpacked ones
-_SEED_MOD = 2**31 - 2
 
 
 class PackingError(ValueError):
@@ -360,6 +349,22 @@ def _copy_virtual_site(site: openmm.VirtualSite, o: int) -> openmm.VirtualSite:
                        "supported; use TwoParticleAverage/ThreeParticleAverage/OutOfPlane sites")
 
 
+def _packed_topology(topology: app.Topology, copies: int) -> app.Topology:
+    """``copies`` copies of ``topology`` (one chain per copy and chain)."""
+    top = app.Topology()
+    for c in range(copies):
+        atoms = {}
+        for chain in topology.chains():
+            new_chain = top.addChain(f"{chain.id}{c}" if chain.id else str(c))
+            for res in chain.residues():
+                new_res = top.addResidue(res.name, new_chain, res.id, res.insertionCode)
+                for atom in res.atoms():
+                    atoms[atom] = top.addAtom(atom.name, atom.element, new_res, atom.id)
+        for a, b in topology.bonds():
+            top.addBond(atoms[a], atoms[b])
+    return top
+
+
 def pack_replicas(system: MolecularSystem, copies: int, *, gb_cutoff: float = 5.0,
                   spacing: float | None = None) -> PackedSystem:
     """Build one OpenMM System with ``copies`` non-interacting copies of ``system``.
@@ -441,266 +446,7 @@ def pack_replicas(system: MolecularSystem, copies: int, *, gb_cutoff: float = 5.
             f.setForceGroup(force.getForceGroup())
             packed.addForce(f)
 
-    top = app.Topology()
-    for c in range(copies):
-        atoms = {}
-        for chain in system.topology.chains():
-            new_chain = top.addChain(f"{chain.id}{c}" if chain.id else str(c))
-            for res in chain.residues():
-                new_res = top.addResidue(res.name, new_chain, res.id, res.insertionCode)
-                for atom in res.atoms():
-                    atoms[atom] = top.addAtom(atom.name, atom.element, new_res, atom.id)
-        for a, b in system.topology.bonds():
-            top.addBond(atoms[a], atoms[b])
-    return PackedSystem(system=packed, topology=top, copies=copies, n_atoms=n,
+    return PackedSystem(system=packed, topology=_packed_topology(system.topology, copies),
+                        copies=copies, n_atoms=n,
                         offsets=offsets, gb_cutoff=gb_cutoff if has_gb else None,
                         exact=not has_gb, dropped_forces=dropped, source=system)
-
-
-# ---------------------------------------------------------------------------------------------
-# seeds
-# ---------------------------------------------------------------------------------------------
-def packed_stream_key(seed: int, bursts: Sequence[tuple[int, int]], attempt: int = 0) -> int:
-    """Integrator seed of one packed burst group: a hash of ``seed``, ``attempt`` and the
-    (start index, k) of every copy in the group, mapped to a valid non-zero OpenMM seed."""
-    words = [_PACK_TAG, int(seed) % 2**64, int(attempt)]
-    for start, k in bursts:
-        words += [int(start) % 2**64, int(k) % 2**64]
-    state = np.random.SeedSequence(words).generate_state(1, np.uint32)
-    return int(state[0]) % _SEED_MOD + 1
-
-
-# ---------------------------------------------------------------------------------------------
-# running packed bursts
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PackedSpec:
-    """Picklable recipe for a :class:`PackedEngine` (what a worker needs, no OpenMM objects).
-
-    It holds the single-copy System (as XML), its topology and dynamics settings, M, and the
-    platform; :meth:`digest` keys per-worker caches.
-    """
-
-    system_xml: str
-    topology: app.Topology
-    positions: np.ndarray
-    temperature: float
-    timestep: float
-    friction: float
-    integrator: str
-    lag_steps: int
-    name: str
-    copies: int
-    platform: str
-    properties: tuple[tuple[str, str], ...] = ()
-    gb_cutoff: float = 5.0
-
-    @classmethod
-    def from_system(cls, system: MolecularSystem, copies: int, platform: str = "Reference",
-                    properties: dict[str, str] | None = None, gb_cutoff: float = 5.0
-                    ) -> "PackedSpec":
-        """The spec of ``copies`` packed copies of ``system`` on ``platform``."""
-        return cls(system_xml=openmm.XmlSerializer.serialize(system.system),
-                   topology=system.topology,
-                   positions=np.asarray(system.positions[0], dtype=np.float64),
-                   temperature=system.temperature, timestep=system.timestep,
-                   friction=system.friction, integrator=system.integrator,
-                   lag_steps=system.lag_steps, name=system.name, copies=int(copies),
-                   platform=platform, properties=tuple(sorted((properties or {}).items())),
-                   gb_cutoff=float(gb_cutoff))
-
-    def molecular_system(self) -> MolecularSystem:
-        """The single-copy system this spec packs."""
-        return MolecularSystem(system=openmm.XmlSerializer.deserialize(self.system_xml),
-                               topology=self.topology, positions=[self.positions],
-                               temperature=self.temperature, timestep=self.timestep,
-                               friction=self.friction, integrator=self.integrator,
-                               lag_steps=self.lag_steps, name=self.name)
-
-    def digest(self) -> str:
-        h = hashlib.sha1()
-        for part in (self.system_xml, self.integrator, repr((self.temperature, self.timestep,
-                     self.friction, self.copies, self.platform, self.properties,
-                     self.gb_cutoff))):
-            h.update(part.encode())
-        return h.hexdigest()
-
-
-class PackedEngine:
-    """One Context on a packed System that runs Koopman bursts M at a time.
-
-    ``run_chunk(task)`` follows the protocol of the unpacked sampler's engine
-    (``amore_openmm.sampling._Engine.run_chunk``): ``task`` has ``chunk``, ``x`` (m, n, 3),
-    ``start_index`` (m,), ``n_koopman``, ``lag_steps``, ``seed``, ``max_retries``,
-    ``max_displacement``; the result has ``chunk``, ``y`` (m, K, n, 3) float32, ``ok`` (m,),
-    ``events`` [(start, k, attempt, reason)], ``seconds``, ``pid``. The m·K bursts of a chunk
-    are run in groups of M (the last group padded with repeats whose results are discarded).
-    A failed copy (non-finite, moved too far, or a GB copy grown past the cutoff) is retried
-    with ``attempt + 1`` in a new group; if the whole Context raises, the group's bursts are
-    retried one per group so that one bad start cannot sink the others.
-    """
-
-    def __init__(self, spec_or_system: PackedSpec | MolecularSystem, copies: int | None = None,
-                 platform: str = "Reference", properties: dict[str, str] | None = None) -> None:
-        if isinstance(spec_or_system, MolecularSystem):
-            if copies is None:
-                raise ValueError("PackedEngine(system, copies=M): give the number of copies")
-            spec = PackedSpec.from_system(spec_or_system, copies, platform, properties)
-            single = spec_or_system
-        else:
-            spec = spec_or_system
-            single = spec.molecular_system()
-        self.spec = spec
-        self.packed = pack_replicas(single, spec.copies, gb_cutoff=spec.gb_cutoff)
-        self.copies = spec.copies
-        self.n = single.n_atoms
-        self.integrator = single.make_integrator(seed=1)
-        plat = openmm.Platform.getPlatformByName(spec.platform)
-        props = dict(spec.properties)
-        if spec.platform == "CPU":
-            props.setdefault("Threads", "1")
-        elif spec.platform in ("CUDA", "OpenCL", "HIP"):
-            props.setdefault("Precision", "mixed")
-        self.context = openmm.Context(self.packed.system, self.integrator, plat, props)
-        self.brownian = single.integrator == "brownian"
-        self.temperature = single.temperature
-        masses = np.array([single.system.getParticleMass(i).value_in_unit(unit.dalton)
-                           for i in range(self.n)])
-        with np.errstate(divide="ignore"):
-            self._v_scale = np.where(masses > 0, np.sqrt(BOLTZ * self.temperature /
-                                                         np.where(masses > 0, masses, 1.0)), 0.0)
-        self._constrained = single.system.getNumConstraints() > 0
-        self.is_reference = spec.platform == "Reference"
-        self.groups_run = 0
-
-    def _velocities(self, seeds: Sequence[int]) -> np.ndarray:
-        v = np.empty((self.copies, self.n, 3))
-        for c, s in enumerate(seeds):
-            v[c] = np.random.default_rng(int(s)).standard_normal((self.n, 3)) * \
-                self._v_scale[:, None]
-        return v.reshape(-1, 3)
-
-    def run_group(self, xs: np.ndarray, bursts: Sequence[tuple[int, int]], seed: int,
-                  lag_steps: int, attempt: int = 0) -> np.ndarray:
-        """End positions (g, n, 3) of one packed burst group of g ≤ M bursts.
-
-        ``xs`` (g, n, 3) are the starts, ``bursts`` the (start index, k) of each; may contain
-        NaN, may raise ``openmm.OpenMMException``.
-        """
-        from amore_openmm.sampling import _stream_seeds
-
-        g = len(bursts)
-        if g < 1 or g > self.copies or xs.shape[0] != g:
-            raise ValueError(f"a packed group needs 1..{self.copies} bursts with one start each")
-        pad = self.copies - g
-        x_all = np.concatenate([xs, np.repeat(xs[:1], pad, axis=0)]) if pad else xs
-        b_all = list(bursts) + [bursts[0]] * pad
-        packed_x, shifts = self.packed.pack_positions(x_all)
-        self.integrator.setRandomNumberSeed(packed_stream_key(seed, bursts, attempt))
-        ctx = self.context
-        ctx.reinitialize(preserveState=False)  # OpenMM applies a new seed only here
-        ctx.setPositions(packed_x)
-        if not self.brownian:
-            vel_seeds = [_stream_seeds(seed, s, k, attempt)[1] for s, k in b_all]
-            ctx.setVelocities(self._velocities(vel_seeds))
-            if self._constrained:
-                ctx.applyVelocityConstraints(1e-6)
-        self.integrator.step(int(lag_steps))
-        self.groups_run += 1
-        out = ctx.getState(getPositions=True).getPositions(asNumpy=True)._value
-        return self.packed.unpack_positions(out, shifts)[:g]
-
-    def _copy_problem(self, x: np.ndarray, end: np.ndarray, bound: float) -> str:
-        if not np.all(np.isfinite(end)):
-            return "non-finite coordinates"
-        moved = float(np.max(np.abs(end - x)))
-        if moved > bound:
-            return f"moved {moved:.3g} nm (> {bound:g} nm)"
-        cut = self.packed.gb_cutoff
-        if cut is not None:
-            d = np.sqrt(((end[:, None, :] - end[None, :, :]) ** 2).sum(-1)).max()
-            if d >= cut:
-                return (f"copy extent {d:.3g} nm reached the packed GB cutoff {cut:g} nm "
-                        "(raise gb_cutoff)")
-        return ""
-
-    def run_chunk(self, task: dict[str, Any]) -> dict[str, Any]:
-        """Run the K bursts of every start in ``task`` (see the class docstring)."""
-        from amore_openmm.sampling import _REF_LOCK
-
-        t0 = time.perf_counter()
-        if self.is_reference:  # Reference's random generator is per process
-            with _REF_LOCK:
-                out = self._run_chunk(task)
-        else:
-            out = self._run_chunk(task)
-        out["seconds"] = time.perf_counter() - t0
-        out["pid"] = __import__("os").getpid()
-        return out
-
-    def _run_chunk(self, task: dict[str, Any]) -> dict[str, Any]:
-        xs = np.asarray(task["x"], dtype=np.float64)
-        idx = np.asarray(task["start_index"], dtype=np.int64)
-        K, lag, seed = int(task["n_koopman"]), int(task["lag_steps"]), int(task["seed"])
-        retries, bound = int(task["max_retries"]), float(task["max_displacement"])
-        m = xs.shape[0]
-        y = np.zeros((m, K, self.n, 3), dtype=np.float32)
-        ok = np.ones(m, dtype=bool)
-        events: list[tuple[int, int, int, str]] = []
-        todo = [(j, k) for j in range(m) for k in range(K)]  # bursts in a fixed order
-        for attempt in range(retries + 1):
-            if not todo:
-                break
-            failed: list[tuple[int, int]] = []
-            for group in self._groups(todo, attempt):
-                bursts = [(int(idx[j]), k) for j, k in group]
-                starts = xs[[j for j, _ in group]]
-                try:
-                    ends = self.run_group(starts, bursts, seed, lag, attempt)
-                except openmm.OpenMMException as exc:
-                    for j, k in group:
-                        events.append((int(idx[j]), k, attempt,
-                                       f"OpenMM error: {str(exc).strip()}"))
-                        failed.append((j, k))
-                    continue
-                for (j, k), x, end in zip(group, starts, ends):
-                    reason = self._copy_problem(x, end, bound)
-                    if reason:
-                        events.append((int(idx[j]), k, attempt, reason))
-                        failed.append((j, k))
-                    else:
-                        y[j, k] = end
-                        if attempt:
-                            events.append((int(idx[j]), k, attempt, "recovered"))
-            todo = failed
-        for j, _ in todo:
-            ok[j] = False
-        return {"chunk": task["chunk"], "y": y, "ok": ok, "events": events}
-
-    def _groups(self, todo: list[tuple[int, int]], attempt: int
-                ) -> Iterator[list[tuple[int, int]]]:
-        """Groups of ≤ M bursts; retries (attempt > 0) run one burst per group."""
-        size = self.copies if attempt == 0 else 1
-        for i in range(0, len(todo), size):
-            yield todo[i:i + size]
-
-    def close(self) -> None:
-        del self.context
-
-
-_PACKED_ENGINES: dict[tuple[str, int], PackedEngine] = {}
-
-
-def packed_chunk(spec: PackedSpec, task: dict[str, Any]) -> dict[str, Any]:
-    """Run one chunk on this process's cached :class:`PackedEngine` for ``spec``.
-
-    For executors (Dask, process pools): the engine (its Context) is built on first use per
-    (spec, thread) and reused by every later chunk.
-    """
-    import threading
-
-    key = (spec.digest(), threading.get_ident())
-    eng = _PACKED_ENGINES.get(key)
-    if eng is None:
-        eng = _PACKED_ENGINES[key] = PackedEngine(spec)
-    return eng.run_chunk(task)
