@@ -11,7 +11,7 @@ import openmm
 import pytest
 from openmm import app, unit
 
-from amore_openmm import builder
+from amore_openmm import systems
 from amore_openmm.systems import (MolecularSystem, SystemLoadError, load_system,
                                   muller_brown_energy, systems_root)
 
@@ -121,7 +121,7 @@ def test_bundled_manifest_settings():
     assert (vg.n_atoms, vg.temperature, vg.lag_steps) == (73, 298.0, 250)
     assert any(isinstance(f, openmm.GBSAOBCForce) or "GB" in type(f).__name__ or
                isinstance(f, openmm.CustomGBForce) for f in vg.system.getForces())
-    assert len(vg.positions) == len(builder.VGVAPG_CONFORMATIONS) >= 6
+    assert len(vg.positions) == len(systems.VGVAPG_CONFORMATIONS) >= 6
     # charged termini: total charge 0 (NH3+ ... COO-), no hydrogen on the C-terminal carboxylate
     nb = [f for f in vg.system.getForces() if isinstance(f, openmm.NonbondedForce)][0]
     q = [nb.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge)
@@ -207,9 +207,9 @@ def _cip_volume(pos: np.ndarray, center: int, a: int, b: int, c: int) -> float:
 def test_builder_geometry_and_dihedrals():
     phi = (-100.0, 60.0, -60.0, -90.0, -65.0, -150.0)
     psi = (150.0, -120.0, -40.0, 0.0, 140.0, 170.0)
-    top, pos = builder.build_heavy_atoms("VGVAPG", phi, psi)
+    top, pos = systems.build_heavy_atoms("VGVAPG", phi, psi)
     idx = {(a.residue.index, a.name): a.index for a in top.atoms()}
-    got = builder.backbone_dihedrals(top, pos)
+    got = systems.backbone_dihedrals(top, pos)
     for k, (_label, f, s) in enumerate(got):
         if f is not None:
             assert f == pytest.approx(phi[k], abs=1e-6)
@@ -227,20 +227,20 @@ def test_builder_geometry_and_dihedrals():
     d = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + np.eye(len(pos))
     assert d.min() > 0.12
     with pytest.raises(ValueError, match="PRO"):
-        builder.build_heavy_atoms("VGVAPG", phi=-120.0, psi=130.0)  # Pro φ must be ≈ −65°
+        systems.build_heavy_atoms("VGVAPG", phi=-120.0, psi=130.0)  # Pro φ must be ≈ −65°
     with pytest.raises(ValueError, match="phi"):
-        builder.build_heavy_atoms("VGVAPG", phi=[-60.0] * 5)
+        systems.build_heavy_atoms("VGVAPG", phi=[-60.0] * 5)
     with pytest.raises(ValueError, match="not supported"):
-        builder.parse_sequence("VGWAPG")
+        systems.parse_sequence("VGWAPG")
 
 
 def test_builder_all_residues_chirality_and_forcefield():
     """Every supported residue: amber14 templates match (names, hydrogens), L-chirality kept."""
     seq = "ACE-ALA-VAL-LEU-ILE-SER-THR-PHE-PRO-GLY-NME"
-    built = builder.build_peptide(seq, phi=-65.0, psi=140.0)
+    built = systems.build_peptide(seq, phi=-65.0, psi=140.0)
     assert math.isfinite(built.energy) and built.energy < 0
     top, pos = built.topology, built.positions
-    builder.create_system(top)  # raises if any residue has no amber14 template
+    systems.create_system(top)  # raises if any residue has no amber14 template
     idx = {(a.residue.index, a.name): a.index for a in top.atoms()}
     for r in top.residues():
         if r.name in ("ACE", "NME", "GLY"):
@@ -260,8 +260,8 @@ def test_builder_all_residues_chirality_and_forcefield():
 
 
 def test_builder_is_deterministic(tmp_path):
-    a = builder.build_bundled_systems(tmp_path / "a", ["alanine_dipeptide", "muller_brown"])
-    b = builder.build_bundled_systems(tmp_path / "b", ["alanine_dipeptide", "muller_brown"])
+    a = systems.build_bundled_systems(tmp_path / "a", ["alanine_dipeptide", "muller_brown"])
+    b = systems.build_bundled_systems(tmp_path / "b", ["alanine_dipeptide", "muller_brown"])
     for name in a:
         assert [p.name for p in a[name]] == [p.name for p in b[name]]
         for pa, pb in zip(a[name], b[name]):
@@ -280,8 +280,8 @@ def test_builder_is_deterministic(tmp_path):
 
 
 def test_vgvapg_build_reproduces_committed_conformation():
-    conf = builder.VGVAPG_CONFORMATIONS[1]
-    b1 = builder.build_peptide("VGVAPG", conf.phi, conf.psi, implicit_solvent="implicit/obc2.xml")
+    conf = systems.VGVAPG_CONFORMATIONS[1]
+    b1 = systems.build_peptide("VGVAPG", conf.phi, conf.psi, implicit_solvent="implicit/obc2.xml")
     assert b1.topology.getNumAtoms() == 73
     committed = app.PDBFile(str(REPO / "systems" / "vgvapg" / "conformations" /
                                 f"{conf.name}.pdb"))
