@@ -27,7 +27,7 @@ from .muller_brown import (MULLER_BROWN, muller_brown_energy, muller_brown_expre
 from .nerf import (ONE_TO_THREE, SUPPORTED_RESIDUES, build_heavy_atoms, parse_sequence,
                    place_atom)
 from .selection import (ION_RESIDUES, WATER_RESIDUES, default_selection, make_whole,
-                        molecules, select_atoms)
+                        molecules, periodic_box, select_atoms)
 
 __all__ = [
     # loading
@@ -35,7 +35,8 @@ __all__ = [
     "read_manifest", "read_toml", "toml_text", "MANIFEST_SCHEMA", "INTEGRATORS",
     "as_positions_nm", "load_forcefield", "BOLTZ",
     # the molecule of interest
-    "default_selection", "select_atoms", "make_whole", "molecules", "WATER_RESIDUES",
+    "default_selection", "select_atoms", "make_whole", "molecules", "periodic_box",
+    "WATER_RESIDUES",
     "ION_RESIDUES",
     # Müller–Brown
     "muller_brown_system", "muller_brown_energy", "muller_brown_expression", "MULLER_BROWN",

@@ -15,12 +15,12 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-from openmm import app
+from openmm import app, unit
 
 from .common import SystemLoadError
 
 __all__ = ["WATER_RESIDUES", "ION_RESIDUES", "default_selection", "select_atoms",
-           "check_selection", "make_whole", "molecules"]
+           "check_selection", "make_whole", "molecules", "periodic_box"]
 
 #: residue names of water models (Amber, CHARMM, GROMACS, OpenMM spellings)
 WATER_RESIDUES = frozenset({
@@ -179,6 +179,15 @@ def _minimum_image(d: np.ndarray, box: np.ndarray) -> np.ndarray:
     return d
 
 
+def periodic_box(system: Any) -> np.ndarray | None:
+    """The default box vectors (3, 3) nm, rows a, b, c, of a periodic MolecularSystem (None
+    when it is not periodic)."""
+    if not system.is_periodic:
+        return None
+    return np.array([[float(c) for c in v.value_in_unit(unit.nanometer)]
+                     for v in system.system.getDefaultPeriodicBoxVectors()])
+
+
 def make_whole(positions: Any, system: Any, box: Any = None) -> np.ndarray:
     """Unwrap each molecule of the selection along its bonds through the minimum image.
 
@@ -205,10 +214,7 @@ def make_whole(positions: Any, system: Any, box: Any = None) -> np.ndarray:
                          f"{np.shape(positions)}")
     if not system.is_periodic:
         return x[0] if single else x
-    if box is None:
-        box = np.array([[v[0], v[1], v[2]] for v in
-                        system.system.getDefaultPeriodicBoxVectors()._value])
-    box = np.asarray(box, dtype=np.float64)
+    box = periodic_box(system) if box is None else np.asarray(box, dtype=np.float64)
     box = np.broadcast_to(box, (x.shape[0], 3, 3)) if box.ndim == 2 else box
     if box.shape != (x.shape[0], 3, 3):
         raise ValueError(f"box: expected shape (3, 3) or ({x.shape[0]}, 3, 3), got {box.shape}")
