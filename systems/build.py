@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Regenerate the bundled systems in this folder from sequence (deterministic).
 
-    python systems/build.py                     # all: muller_brown, alanine_dipeptide, vgvapg
+    python systems/build.py                     # all (see BUNDLED_BUILDERS)
     python systems/build.py alanine_dipeptide   # only some
     python systems/build.py --out /tmp/systems  # somewhere else
 

@@ -15,7 +15,8 @@ import pytest
 from openmm import app, unit
 
 from amore_openmm.systems import (VGVAPG_CONFORMATIONS, MolecularSystem, SystemLoadError,
-                                  load_system, muller_brown_energy, systems_root)
+                                  load_system, make_whole, muller_brown_energy, periodic_box,
+                                  systems_root)
 
 REPO = Path(__file__).resolve().parent.parent
 EXTERNAL = Path(os.environ.get("AMORE_EXTERNAL_DIR", "/nonexistent"))  # opt-in only
@@ -110,6 +111,56 @@ def test_bundled_system_finite_energy_and_1ps_dynamics(name):
         assert np.abs(x - pos).max() < 1.0
         dof = 2 if ms.coordinate_dims else 3 * ms.n_atoms
         assert e - e0 < 5 * dof * ms.kT
+
+
+def _one_ps_on_cpu(ms: MolecularSystem, seed: int) -> tuple[float, float, np.ndarray]:
+    """(E before, E after, final positions) of 1 ps on one CPU thread (physics, not bits)."""
+    ctx = ms.make_context("CPU", {"Threads": "1"}, seed=seed)
+    e0 = _state(ctx)[1]
+    ctx.setVelocitiesToTemperature(ms.temperature, seed)
+    ctx.getIntegrator().step(int(round(1.0 / ms.timestep)))
+    x, e, f = _state(ctx)
+    assert np.all(np.isfinite(x)) and math.isfinite(e) and np.all(np.isfinite(f))
+    return e0, e, x
+
+
+def test_solvated_alanine_built_by_the_project():
+    """systems/alanine_dipeptide_tip3p: TIP3P box from Modeller.addSolvent, prmtop via parmed."""
+    ms = load_system("alanine_dipeptide_tip3p")
+    waters = [r for r in ms.topology.residues() if r.name == "HOH"]
+    assert ms.n_atoms == 22 + 3 * len(waters) and len(waters) > 300
+    assert ms.is_periodic and ms.selection.tolist() == list(range(22))
+    assert ms.metadata["atoms"] == "not water"
+    assert ms.system.getNumConstraints() == 12 + 3 * len(waters)  # X–H bonds + rigid water
+    box = np.diag(periodic_box(ms))
+    assert np.allclose(box, box[0]) and 2.3 <= box[0] <= 2.6
+    nb = next(f for f in ms.system.getForces() if isinstance(f, openmm.NonbondedForce))
+    assert nb.getNonbondedMethod() == openmm.NonbondedForce.PME
+    assert (ms.temperature, ms.timestep, ms.lag_steps) == (310.0, 0.002, 100)
+    e0 = ms.energy()
+    assert e0 < -35.0 * len(waters)  # liquid water: about −41 kJ/mol per TIP3P molecule
+    _, e1, x = _one_ps_on_cpu(ms, 3)
+    assert abs(e1 - e0) < 0.1 * abs(e0)  # it stays a liquid at 310 K
+    whole = make_whole(x, ms)[:22]
+    assert np.linalg.norm(whole[1] - whole[0]) < 0.12  # C–H of ACE stays bonded
+
+
+def test_chignolin_built_by_the_project():
+    """systems/chignolin: GYDPETGTWG from sequence, hairpin-like start, OBC2."""
+    ms = load_system("chignolin")
+    seq = [r.name for r in ms.topology.residues()]
+    assert seq == ["GLY", "TYR", "ASP", "PRO", "GLU", "THR", "GLY", "THR", "TRP", "GLY"]
+    assert not ms.is_periodic and ms.n_selected == ms.n_atoms == 138
+    assert (ms.temperature, ms.lag_steps) == (300.0, 250)
+    assert any(isinstance(f, (openmm.GBSAOBCForce, openmm.CustomGBForce))
+               for f in ms.system.getForces())
+    ca = [a.index for a in ms.topology.atoms() if a.name == "CA"]
+    pos = ms.positions[0]
+    # hairpin-like: the strands face each other across the P4–G7 turn
+    assert np.linalg.norm(pos[ca[2]] - pos[ca[7]]) < 0.9
+    assert np.linalg.norm(pos[ca[0]] - pos[ca[9]]) < 1.2
+    e0, e1, x = _one_ps_on_cpu(ms, 4)
+    assert e1 - e0 < 5 * 3 * ms.n_atoms * ms.kT and np.abs(x - pos).max() < 1.0
 
 
 def test_bundled_manifest_settings():

@@ -128,7 +128,7 @@ def test_builder_geometry_and_dihedrals():
     with pytest.raises(ValueError, match="phi"):
         systems.build_heavy_atoms("VGVAPG", phi=[-60.0] * 5)
     with pytest.raises(ValueError, match="not supported"):
-        systems.parse_sequence("VGWAPG")
+        systems.parse_sequence("VGCAPG")  # no cysteine
 
 
 def test_builder_all_residues_chirality_and_forcefield():
@@ -200,3 +200,29 @@ def test_vgvapg_build_reproduces_committed_conformation():
     with pytest.raises(AssertionError):  # the comparison tells conformations apart
         assert_same_structure(built.topology, built.positions, folder / "c04_helical.pdb",
                               implicit="implicit/obc2.xml")
+
+
+def test_builder_aromatic_and_charged_residues():
+    """Tyr, Trp, Asp, Glu, Asn, Gln, Lys: amber14 templates match, L-chirality, rings close."""
+    seq = "ACE-TYR-TRP-ASP-GLU-ASN-GLN-LYS-NME"
+    built = systems.build_peptide(seq, phi=-65.0, psi=140.0, minimize=False)
+    top, pos = built.topology, built.positions
+    system = systems.create_system(top)  # raises if a residue has no amber14 template
+    idx = {(a.residue.index, a.name): a.index for a in top.atoms()}
+    for r in top.residues():
+        if r.name not in ("ACE", "NME"):
+            i = r.index
+            assert _cip_volume(pos, idx[i, "CA"], idx[i, "N"], idx[i, "C"], idx[i, "CB"]) > 0
+    d = lambda r, a, b: np.linalg.norm(pos[idx[r, a]] - pos[idx[r, b]])
+    # the ring-closing bonds that the NeRF tree does not place directly
+    assert d(1, "CZ", "CE2") == pytest.approx(0.139, abs=0.006)
+    assert d(2, "NE1", "CE2") == pytest.approx(0.137, abs=0.01)
+    assert d(2, "CH2", "CZ3") == pytest.approx(0.140, abs=0.01)
+    indole = np.array([pos[idx[2, n]] for n in ("CG", "CD1", "NE1", "CE2", "CD2", "CE3",
+                                                "CZ2", "CZ3", "CH2")])
+    assert np.linalg.svd(indole - indole.mean(0), compute_uv=False)[-1] < 1e-6
+    # pH 7: Asp−, Glu−, Lys+ (the caps are neutral)
+    nb = next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce))
+    q = sum(nb.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge)
+            for i in range(system.getNumParticles()))
+    assert q == pytest.approx(-1.0, abs=1e-6)

@@ -157,12 +157,16 @@ def write_amber(prmtop: str | Path, inpcrd: str | Path, topology: app.Topology,
                 system: openmm.System, positions: np.ndarray) -> tuple[Path, Path]:
     """Write an Amber prmtop/inpcrd pair with parmed from an OpenMM System.
 
-    parmed stamps the prmtop with today's date; it is replaced by a fixed one so that a
+    ``system`` must hold every bond's parameters (build it without constraints and with
+    flexible water; the loader applies constraints). Three-site waters (HOH/WAT) get the
+    Amber TIP3P H–H bond (0.15136 nm) that Amber and OpenMM's prmtop reader use to make water
+    rigid. parmed stamps the prmtop with today's date; it is replaced by a fixed one so that a
     rebuild gives the same bytes.
     """
     import parmed  # local: only the builder needs parmed
 
     struct = parmed.openmm.load_topology(topology, system, xyz=np.asarray(positions) * 10.0)
+    _add_water_hh_bonds(struct, parmed)
     prmtop, inpcrd = Path(prmtop), Path(inpcrd)
     prmtop.parent.mkdir(parents=True, exist_ok=True)
     tmp_top, tmp_crd = prmtop.with_name(prmtop.name + ".tmp"), inpcrd.with_name(
@@ -178,3 +182,18 @@ def write_amber(prmtop: str | Path, inpcrd: str | Path, topology: app.Topology,
     tmp_crd.unlink()
     atomic_write_text(inpcrd, crd_text)
     return prmtop, inpcrd
+
+
+def _add_water_hh_bonds(struct, parmed) -> None:  # noqa: ANN001 - parmed types
+    """Amber's rigid-water H–H bond (553 kcal/mol/Å², 1.5136 Å) for every 3-site water."""
+    hh = None
+    for res in struct.residues:
+        if res.name not in ("HOH", "WAT") or len(res.atoms) != 3:
+            continue
+        hs = [a for a in res.atoms if a.element == 1]
+        if len(hs) != 2 or hs[1] in hs[0].bond_partners:
+            continue
+        if hh is None:
+            hh = parmed.BondType(553.0, 1.5136, list=struct.bond_types)
+            struct.bond_types.append(hh)
+        struct.bonds.append(parmed.Bond(hs[0], hs[1], type=hh))

@@ -10,15 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import openmm
 from openmm import app, unit
 
 from ..data import atomic_write_text
 from .builder import build_peptide, create_system, write_amber, write_pdb
+from .common import load_forcefield
+from .loader import systems_root
 from .manifest import toml_text
 from .nerf import PRO_PHI
 
 __all__ = ["BundledConformation", "VGVAPG_CONFORMATIONS", "ALANINE_PHI_PSI",
-           "BUNDLED_BUILDERS", "build_bundled_systems"]
+           "CHIGNOLIN_PHI_PSI", "BUNDLED_BUILDERS", "build_bundled_systems"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,13 @@ VGVAPG_CONFORMATIONS: tuple[BundledConformation, ...] = (
 )
 
 ALANINE_PHI_PSI = (-80.0, 75.0)  # C7eq, the vacuum minimum of alanine dipeptide
+#: chignolin start: extended strands G1-D3 and T8-G10 around a turn P4-G7 (P4, E5, T6
+#: helical, G7 left-handed), roughly the NMR structure's backbone (PDB 1UAO)
+CHIGNOLIN_PHI_PSI = ((-80.0, -140.0, -120.0, -65.0, -90.0, -100.0, 80.0, -120.0, -120.0, -90.0),
+                     (150.0, 160.0, 160.0, -30.0, 0.0, 10.0, 20.0, 150.0, 140.0, 150.0))
+TIP3P_FORCEFIELD = ("amber14-all.xml", "amber14/tip3p.xml")
+#: cubic box edge (nm; ≈ 0.9 nm of water around the solute), PME cutoff (nm), minimiser steps
+TIP3P_BOX_NM, TIP3P_CUTOFF_NM, TIP3P_MIN_ITERATIONS = 2.4, 0.9, 200
 _BUILT_BY = "built by amore_openmm.systems (systems/build.py); do not edit by hand"
 
 
@@ -141,9 +151,77 @@ def _build_vgvapg(folder: Path, conformations: Sequence[BundledConformation] | N
     return written
 
 
-#: bundled system name -> function(folder) that writes it and returns the files
+def _build_alanine_tip3p(folder: Path) -> list[Path]:
+    """The bundled alanine dipeptide in a cubic TIP3P box (explicit solvent, PME)."""
+    rel = Path("alanine_dipeptide") / "alanine_dipeptide.pdb"
+    # the vacuum structure built beside it (same call), else the bundled one
+    src_path = folder.parent / rel if (folder.parent / rel).is_file() else systems_root() / rel
+    src = app.PDBFile(str(src_path))
+    ff = load_forcefield(TIP3P_FORCEFIELD)
+    mod = app.Modeller(src.topology, src.positions)
+    edge = TIP3P_BOX_NM
+    mod.addSolvent(ff, model="tip3p", boxSize=openmm.Vec3(edge, edge, edge) * unit.nanometer,
+                   neutralize=True)  # neutral solute: no ions added
+    kwargs = dict(nonbondedMethod=app.PME, nonbondedCutoff=TIP3P_CUTOFF_NM * unit.nanometer)
+    # addSolvent leaves close contacts (positive energy): relax them with the production
+    # constraints, on the Reference platform (deterministic on one machine)
+    ctx = openmm.Context(ff.createSystem(mod.topology, constraints=app.HBonds, rigidWater=True,
+                                         **kwargs), openmm.VerletIntegrator(0.001),
+                         openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(mod.positions)
+    openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, TIP3P_MIN_ITERATIONS)
+    pos = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    # parmed needs every bond's parameters: write the flexible System; the loader applies
+    # HBond constraints and rigid water (the manifest says so)
+    system = ff.createSystem(mod.topology, constraints=None, rigidWater=False, **kwargs)
+    prm, crd = write_amber(folder / "alanine_dipeptide_tip3p.prmtop",
+                           folder / "alanine_dipeptide_tip3p.inpcrd", mod.topology, system, pos)
+    n_water = sum(r.name == "HOH" for r in mod.topology.residues())
+    text = toml_text({
+        "system": {"name": "alanine_dipeptide_tip3p", "kind": "openmm",
+                   "description": f"ACE-ALA-NME in {n_water} TIP3P waters "
+                                  f"({mod.topology.getNumAtoms()} atoms), cubic box "
+                                  f"{edge:.3f} nm, amber14-all + amber14/tip3p, PME",
+                   "prmtop": prm.name, "inpcrd": crd.name,
+                   "nonbonded_method": "PME", "nonbonded_cutoff": TIP3P_CUTOFF_NM,
+                   "constraints": "HBonds", "atoms": "not water"},
+        "dynamics": {"temperature": 310.0, "friction": 1.0, "timestep": 0.002,
+                     "integrator": "langevin_middle", "lag_steps": 100},
+        "chi": {"featurizer": "pairwise_polar"},
+    }, header=[_BUILT_BY, f"solvated with Modeller.addSolvent, minimised "
+               f"({TIP3P_MIN_ITERATIONS} iterations); HBond constraints and rigid water are "
+               "applied when the prmtop is loaded"])
+    return [prm, crd, atomic_write_text(folder / "system.toml", text)]
+
+
+def _build_chignolin(folder: Path) -> list[Path]:
+    """Chignolin GYDPETGTWG from sequence in a β-hairpin-like start, OBC2 implicit solvent."""
+    phi, psi = CHIGNOLIN_PHI_PSI
+    built = build_peptide("GYDPETGTWG", phi=phi, psi=psi, implicit_solvent="implicit/obc2.xml")
+    pdb = write_pdb(folder / "chignolin.pdb", built.topology, built.positions, [
+        _BUILT_BY, "GYDPETGTWG, charged termini, hairpin-like start (turn P4-G7)",
+        "phi " + " ".join(f"{x:g}" for x in phi), "psi " + " ".join(f"{x:g}" for x in psi)])
+    text = toml_text({
+        "system": {"name": "chignolin", "kind": "openmm",
+                   "description": f"chignolin GYDPETGTWG, charged termini "
+                                  f"({built.topology.getNumAtoms()} atoms), amber14-all + "
+                                  "OBC2 implicit solvent; beta-hairpin-like start",
+                   "pdb": pdb.name, "forcefield": ["amber14-all.xml"],
+                   "implicit_solvent": "implicit/obc2.xml", "nonbonded_method": "NoCutoff",
+                   "constraints": "None"},
+        "dynamics": {"temperature": 300.0, "friction": 1.0, "timestep": 0.002,
+                     "integrator": "langevin_middle", "lag_steps": 250},
+        "chi": {"featurizer": "pairwise_polar"},
+    }, header=[_BUILT_BY, "built from sequence with the NeRF builder, hydrogens by Modeller, "
+               "minimised with amber14-all + OBC2"])
+    return [pdb, atomic_write_text(folder / "system.toml", text)]
+
+
+#: bundled system name -> function(folder) that writes it and returns the files (the solvated
+#: alanine dipeptide reads the vacuum one's PDB, so it comes after it)
 BUNDLED_BUILDERS = {"muller_brown": _build_muller_brown, "alanine_dipeptide": _build_alanine,
-                    "vgvapg": _build_vgvapg}
+                    "vgvapg": _build_vgvapg, "alanine_dipeptide_tip3p": _build_alanine_tip3p,
+                    "chignolin": _build_chignolin}
 
 
 def build_bundled_systems(out_dir: str | Path, names: Sequence[str] | None = None

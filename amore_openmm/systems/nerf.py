@@ -21,7 +21,8 @@ __all__ = ["ONE_TO_THREE", "CAPS", "SUPPORTED_RESIDUES", "PRO_PHI", "parse_seque
            "place_atom", "build_heavy_atoms"]
 
 ONE_TO_THREE = {"G": "GLY", "A": "ALA", "V": "VAL", "L": "LEU", "I": "ILE", "P": "PRO",
-                "S": "SER", "T": "THR", "F": "PHE"}
+                "S": "SER", "T": "THR", "F": "PHE", "Y": "TYR", "W": "TRP", "D": "ASP",
+                "E": "GLU", "N": "ASN", "Q": "GLN", "K": "LYS"}
 CAPS = ("ACE", "NME")
 
 # --------------------------------------------------------------------------------------------
@@ -58,15 +59,55 @@ _SC: dict[str, list[tuple[str, str, tuple[str, str, str], float, float, Any]]] =
             ("CE1", "C", ("CB", "CG", "CD1"), 1.390, 120.0, 180.0),
             ("CE2", "C", ("CB", "CG", "CD2"), 1.390, 120.0, 180.0),
             ("CZ", "C", ("CG", "CD1", "CE1"), 1.390, 120.0, 0.0)],
+    "TYR": [("CG", "C", ("N", "CA", "CB"), 1.512, 113.8, ("chi1", 0.0)),
+            ("CD1", "C", ("CA", "CB", "CG"), 1.389, 120.8, ("chi2", 0.0)),
+            ("CD2", "C", ("CA", "CB", "CG"), 1.389, 120.8, ("chi2", 180.0)),
+            ("CE1", "C", ("CB", "CG", "CD1"), 1.382, 121.2, 180.0),
+            ("CE2", "C", ("CB", "CG", "CD2"), 1.382, 121.2, 180.0),
+            ("CZ", "C", ("CG", "CD1", "CE1"), 1.378, 119.6, 0.0),
+            ("OH", "O", ("CD1", "CE1", "CZ"), 1.376, 119.9, 180.0)],
+    # indole: the five-ring CG-CD1-NE1-CE2-CD2, the six-ring CD2-CE2-CZ2-CH2-CZ3-CE3
+    "TRP": [("CG", "C", ("N", "CA", "CB"), 1.498, 113.6, ("chi1", 0.0)),
+            ("CD1", "C", ("CA", "CB", "CG"), 1.365, 127.1, ("chi2", 0.0)),
+            ("CD2", "C", ("CA", "CB", "CG"), 1.433, 126.6, ("chi2", 180.0)),
+            ("NE1", "N", ("CB", "CG", "CD1"), 1.374, 110.2, 180.0),
+            ("CE2", "C", ("CB", "CG", "CD2"), 1.409, 107.2, 180.0),
+            ("CE3", "C", ("CB", "CG", "CD2"), 1.398, 133.9, 0.0),
+            ("CZ2", "C", ("CG", "CD2", "CE2"), 1.394, 122.3, 180.0),
+            ("CZ3", "C", ("CG", "CD2", "CE3"), 1.382, 118.8, 180.0),
+            ("CH2", "C", ("CD2", "CE2", "CZ2"), 1.368, 117.5, 0.0)],
+    "ASP": [("CG", "C", ("N", "CA", "CB"), 1.516, 112.6, ("chi1", 0.0)),
+            ("OD1", "O", ("CA", "CB", "CG"), 1.249, 118.4, ("chi2", 0.0)),
+            ("OD2", "O", ("CA", "CB", "CG"), 1.249, 118.4, ("chi2", 180.0))],
+    "GLU": [("CG", "C", ("N", "CA", "CB"), 1.520, 114.1, ("chi1", 0.0)),
+            ("CD", "C", ("CA", "CB", "CG"), 1.516, 112.6, ("chi2", 0.0)),
+            ("OE1", "O", ("CB", "CG", "CD"), 1.249, 118.4, ("chi3", 0.0)),
+            ("OE2", "O", ("CB", "CG", "CD"), 1.249, 118.4, ("chi3", 180.0))],
+    "ASN": [("CG", "C", ("N", "CA", "CB"), 1.516, 112.6, ("chi1", 0.0)),
+            ("OD1", "O", ("CA", "CB", "CG"), 1.231, 120.8, ("chi2", 0.0)),
+            ("ND2", "N", ("CA", "CB", "CG"), 1.328, 116.4, ("chi2", 180.0))],
+    "GLN": [("CG", "C", ("N", "CA", "CB"), 1.520, 114.1, ("chi1", 0.0)),
+            ("CD", "C", ("CA", "CB", "CG"), 1.516, 112.6, ("chi2", 0.0)),
+            ("OE1", "O", ("CB", "CG", "CD"), 1.231, 120.8, ("chi3", 0.0)),
+            ("NE2", "N", ("CB", "CG", "CD"), 1.328, 116.4, ("chi3", 180.0))],
+    "LYS": [("CG", "C", ("N", "CA", "CB"), 1.520, 114.1, ("chi1", 0.0)),
+            ("CD", "C", ("CA", "CB", "CG"), 1.520, 111.3, ("chi2", 0.0)),
+            ("CE", "C", ("CB", "CG", "CD"), 1.520, 111.3, ("chi3", 0.0)),
+            ("NZ", "N", ("CG", "CD", "CE"), 1.489, 111.9, ("chi4", 0.0))],
     # Cγ-endo pucker; with N-CA-CB = 103° the ring closes to N–CD ≈ 1.49 Å before minimisation.
     "PRO": [("CG", "C", ("N", "CA", "CB"), 1.495, 104.5, ("chi1", 0.0)),
             ("CD", "C", ("CA", "CB", "CG"), 1.507, 105.5, ("chi2", 0.0))],
 }
 #: extra bonds that close rings (the NeRF tree only bonds each atom to its ref3)
-_RING_BONDS = {"PRO": [("CD", "N")], "PHE": [("CZ", "CE2")]}
-#: default χ angles (degrees): common rotamers (Val t, Leu mt, Ile mt, Ser/Thr p, Phe m-85)
+_RING_BONDS = {"PRO": [("CD", "N")], "PHE": [("CZ", "CE2")], "TYR": [("CZ", "CE2")],
+               "TRP": [("NE1", "CE2"), ("CH2", "CZ3")]}
+#: default χ angles (degrees): common rotamers (Val t, Leu mt, Ile mt, Ser/Thr p, Phe/Tyr
+#: m-85, Trp m95, Asp/Asn m-20, Glu/Gln mt-10, Lys mttt)
 _DEFAULT_CHI = {"VAL": (175.0,), "LEU": (-65.0, 175.0), "ILE": (-65.0, 170.0),
-                "SER": (62.0,), "THR": (62.0,), "PHE": (-65.0, 90.0), "PRO": (29.6, -34.8)}
+                "SER": (62.0,), "THR": (62.0,), "PHE": (-65.0, 90.0), "PRO": (29.6, -34.8),
+                "TYR": (-65.0, 90.0), "TRP": (-65.0, 95.0), "ASP": (-70.0, -15.0),
+                "ASN": (-65.0, -20.0), "GLU": (-65.0, 180.0, -10.0),
+                "GLN": (-65.0, 180.0, -25.0), "LYS": (-65.0, 180.0, 180.0, 180.0)}
 SUPPORTED_RESIDUES = tuple(sorted(_SC)) + CAPS
 
 
