@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Regenerate the bundled systems in this folder from sequence (deterministic).
 
-    python systems/build.py                     # all: muller_brown, alanine_dipeptide, vgvapg
+    python systems/build.py                     # all (see BUNDLED_BUILDERS)
     python systems/build.py alanine_dipeptide   # only some
     python systems/build.py --out /tmp/systems  # somewhere else
 
-The structures are built by :mod:`amore_openmm.builder` (internal coordinates → heavy atoms,
-Modeller.addHydrogens, OpenMM minimisation on the Reference platform).
+The structures are built by :mod:`amore_openmm.systems` (internal coordinates → heavy atoms
+with NeRF, Modeller.addHydrogens, OpenMM minimisation on the Reference platform; solvent
+boxes with Modeller.addSolvent). See ``amore_openmm.systems.bundled``.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from amore_openmm.builder import build_bundled_systems  # noqa: E402
+from amore_openmm.systems import build_bundled_systems  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

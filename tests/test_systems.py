@@ -1,4 +1,7 @@
-"""Bundled systems, the peptide builder and the loader's error handling (issue 2)."""
+"""Bundled systems, file inputs, Müller–Brown and the loader's error handling.
+
+The builder is tested in test_systems_builder.py, selections in test_systems_selection.py.
+"""
 from __future__ import annotations
 
 import math
@@ -11,12 +14,12 @@ import openmm
 import pytest
 from openmm import app, unit
 
-from amore_openmm import builder
-from amore_openmm.systems import (MolecularSystem, SystemLoadError, load_system,
-                                  muller_brown_energy, systems_root)
+from amore_openmm.systems import (VGVAPG_CONFORMATIONS, MolecularSystem, SystemLoadError,
+                                  load_system, make_whole, muller_brown_energy, periodic_box,
+                                  systems_root)
 
 REPO = Path(__file__).resolve().parent.parent
-EXTERNAL = Path(os.environ.get("AMORE_EXTERNAL_DIR", REPO.parent / "shared" / "external"))
+EXTERNAL = Path(os.environ.get("AMORE_EXTERNAL_DIR", "/nonexistent"))  # opt-in only
 ALA_DIR = REPO / "systems" / "alanine_dipeptide"
 KJ = unit.kilojoule_per_mole
 
@@ -110,6 +113,56 @@ def test_bundled_system_finite_energy_and_1ps_dynamics(name):
         assert e - e0 < 5 * dof * ms.kT
 
 
+def _one_ps_on_cpu(ms: MolecularSystem, seed: int) -> tuple[float, float, np.ndarray]:
+    """(E before, E after, final positions) of 1 ps on one CPU thread (physics, not bits)."""
+    ctx = ms.make_context("CPU", {"Threads": "1"}, seed=seed)
+    e0 = _state(ctx)[1]
+    ctx.setVelocitiesToTemperature(ms.temperature, seed)
+    ctx.getIntegrator().step(int(round(1.0 / ms.timestep)))
+    x, e, f = _state(ctx)
+    assert np.all(np.isfinite(x)) and math.isfinite(e) and np.all(np.isfinite(f))
+    return e0, e, x
+
+
+def test_solvated_alanine_built_by_the_project():
+    """systems/alanine_dipeptide_tip3p: TIP3P box from Modeller.addSolvent, prmtop via parmed."""
+    ms = load_system("alanine_dipeptide_tip3p")
+    waters = [r for r in ms.topology.residues() if r.name == "HOH"]
+    assert ms.n_atoms == 22 + 3 * len(waters) and len(waters) > 300
+    assert ms.is_periodic and ms.selection.tolist() == list(range(22))
+    assert ms.metadata["atoms"] == "not water"
+    assert ms.system.getNumConstraints() == 12 + 3 * len(waters)  # X–H bonds + rigid water
+    box = np.diag(periodic_box(ms))
+    assert np.allclose(box, box[0]) and 2.3 <= box[0] <= 2.6
+    nb = next(f for f in ms.system.getForces() if isinstance(f, openmm.NonbondedForce))
+    assert nb.getNonbondedMethod() == openmm.NonbondedForce.PME
+    assert (ms.temperature, ms.timestep, ms.lag_steps) == (310.0, 0.002, 100)
+    e0 = ms.energy()
+    assert e0 < -35.0 * len(waters)  # liquid water: about −41 kJ/mol per TIP3P molecule
+    _, e1, x = _one_ps_on_cpu(ms, 3)
+    assert abs(e1 - e0) < 0.1 * abs(e0)  # it stays a liquid at 310 K
+    whole = make_whole(x, ms)[:22]
+    assert np.linalg.norm(whole[1] - whole[0]) < 0.12  # C–H of ACE stays bonded
+
+
+def test_chignolin_built_by_the_project():
+    """systems/chignolin: GYDPETGTWG from sequence, hairpin-like start, OBC2."""
+    ms = load_system("chignolin")
+    seq = [r.name for r in ms.topology.residues()]
+    assert seq == ["GLY", "TYR", "ASP", "PRO", "GLU", "THR", "GLY", "THR", "TRP", "GLY"]
+    assert not ms.is_periodic and ms.n_selected == ms.n_atoms == 138
+    assert (ms.temperature, ms.lag_steps) == (300.0, 250)
+    assert any(isinstance(f, (openmm.GBSAOBCForce, openmm.CustomGBForce))
+               for f in ms.system.getForces())
+    ca = [a.index for a in ms.topology.atoms() if a.name == "CA"]
+    pos = ms.positions[0]
+    # hairpin-like: the strands face each other across the P4–G7 turn
+    assert np.linalg.norm(pos[ca[2]] - pos[ca[7]]) < 0.9
+    assert np.linalg.norm(pos[ca[0]] - pos[ca[9]]) < 1.2
+    e0, e1, x = _one_ps_on_cpu(ms, 4)
+    assert e1 - e0 < 5 * 3 * ms.n_atoms * ms.kT and np.abs(x - pos).max() < 1.0
+
+
 def test_bundled_manifest_settings():
     ala = load_system("alanine_dipeptide")
     assert (ala.n_atoms, ala.temperature, ala.friction, ala.timestep, ala.lag_steps,
@@ -121,7 +174,7 @@ def test_bundled_manifest_settings():
     assert (vg.n_atoms, vg.temperature, vg.lag_steps) == (73, 298.0, 250)
     assert any(isinstance(f, openmm.GBSAOBCForce) or "GB" in type(f).__name__ or
                isinstance(f, openmm.CustomGBForce) for f in vg.system.getForces())
-    assert len(vg.positions) == len(builder.VGVAPG_CONFORMATIONS) >= 6
+    assert len(vg.positions) == len(VGVAPG_CONFORMATIONS) >= 6
     # charged termini: total charge 0 (NH3+ ... COO-), no hydrogen on the C-terminal carboxylate
     nb = [f for f in vg.system.getForces() if isinstance(f, openmm.NonbondedForce)][0]
     q = [nb.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge)
@@ -178,116 +231,54 @@ def test_amber_files_match_pdb_energy():
         assert abs(e_amb - e_pdb) <= 1e-4 * abs(e_pdb), (e_pdb, e_amb)
 
 
-@pytest.mark.skipif(not EXTERNAL.is_dir(), reason="external prepared inputs not available")
+def _write_prepared_pdb(path: Path, ms: MolecularSystem, box_nm: float | None) -> Path:
+    """The system as another program would write it: residues numbered from 0, a CRYST1."""
+    mod = app.Modeller(ms.topology, ms.positions[0] * unit.nanometer)
+    for i, res in enumerate(mod.topology.residues()):
+        res.id = str(i)
+    if box_nm is not None:
+        mod.topology.setUnitCellDimensions(openmm.Vec3(box_nm, box_nm, box_nm))
+    with open(path, "w") as fh:
+        app.PDBFile.writeFile(mod.topology, mod.positions, fh, keepIds=True)
+    return path
+
+
+def test_prepared_pdb_with_cryst1_and_zero_based_residues(tmp_path):
+    """A PDB written elsewhere (CRYST1 box, residues from 0) loads as the same vacuum system:
+    no water, so the box does not turn on periodic boundaries."""
+    ours = load_system("alanine_dipeptide")
+    path = _write_prepared_pdb(tmp_path / "alanine-dipeptide.pdb", ours, box_nm=3.0)
+    text = path.read_text()
+    assert "CRYST1" in text and " ACE A   0" in text
+    ala = load_system(path)
+    assert ala.n_atoms == 22 and not ala.is_periodic
+    assert [(a.residue.name, a.name) for a in ala.topology.atoms()] == \
+        [(a.residue.name, a.name) for a in ours.topology.atoms()]
+    assert ala.energy() == pytest.approx(ours.energy(), abs=1e-3)  # PDB rounds to 1e-4 nm
+    assert ala.temperature == 300.0  # a file carries no dynamics settings: the default
+    vg_ours = load_system("vgvapg")
+    path = _write_prepared_pdb(tmp_path / "vgvapg.pdb", vg_ours, box_nm=None)
+    vg = load_system(path, implicit_solvent="implicit/obc2.xml", temperature=298.0)
+    assert vg.n_atoms == 73 and vg.temperature == 298.0
+    assert vg.energy() == pytest.approx(vg_ours.energy(), abs=1e-2)
+    assert [a.name for a in vg.topology.atoms()] == [a.name for a in vg_ours.topology.atoms()]
+
+
+@pytest.mark.skipif(not (EXTERNAL / "alanine-dipeptide.pdb").is_file(),
+                    reason="optional check on files prepared by others: set AMORE_EXTERNAL_DIR "
+                           "to a folder with alanine-dipeptide.pdb and vgvapg.pdb to run it")
 def test_external_prepared_pdbs_load():
     ala = load_system(EXTERNAL / "alanine-dipeptide.pdb")
     assert ala.n_atoms == 22 and math.isfinite(ala.energy())
-    # same atom order and names as the bundled system
     ours = load_system("alanine_dipeptide")
     assert [(a.residue.name, a.name) for a in ala.topology.atoms()] == \
         [(a.residue.name, a.name) for a in ours.topology.atoms()]
     vg = load_system(EXTERNAL / "vgvapg.pdb", implicit_solvent="implicit/obc2.xml",
                      temperature=298.0)
     assert vg.n_atoms == 73 and math.isfinite(vg.energy())
-    ours = load_system("vgvapg")
-    ext_atoms, our_atoms = list(vg.topology.atoms()), list(ours.topology.atoms())
+    ext_atoms, our_atoms = list(vg.topology.atoms()), list(load_system("vgvapg").topology.atoms())
     for i in (25, 27, 39, 41):
         assert ext_atoms[i].name == our_atoms[i].name
-
-
-# ---------------------------------------------------------------------------------------------
-# builder
-# ---------------------------------------------------------------------------------------------
-def _cip_volume(pos: np.ndarray, center: int, a: int, b: int, c: int) -> float:
-    """> 0 when a→b→c (priority order, lowest-priority atom away) is counterclockwise: S."""
-    p = pos[center]
-    return float(np.dot(pos[a] - p, np.cross(pos[b] - p, pos[c] - p)))
-
-
-def test_builder_geometry_and_dihedrals():
-    phi = (-100.0, 60.0, -60.0, -90.0, -65.0, -150.0)
-    psi = (150.0, -120.0, -40.0, 0.0, 140.0, 170.0)
-    top, pos = builder.build_heavy_atoms("VGVAPG", phi, psi)
-    idx = {(a.residue.index, a.name): a.index for a in top.atoms()}
-    got = builder.backbone_dihedrals(top, pos)
-    for k, (_label, f, s) in enumerate(got):
-        if f is not None:
-            assert f == pytest.approx(phi[k], abs=1e-6)
-        if s is not None:
-            assert s == pytest.approx(psi[k], abs=1e-6)
-    assert got[0][1] is None and got[-1][2] is None
-    for r in range(6):
-        assert np.linalg.norm(pos[idx[r, "N"]] - pos[idx[r, "CA"]]) == pytest.approx(0.1458)
-        assert np.linalg.norm(pos[idx[r, "C"]] - pos[idx[r, "O"]]) < 0.126
-    for r in range(5):
-        assert np.linalg.norm(pos[idx[r, "C"]] - pos[idx[r + 1, "N"]]) == pytest.approx(0.1329)
-    # proline ring closes with a sensible N–CD bond before any minimisation
-    assert np.linalg.norm(pos[idx[4, "N"]] - pos[idx[4, "CD"]]) == pytest.approx(0.147, abs=0.005)
-    # no heavy-atom clashes
-    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + np.eye(len(pos))
-    assert d.min() > 0.12
-    with pytest.raises(ValueError, match="PRO"):
-        builder.build_heavy_atoms("VGVAPG", phi=-120.0, psi=130.0)  # Pro φ must be ≈ −65°
-    with pytest.raises(ValueError, match="phi"):
-        builder.build_heavy_atoms("VGVAPG", phi=[-60.0] * 5)
-    with pytest.raises(ValueError, match="not supported"):
-        builder.parse_sequence("VGWAPG")
-
-
-def test_builder_all_residues_chirality_and_forcefield():
-    """Every supported residue: amber14 templates match (names, hydrogens), L-chirality kept."""
-    seq = "ACE-ALA-VAL-LEU-ILE-SER-THR-PHE-PRO-GLY-NME"
-    built = builder.build_peptide(seq, phi=-65.0, psi=140.0)
-    assert math.isfinite(built.energy) and built.energy < 0
-    top, pos = built.topology, built.positions
-    builder.create_system(top)  # raises if any residue has no amber14 template
-    idx = {(a.residue.index, a.name): a.index for a in top.atoms()}
-    for r in top.residues():
-        if r.name in ("ACE", "NME", "GLY"):
-            continue
-        i = r.index
-        # CA is S for every L-amino acid here: N > C > CB > HA
-        assert _cip_volume(pos, idx[i, "CA"], idx[i, "N"], idx[i, "C"], idx[i, "CB"]) > 0, r
-    ile, thr = 4, 6
-    # Ile CB is S: CA > CG1 > CG2 > HB; Thr CB is R: OG1 > CA > CG2 > HB
-    assert _cip_volume(pos, idx[ile, "CB"], idx[ile, "CA"], idx[ile, "CG1"], idx[ile, "CG2"]) > 0
-    assert _cip_volume(pos, idx[thr, "CB"], idx[thr, "OG1"], idx[thr, "CA"], idx[thr, "CG2"]) < 0
-    # the minimised phenyl ring is planar and the proline ring closed
-    ring = [pos[idx[7, n]] for n in ("CG", "CD1", "CD2", "CE1", "CE2", "CZ")]
-    ring = np.array(ring) - np.mean(ring, 0)
-    assert np.linalg.svd(ring, compute_uv=False)[-1] < 0.005
-    assert np.linalg.norm(pos[idx[8, "N"]] - pos[idx[8, "CD"]]) == pytest.approx(0.147, abs=0.005)
-
-
-def test_builder_is_deterministic(tmp_path):
-    a = builder.build_bundled_systems(tmp_path / "a", ["alanine_dipeptide", "muller_brown"])
-    b = builder.build_bundled_systems(tmp_path / "b", ["alanine_dipeptide", "muller_brown"])
-    for name in a:
-        assert [p.name for p in a[name]] == [p.name for p in b[name]]
-        for pa, pb in zip(a[name], b[name]):
-            assert pa.read_bytes() == pb.read_bytes(), pa.name
-    # the committed files are what the builder makes (manifest exactly; coordinates within
-    # 0.05 Å, which leaves room for another CPU's floating-point rounding in the minimiser)
-    assert (ALA_DIR / "system.toml").read_text() == \
-        (tmp_path / "a" / "alanine_dipeptide" / "system.toml").read_text()
-    new = app.PDBFile(str(tmp_path / "a" / "alanine_dipeptide" / "alanine_dipeptide.pdb"))
-    old = app.PDBFile(str(ALA_DIR / "alanine_dipeptide.pdb"))
-    diff = np.abs(new.getPositions(asNumpy=True)._value - old.getPositions(asNumpy=True)._value)
-    assert diff.max() < 5e-3
-    # the regenerated folder loads like the bundled one
-    ms = load_system(tmp_path / "b" / "alanine_dipeptide")
-    assert ms.n_atoms == 22 and math.isfinite(ms.energy())
-
-
-def test_vgvapg_build_reproduces_committed_conformation():
-    conf = builder.VGVAPG_CONFORMATIONS[1]
-    b1 = builder.build_peptide("VGVAPG", conf.phi, conf.psi, implicit_solvent="implicit/obc2.xml")
-    assert b1.topology.getNumAtoms() == 73
-    committed = app.PDBFile(str(REPO / "systems" / "vgvapg" / "conformations" /
-                                f"{conf.name}.pdb"))
-    ref = committed.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-    assert np.abs(b1.positions - ref).max() < 5e-3
-    assert [a.name for a in b1.topology.atoms()] == [a.name for a in committed.topology.atoms()]
 
 
 # ---------------------------------------------------------------------------------------------
