@@ -1,6 +1,6 @@
 """χ-minimum-energy paths (χ-MEPs): follow ∇χ with energy minimisation on χ level sets.
 
-Algorithm (paper eq. 3; the project's design notes, "χ-MEP"):
+Algorithm (paper eq. 3, arXiv 2511.15514):
 
 1. One OpenMM Context holds a *copy* of the physical System plus a
    :class:`~amore_openmm.forces.ChiRestraintForce` ``0.5·κ·(χ − z)²`` in its own force group
