@@ -300,7 +300,11 @@ def test_alanine_dipeptide_chi_mep_and_sensitivity(tmp_path):
     assert p.node_rmsd().max() <= 0.05
     assert p.level_error.max() <= 2e-3
     assert np.all(np.diff(p.chi) > 0)
+    print("certified nodes:", p.n_certified, "of", len(p), "max orth force",
+          np.nanmax(p.orth_force), "barrier", p.barrier())
+    assert p.n_certified == len(p) and p.barrier() < 150.0
     sens = chi_sensitivity(model, data.x, bins=100, labels=ms)
+    print("top-5 bootstrap frequency:", {i: sens.top_frequency(5)[i] for i, _, _ in sens.top(5)})
     # distance features: rigid-motion invariance of χ
     from amore_openmm.sensitivity import chi_gradients
     _, g = chi_gradients(model, data.x[:50])
