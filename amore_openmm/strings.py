@@ -24,7 +24,8 @@ import numpy as np
 import openmm
 from openmm import unit
 
-from .systems import MolecularSystem, as_positions_nm
+from .mep.geometry import as_structure
+from .systems import MolecularSystem
 
 __all__ = ["string_method", "StringPath", "path_distance", "reparametrize"]
 
@@ -167,18 +168,6 @@ def path_distance(p: Any, q: Any) -> tuple[float, float]:
 # ----------------------------------------------------------------------------------------
 # the string method
 # ----------------------------------------------------------------------------------------
-def _as_structure(x: Any, n_atoms: int, name: str) -> np.ndarray:
-    arr = np.asarray(x._value if unit.is_quantity(x) else x, dtype=np.float64)
-    if unit.is_quantity(x):
-        arr = as_positions_nm(x)
-    if arr.shape == (2,) and n_atoms == 1:  # Müller–Brown convenience: (x, y)
-        arr = np.array([[arr[0], arr[1], 0.0]])
-    if arr.shape != (n_atoms, 3):
-        raise ValueError(f"{name} must have shape ({n_atoms}, 3) in nm (or (x, y) for a "
-                         f"one-particle 2-D system), got {arr.shape}")
-    return arr
-
-
 class _ForceEvaluator:
     """Energies and forces of many structures from one Context (positions reused)."""
 
@@ -238,6 +227,38 @@ def string_method(system: MolecularSystem | openmm.System, a: Any, b: Any,
     Returns:
         A :class:`StringPath`; its ``saddle`` is the highest-energy image.
     """
+    omm_system, dims = _resolve_system(system, dims)
+    n_atoms = omm_system.getNumParticles()
+    images = _initial_images(a, b, n_images, images, n_atoms)
+    if not (dt > 0 and math.isfinite(dt)):
+        raise ValueError(f"dt must be positive, got {dt}")
+    mask = np.zeros(3, dtype=bool)
+    mask[list(dims)] = True
+    evaluate = _ForceEvaluator(omm_system, platform, properties)
+    template = images.copy()
+
+    def energies_forces(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        full = template.copy()
+        full[:, :, mask] = X.reshape(len(X), n_atoms, mask.sum())
+        energy, force = evaluate(full)
+        return energy, force[:, :, mask].reshape(len(X), -1)
+
+    X = images[:, :, mask].reshape(len(images), -1)
+    X, climb, it, converged, residual, history = _evolve(
+        X, energies_forces, dt=dt, max_iterations=max_iterations, tolerance=tolerance,
+        climbing=climbing, climb_after=climb_after, max_step=max_step)
+    images = template.copy()
+    images[:, :, mask] = X.reshape(len(X), n_atoms, mask.sum())
+    energy, _ = evaluate(images)
+    saddle = climb if climb >= 0 else int(np.argmax(energy[1:-1])) + 1
+    s = _arc(X)
+    arc = s / s[-1] if s[-1] > 0 else s
+    return StringPath(images=images, energy=energy, arc=arc, saddle_index=saddle,
+                      iterations=it, converged=converged, residual=residual, history=history)
+
+
+def _resolve_system(system: Any, dims: Sequence[int] | None
+                    ) -> tuple[openmm.System, tuple[int, ...]]:
     if isinstance(system, MolecularSystem):
         omm_system = system.system
         if dims is None and system.coordinate_dims is not None:
@@ -247,50 +268,40 @@ def string_method(system: MolecularSystem | openmm.System, a: Any, b: Any,
     else:
         raise TypeError(f"system must be a MolecularSystem or openmm.System, got "
                         f"{type(system).__name__}")
-    n_atoms = omm_system.getNumParticles()
     dims = tuple(range(3)) if dims is None else tuple(int(d) for d in dims)
     if not dims or any(d not in (0, 1, 2) for d in dims):
         raise ValueError(f"dims must be a non-empty subset of (0, 1, 2), got {dims}")
+    return omm_system, dims
+
+
+def _initial_images(a: Any, b: Any, n_images: int, images: np.ndarray | None,
+                    n_atoms: int) -> np.ndarray:
     if images is None:
         if n_images < 3:
             raise ValueError(f"n_images must be >= 3, got {n_images}")
-        xa, xb = _as_structure(a, n_atoms, "a"), _as_structure(b, n_atoms, "b")
+        xa, xb = as_structure(a, n_atoms, "a"), as_structure(b, n_atoms, "b")
         t = np.linspace(0.0, 1.0, n_images)[:, None, None]
-        images = (1 - t) * xa[None] + t * xb[None]
-    else:
-        images = np.array(images, dtype=np.float64)
-        if images.ndim != 3 or images.shape[1:] != (n_atoms, 3) or len(images) < 3:
-            raise ValueError(f"images must have shape (M >= 3, {n_atoms}, 3), got "
-                             f"{images.shape}")
-    if not (dt > 0 and math.isfinite(dt)):
-        raise ValueError(f"dt must be positive, got {dt}")
-    len(images)
-    mask = np.zeros(3, dtype=bool)
-    mask[list(dims)] = True
-    evaluate = _ForceEvaluator(omm_system, platform, properties)
+        return (1 - t) * xa[None] + t * xb[None]
+    images = np.array(images, dtype=np.float64)
+    if images.ndim != 3 or images.shape[1:] != (n_atoms, 3) or len(images) < 3:
+        raise ValueError(f"images must have shape (M >= 3, {n_atoms}, 3), got {images.shape}")
+    return images
 
-    def flat(x: np.ndarray) -> np.ndarray:
-        return x[:, :, mask].reshape(len(x), -1)
 
-    def unflat(x: np.ndarray, v: np.ndarray) -> np.ndarray:
-        out = x.copy()
-        out[:, :, mask] = v.reshape(len(x), n_atoms, mask.sum())
-        return out
+def _evolve(X: np.ndarray, energies_forces: Any, *, dt: float, max_iterations: int,
+            tolerance: float, climbing: bool, climb_after: int, max_step: float
+            ) -> tuple[np.ndarray, int, int, bool, float, list[float]]:
+    """The string iterations on the flattened moving coordinates X (M, d).
 
-    X = flat(images)
-    template = images.copy()
-    climb = -1
-    history: list[float] = []
-    residual = math.inf
-    it = 0
-    converged = False
+    Returns (X, climbing image or -1, iterations, converged, residual, history).
+    """
+    climb, history, residual, it, converged = -1, [], math.inf, 0, False
     for it in range(1, max_iterations + 1):
-        energy, force = evaluate(unflat(template, X))
+        energy, F = energies_forces(X)
         if not np.all(np.isfinite(energy)):
             raise FloatingPointError(
                 f"string_method: non-finite energy at iteration {it}; reduce dt (now {dt}) "
                 "or give end points with finite energy")
-        F = flat(force)
         tau = np.zeros_like(X)
         tau[1:-1] = X[2:] - X[:-2]
         norm = np.linalg.norm(tau, axis=1, keepdims=True)
@@ -310,9 +321,7 @@ def string_method(system: MolecularSystem | openmm.System, a: Any, b: Any,
         X_old = X
         X = X + step
         if climb >= 0:
-            left = reparametrize(X[:climb + 1])
-            right = reparametrize(X[climb:])
-            X = np.concatenate([left, right[1:]])
+            X = np.concatenate([reparametrize(X[:climb + 1]), reparametrize(X[climb:])[1:]])
             # re-elect the climbing image if a neighbour has become higher
             top = int(np.argmax(energy[1:-1])) + 1
             if abs(top - climb) == 1 and energy[top] > energy[climb] + 1e-9:
@@ -324,10 +333,4 @@ def string_method(system: MolecularSystem | openmm.System, a: Any, b: Any,
         residual = float(np.linalg.norm(X - X_old, axis=1).max() / dt)
         if it % 100 == 1:
             history.append(residual)
-    images = unflat(template, X)
-    energy, _ = evaluate(images)
-    saddle = climb if climb >= 0 else int(np.argmax(energy[1:-1])) + 1
-    s = _arc(X)
-    arc = s / s[-1] if s[-1] > 0 else s
-    return StringPath(images=images, energy=energy, arc=arc, saddle_index=saddle,
-                      iterations=it, converged=converged, residual=residual, history=history)
+    return X, climb, it, converged, residual, history

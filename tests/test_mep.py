@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from amore_openmm.chi import ChiModel, Coordinates, PairwiseDistances
-from amore_openmm.mep import (STOP_REASONS, ChiPath, trace_chi_mep, trace_chi_meps,
-                              transition_states, write_path_dcd, write_path_pdb)
+from amore_openmm.mep import (CERTIFICATE, STOP_REASONS, ChiPath, LevelSetTracer,
+                              trace_chi_mep, trace_chi_meps, transition_states, write_path_dcd,
+                              write_path_pdb)
 from amore_openmm.sensitivity import chi_sensitivity, feature_saliency, path_vs_ensemble_mse
 from amore_openmm.strings import path_distance, string_method
 from amore_openmm.systems import load_system, muller_brown_energy
@@ -13,6 +14,7 @@ from amore_openmm.systems import load_system, muller_brown_energy
 torch.set_num_threads(1)
 SADDLE = np.array([-0.822, 0.624])
 E_SADDLE = -40.66
+E_MIN_B = -146.70
 MIN_A, MIN_B = (-0.558, 1.442), (0.623, 0.028)
 
 
@@ -81,14 +83,81 @@ def test_chi_mep_muller_brown_crosses_saddle(mb_paths, mb_string):
         assert set(p.stop_reasons.values()) <= set(STOP_REASONS)
         assert p.stop_reasons["forward"] in ("chi_range", "stalled")
         np.testing.assert_allclose(p.grad_norm ** 2, p.atom_grad_sq.sum(1), rtol=1e-10)
+        # every node is a certified level-set minimum
+        assert p.n_certified == len(p) and p.certified.all() and p.converged.all()
+        assert p.orth_force.max() <= CERTIFICATE.orth_force and np.all(p.iterations >= 0)
+        assert p.energy_rel.min() == 0.0 and p.energy_rel[np.argmin(p.energy)] == 0.0
+        # all nodes certified: the barrier spans the path, bounded by saddle − lowest minimum
+        assert p.barrier() == pytest.approx(p.max_energy - p.energy.min(), abs=1e-9)
+        assert 0 < p.barrier() < E_SADDLE - E_MIN_B + 1.0
 
 
-def test_kappa_too_soft_loses_the_level_set(mb, mb_trained, mb_paths):
-    # the measured failure mode: with a soft restraint the minimizer slides down in χ
+def test_kappa_too_soft_gives_uncertified_nodes(mb, mb_trained, mb_paths):
+    # the measured failure mode: with a soft restraint the minimizer slides down in χ; the
+    # node is kept but marked, the branch ends, and no barrier comes from it
     model, _ = mb_trained
     starts, _ = mb_paths
     p = trace_chi_mep(mb, model, starts[0], kappa=100.0, max_nodes=5, direction="forward")
     assert p.level_error.max() > 1e-2
+    assert p.n_certified == 0 and not p.certified.any()
+    assert p.stop_reasons == {"forward": "uncertified"}
+    assert np.isnan(p.barrier()) and np.all(np.isnan(p.energy_rel))
+
+
+def test_too_few_iterations_give_unconverged_uncertified_nodes(mb):
+    model, stable = _saddle_chi()
+    x0 = SADDLE + 0.3 * stable          # far from the level-set minimum (the saddle)
+    p = trace_chi_mep(mb, model, x0, max_nodes=5, kappa=1e6, max_iterations=1)
+    assert len(p) == 1 and not p.converged[0] and not p.certified[0]
+    assert p.iterations[0] >= 2     # evaluations: the first try and the retry (4x the limit)
+    assert p.stop_reasons == {"forward": "uncertified", "backward": "uncertified"}
+    good = trace_chi_mep(mb, model, x0, max_nodes=1, kappa=1e6)
+    assert good.certified.all() and good.converged.all()
+
+
+def _mb_energy(x):
+    """Müller–Brown energy of one (1, 3) structure: the potential + the z spring."""
+    return float(muller_brown_energy(x[:, :2])[0] + 500.0 * x[0, 2] ** 2)
+
+
+def _level_set_perturbations(model, x, rng, size, n):
+    """n structures on the level set χ = χ(x) at distance ~size from x: a random displacement
+    orthogonal to ∇χ, then Newton steps back onto the level set."""
+    c, g = model.chi_and_grad(x[None])
+    out = []
+    for _ in range(n):
+        d = rng.normal(size=x.shape)
+        d -= (d * g[0]).sum() / (g[0] ** 2).sum() * g[0]
+        y = x + size * d / np.linalg.norm(d)
+        for _ in range(50):
+            cy, gy = model.chi_and_grad(y[None])
+            if abs(cy[0] - c[0]) < 1e-7:
+                break
+            y = y - (cy[0] - c[0]) * gy[0] / (gy[0] ** 2).sum()
+        assert abs(model.chi(y[None])[0] - c[0]) < 1e-6     # float32 χ
+        out.append(y)
+    return out
+
+
+def test_certified_nodes_are_level_set_minima(mb, mb_trained, mb_paths):
+    """Perturbing a certified node within its level set never lowers the energy by more than
+    the first-order bound ‖F⊥‖·δ allowed by its orthogonal force residual."""
+    model, _ = mb_trained
+    p = mb_paths[1][0]
+    rng = np.random.default_rng(0)
+    delta = 0.02
+    for m in np.flatnonzero(p.certified)[::8]:
+        x = p.positions[m]
+        f_perp = p.orth_force[m] * np.sqrt(3 * p.n_atoms)     # RMS per component -> norm
+        for y in _level_set_perturbations(model, x, rng, delta, 8):
+            assert _mb_energy(y) >= p.energy[m] - f_perp * delta * 1.5 - 1e-6
+    # the test has power: from a point on a level set away from its minimum, some
+    # perturbation within the level set lowers the energy by much more than that bound
+    m = p.start_index
+    x_off = _level_set_perturbations(model, p.positions[m], rng, 0.1, 1)[0]
+    e_off = _mb_energy(x_off)
+    assert min(_mb_energy(y) for y in _level_set_perturbations(model, x_off, rng, delta, 16)) \
+        < e_off - 0.1
 
 
 def _saddle_chi() -> tuple[ChiModel, np.ndarray]:
@@ -141,9 +210,18 @@ def test_path_io(tmp_path, mb, mb_paths):
     q = ChiPath.load(tmp_path / "p.npz")
     np.testing.assert_array_equal(q.positions, p.positions)
     assert q.stop_reasons == p.stop_reasons and q.start_index == p.start_index
+    for name in ("certified", "converged", "iterations", "orth_force", "energy_rel"):
+        np.testing.assert_array_equal(getattr(q, name), getattr(p, name))
+    assert q.n_certified == p.n_certified and q.certificate == p.certificate
+    # one uncertified node: marked in the REMARK of its MODEL
+    p.certified[1] = False
     write_path_pdb(tmp_path / "p.pdb", p, mb.topology)
     text = (tmp_path / "p.pdb").read_text().splitlines()
     assert sum(line.startswith("MODEL") for line in text) == len(p)
+    assert any("node's own |grad_i chi(x_node)|^2" in line for line in text[:3])
+    status = [line for line in text if line.startswith("REMARK   2") and "chi " in line]
+    assert len(status) == len(p)
+    assert ["NOT certified" in line for line in status] == [m == 1 for m in range(len(p))]
     atoms = [line for line in text if line.startswith(("ATOM", "HETATM"))]
     assert len(atoms) == len(p)
     assert all(float(line[60:66]) == 100.0 for line in atoms)  # one atom: its own maximum
@@ -163,8 +241,10 @@ def test_sensitivity_and_saliency_on_trained_chi(mb_trained, mb_paths):
     ranked = feature_saliency(model, data.x)
     assert sorted(name for name, _ in ranked) == ["x", "y"]
     assert all(v > 0 for _, v in ranked)
-    mse = path_vs_ensemble_mse(mb_paths[1][0], sens)
-    assert np.isfinite(mse) and mse >= 0
+    p = mb_paths[1][0]
+    mse = path_vs_ensemble_mse(p, sens)
+    # the path's ‖∇χ‖² profile follows the level-set averages far better than a zero profile
+    assert mse < 0.5 * np.mean(p.atom_grad_sq ** 2)
 
 
 def test_constrained_peptide_path_keeps_constraints():
@@ -180,6 +260,8 @@ def test_constrained_peptide_path_keeps_constraints():
     p = trace_chi_mep(ms, model, x0, step=0.03, max_nodes=7, tolerance=5.0)
     assert len(p) == 7 and np.all(np.isfinite(p.energy))
     assert p.level_error.max() <= 1e-3 + 1e-9
+    # certified with the constrained directions projected out of the force residual
+    assert p.certified.all() and p.orth_force.max() <= CERTIFICATE.orth_force
     assert np.all(np.diff(p.chi) > 0)
     for k in range(ms.system.getNumConstraints()):
         i, j, dist = ms.system.getConstraintParameters(k)
@@ -218,7 +300,11 @@ def test_alanine_dipeptide_chi_mep_and_sensitivity(tmp_path):
     assert p.node_rmsd().max() <= 0.05
     assert p.level_error.max() <= 2e-3
     assert np.all(np.diff(p.chi) > 0)
+    print("certified nodes:", p.n_certified, "of", len(p), "max orth force",
+          np.nanmax(p.orth_force), "barrier", p.barrier())
+    assert p.n_certified == len(p) and p.barrier() < 150.0
     sens = chi_sensitivity(model, data.x, bins=100, labels=ms)
+    print("top-5 bootstrap frequency:", {i: sens.top_frequency(5)[i] for i, _, _ in sens.top(5)})
     # distance features: rigid-motion invariance of χ
     from amore_openmm.sensitivity import chi_gradients
     _, g = chi_gradients(model, data.x[:50])
@@ -242,3 +328,24 @@ def test_alanine_dipeptide_chi_mep_and_sensitivity(tmp_path):
     bf = [float(line[60:66]) for line in (tmp_path / "path.pdb").read_text().splitlines()
           if line.startswith("ATOM")]
     assert len(bf) == 22 * len(p) and max(bf) == 100.0 and min(bf) >= 0.0
+
+
+def test_level_set_tracer_relax_and_constraint_projection(mb):
+    from amore_openmm.mep.certify import ConstraintProjector, orthogonal_force_rms
+    model, stable = _saddle_chi()
+    tracer = LevelSetTracer(mb, model)
+    x0 = np.array([[*(SADDLE + 0.1 * stable), 0.0]])
+    node = tracer.relax(x0, 0.5)                       # automatic κ
+    assert node.local_ok and node.converged and node.level_error <= 1e-3
+    assert np.linalg.norm(node.x[0, :2] - SADDLE) < 5e-3
+    soft = tracer.relax(x0, 0.5, kappa=1.0)            # κ fixed and far too soft
+    assert not soft.local_ok and soft.level_error > 1e-2
+    # a force along a constrained bond is no residual; across the bond it is
+    x = np.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.3, 0.0]])
+    proj = ConstraintProjector(np.array([[0, 1]]), np.zeros(3, dtype=bool))
+    along = np.array([[-5.0, 0, 0], [5.0, 0, 0], [0, 0, 0]])
+    grad_chi = np.array([[0, 0, 0], [0, 0, 0], [0, 1.0, 0]])
+    assert orthogonal_force_rms(along, grad_chi, x, proj) == pytest.approx(0.0, abs=1e-12)
+    assert orthogonal_force_rms(along, grad_chi, x) == pytest.approx(np.sqrt(50 / 9))
+    across = np.array([[0, 3.0, 0], [0, 0, 0], [0, 0, 0]])
+    assert orthogonal_force_rms(across, grad_chi, x, proj) > 0.5

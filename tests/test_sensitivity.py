@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from amore_openmm.chi import ChiModel, PairwiseDistances
 from amore_openmm.sensitivity import (Sensitivity, chi_gradients, chi_sensitivity,
-                                      feature_saliency, path_vs_ensemble_mse)
+                                      feature_saliency, path_agreement, path_vs_ensemble_mse)
 
 torch.set_num_threads(1)
 K, D0 = 8.0, 0.3
@@ -48,7 +49,7 @@ def test_analytic_per_atom_sensitivity_exact():
 
 def test_levelset_bins_and_counts():
     x = _samples(n=1000, seed=1)
-    sens = chi_sensitivity(DistanceChi(), x, bins=20)
+    sens = chi_sensitivity(DistanceChi(), x, bins=20, min_count=1)
     chi, grad = chi_gradients(DistanceChi(), x)
     assert sens.levelset.shape == (5, 20) and sens.counts.shape == (20,)
     assert sens.counts.sum() == 1000 == sens.n_samples
@@ -71,7 +72,7 @@ def test_levelset_bins_and_counts():
 
 def test_path_vs_ensemble_mse_exact():
     x = _samples(n=2000, seed=2)
-    sens = chi_sensitivity(DistanceChi(), x, bins=10)
+    sens = chi_sensitivity(DistanceChi(), x, bins=10, min_count=1)
     chi, grad = chi_gradients(DistanceChi(), x[:30])
     g2 = (grad ** 2).sum(-1)
     ref = sens.levelset[:, sens.bin_index(chi)].T
@@ -82,6 +83,27 @@ def test_path_vs_ensemble_mse_exact():
         np.mean((g2 - sens.per_atom) ** 2))
     with pytest.raises(ValueError, match="shape"):
         path_vs_ensemble_mse((chi, g2[:, :3]), sens)
+
+
+def test_path_agreement_scale_free_measures():
+    x = _samples(n=2000, seed=2)
+    sens = chi_sensitivity(DistanceChi(), x, bins=10, min_count=1, bootstrap=0)
+    chi, _ = chi_gradients(DistanceChi(), x[:30])
+    ref = sens.levelset[:, sens.bin_index(chi)].T
+    # a profile of the same shape but 3x the magnitude: absolute MSE large, scale-free 0
+    res = path_agreement((chi, 3.0 * ref), sens)
+    assert res.mse_nm4 == pytest.approx(np.mean((2.0 * ref) ** 2))
+    assert res.mse_normalized == pytest.approx(0.0, abs=1e-15)
+    assert res.cosine_distance == pytest.approx(0.0, abs=1e-12)
+    assert path_vs_ensemble_mse((chi, 3.0 * ref), sens, kind="normalized") == \
+        res.mse_normalized
+    # a profile on the wrong atoms: the scale-free measures see it
+    wrong = np.zeros_like(ref)
+    wrong[:, 0] = ref.sum(axis=1)
+    res = path_agreement((chi, wrong), sens)
+    assert res.cosine_distance == pytest.approx(1.0) and res.mse_normalized > 0.05
+    with pytest.raises(ValueError, match="kind"):
+        path_vs_ensemble_mse((chi, ref), sens, kind="relative")
 
 
 class LinearOnDistances(torch.nn.Module):
@@ -120,9 +142,14 @@ def test_save_load_and_csv(tmp_path):
     np.testing.assert_array_equal(back.per_atom, sens.per_atom)
     np.testing.assert_array_equal(back.levelset, sens.levelset)
     assert back.labels == sens.labels
-    text = sens.write_ranking_csv(tmp_path / "r.csv").read_text().splitlines()
-    assert text[0].startswith("rank,atom_index_0based,atom_index_1based,label")
-    assert text[1].split(",")[3] in ("B", "D")
+    np.testing.assert_array_equal(back.per_atom_err, sens.per_atom_err)
+    np.testing.assert_array_equal(back.boot_per_atom, sens.boot_per_atom)
+    assert back.min_count == sens.min_count
+    text = sens.write_ranking_csv(tmp_path / "r.csv", k=2).read_text().splitlines()
+    assert text[0] == ("rank,atom_index_0based,atom_index_1based,label,mean_grad_sq_nm-2,"
+                       "stderr_nm-2,fraction,top2_frequency,status")
+    row = text[1].split(",")
+    assert row[3] in ("B", "D") and int(row[2]) == int(row[1]) + 1 and row[7] == "1"
 
 
 def test_bad_input_messages():
@@ -132,3 +159,107 @@ def test_bad_input_messages():
         chi_sensitivity(DistanceChi(), _samples(n=4), labels=["a"])
     with pytest.raises(ValueError, match="bins"):
         chi_sensitivity(DistanceChi(), _samples(n=4), bins=0)
+
+
+def test_per_sample_gradients_sum_to_zero_for_distance_features():
+    x = _samples(n=50, n_atoms=5, seed=3)
+    model = ChiModel(PairwiseDistances(5)).double()
+    _, grad = chi_gradients(model, x)
+    scale = np.abs(grad).max(axis=(1, 2))
+    assert np.all(scale > 0)
+    # Σᵢ ∇ᵢχ = 0 for each sample (translation invariance), not only on average
+    assert np.all(np.abs(grad.sum(axis=1)).max(axis=1) < 1e-10 * np.maximum(scale, 1.0))
+
+
+def test_error_bars_shrink_with_more_samples():
+    small = chi_sensitivity(DistanceChi(), _samples(n=200, seed=4), bins=5, seed=1)
+    large = chi_sensitivity(DistanceChi(), _samples(n=3200, seed=5), bins=5, seed=1)
+    for sens, n in ((small, 200), (large, 3200)):
+        # the bootstrap error agrees with the analytic standard error of a mean
+        _, g = chi_gradients(DistanceChi(), _samples(n=n, seed=4 if n == 200 else 5))
+        g2 = (g ** 2).sum(-1)[:, 1]
+        assert sens.per_atom_err[1] == pytest.approx(g2.std(ddof=1) / np.sqrt(n), rel=0.3)
+    # 16x the samples: about 4x smaller errors
+    assert np.all(large.per_atom_err[[1, 3]] < 0.5 * small.per_atom_err[[1, 3]])
+    ok = np.isfinite(small.levelset_err[1]) & np.isfinite(large.levelset_err[1])
+    assert ok.any() and np.nanmean(large.levelset_err[1, ok]) < \
+        0.5 * np.nanmean(small.levelset_err[1, ok])
+    # atoms χ does not depend on have exactly zero sensitivity and zero error
+    np.testing.assert_array_equal(small.per_atom_err[[0, 2, 4]], 0.0)
+
+
+def test_zero_weights_drop_samples_and_weights_reweight():
+    x = _samples(n=300, seed=6)
+    junk = _samples(n=100, seed=7) * 3.0
+    base = chi_sensitivity(DistanceChi(), x, bins=10, bootstrap=0)
+    both = chi_sensitivity(DistanceChi(), np.concatenate([x, junk]), bins=10, bootstrap=0,
+                           weights=np.r_[np.ones(300), np.zeros(100)])
+    np.testing.assert_allclose(both.per_atom, base.per_atom, rtol=1e-12)
+    np.testing.assert_array_equal(both.counts, base.counts)
+    np.testing.assert_allclose(both.levelset, base.levelset, rtol=1e-12)
+    assert both.n_samples == 300
+    # weight 2 on a sample = that sample twice
+    w = np.ones(300)
+    w[:50] = 2.0
+    weighted = chi_sensitivity(DistanceChi(), x, bins=10, bootstrap=0, weights=w)
+    doubled = chi_sensitivity(DistanceChi(), np.concatenate([x, x[:50]]), bins=10,
+                              bootstrap=0)
+    np.testing.assert_allclose(weighted.per_atom, doubled.per_atom, rtol=1e-12)
+    with pytest.raises(ValueError, match="weights"):
+        chi_sensitivity(DistanceChi(), x, weights=-w)
+
+
+def test_min_count_empties_sparse_bins():
+    x = _samples(n=300, seed=8)
+    sens = chi_sensitivity(DistanceChi(), x, bins=20, min_count=15, bootstrap=20)
+    sparse = (sens.counts < 15)
+    assert sparse.any() and (~sparse).any()
+    np.testing.assert_array_equal(sens.empty_bins, sparse)
+    assert np.all(np.isnan(sens.levelset[:, sparse]))
+    assert np.all(np.isnan(sens.levelset_err[:, sparse]))
+    assert np.all(np.isfinite(sens.levelset[:, ~sparse]))
+
+
+class PartialChi(DistanceChi):
+    """DistanceChi that declares which atoms it featurizes (as ChiModel.featurized_atoms)."""
+
+    featurized_atoms = np.array([1, 3])
+
+
+def test_atoms_not_featurized_are_nan_not_zero(tmp_path):
+    sens = chi_sensitivity(PartialChi(), _samples(n=200), bins=5, labels=list("ABCDE"),
+                           bootstrap=50)
+    assert np.all(np.isnan(sens.per_atom[[0, 2, 4]]))
+    assert np.all(np.isnan(sens.per_atom_err[[0, 2, 4]]))
+    assert np.all(np.isnan(sens.levelset[[0, 2, 4]]))
+    assert np.all(np.isfinite(sens.per_atom[[1, 3]]))
+    assert set(sens.ranking[:2]) == {1, 3} and len(sens.top(5)) == 2
+    freq = sens.top_frequency(2)
+    np.testing.assert_array_equal(freq[[1, 3]], 1.0)
+    assert np.all(np.isnan(freq[[0, 2, 4]]))
+    assert sens.fraction[[1, 3]].sum() == pytest.approx(1.0)
+    rows = [r.split(",") for r in
+            sens.write_ranking_csv(tmp_path / "a.csv").read_text().splitlines()[1:]]
+    assert [r[-1] for r in rows] == ["featurized"] * 2 + ["not featurized"] * 3
+    assert [r[0] for r in rows[2:]] == ["", "", ""]
+    # the agreement of a path is computed on the featurized atoms only
+    chi, grad = chi_gradients(PartialChi(), _samples(n=20, seed=9))
+    assert path_agreement((chi, (grad ** 2).sum(-1)), sens, reference="ensemble").n_atoms == 2
+
+
+def test_top_frequency_counts_resamples():
+    sens = chi_sensitivity(DistanceChi(a=1, b=3), _samples(n=400, seed=10), bins=5,
+                           bootstrap=100)
+    freq = sens.top_frequency(1)
+    # atoms 1 and 3 have identical ‖∇ᵢχ‖² in every sample: ties resolve to the lower index
+    assert freq[1] == 1.0 and freq[3] == 0.0 and np.nansum(freq) == pytest.approx(1.0)
+    assert np.all(sens.top_frequency(2)[[1, 3]] == 1.0)
+
+
+@pytest.mark.xfail(not hasattr(ChiModel, "featurized_atoms"), strict=False,
+                   reason="ChiModel.featurized_atoms is added by the chi stage")
+def test_chimodel_featurized_atoms_are_nan():
+    model = ChiModel(PairwiseDistances(5, atoms=[0, 2, 3])).double()
+    sens = chi_sensitivity(model, _samples(n=50), bins=5, bootstrap=10)
+    assert np.all(np.isnan(sens.per_atom[[1, 4]]))
+    assert np.all(np.isfinite(sens.per_atom[[0, 2, 3]]))
