@@ -263,3 +263,34 @@ def test_chimodel_featurized_atoms_are_nan():
     sens = chi_sensitivity(model, _samples(n=50), bins=5, bootstrap=10)
     assert np.all(np.isnan(sens.per_atom[[1, 4]]))
     assert np.all(np.isfinite(sens.per_atom[[0, 2, 3]]))
+
+
+def test_angle_saliency_is_the_chain_rule_through_sin_and_cos(ala):
+    """ν = a·sin ψ on (sin, cos) dihedral features: ∂ν/∂ψ = a·cos ψ, ∂ν/∂φ = 0 (rad⁻²)."""
+    import torch
+
+    from amore_openmm.chi import BackboneDihedrals
+    from amore_openmm.sensitivity import angle_saliency
+
+    feat = BackboneDihedrals(ala.topology).double()
+    psi = [j for j, nm in enumerate(feat.dihedral_names) if "ψ" in nm][0]
+
+    class SinPsi(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.featurizer = feat
+
+        def from_features(self, f):
+            return 0.3 * f[:, 2 * psi]
+
+        def forward(self, x):
+            return self.from_features(self.featurizer(x))
+
+    rng = np.random.default_rng(0)
+    x0 = ala.positions[0]
+    x = x0[None] + rng.normal(0, 0.02, (40,) + x0.shape)
+    ranked = dict(angle_saliency(SinPsi(), x))
+    theta = np.asarray(feat.angles(torch.as_tensor(x, dtype=torch.float64)))[:, psi]
+    expect = 0.09 * np.mean(np.cos(theta) ** 2)
+    assert abs(ranked[feat.dihedral_names[psi]] - expect) < 1e-9 * max(expect, 1)
+    assert all(v < 1e-20 for k, v in ranked.items() if k != feat.dihedral_names[psi])

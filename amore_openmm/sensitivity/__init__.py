@@ -7,7 +7,8 @@ For samples x of an ensemble ρ (optionally weighted):
 * level-set average ⟨‖∇ᵢχ‖²⟩_z: the same average restricted to samples with χ(x) in a bin
   around z (paper eq. 4; 100 bins on [0, 1] in the paper): an atoms × χ matrix; bins with
   fewer than ``min_count`` samples are empty (NaN);
-* feature saliency ⟨‖∂ν/∂f_j‖²⟩ for χ = ν ∘ f (features f, network ν) (:mod:`.compare`);
+* feature saliency ⟨‖∂ν/∂f_j‖²⟩ for χ = ν ∘ f (features f, network ν), and per dihedral angle
+  in rad⁻² through sin/cos by the chain rule (:mod:`.compare`);
 * agreement of ‖∇ᵢχ‖² along a χ-MEP with the level-set average at the nodes' χ values, as
   the paper's absolute MSE (nm⁻⁴) and scale-free measures (:mod:`.compare`).
 
@@ -15,10 +16,11 @@ For samples x of an ensemble ρ (optionally weighted):
 mapping positions (B, n, 3) nm → χ (B,)) (:mod:`.gradients`). ∇χ is in nm⁻¹, so
 sensitivities are in nm⁻². Atoms the model does not featurize are NaN, never 0.
 """
-from .compare import PathAgreement, feature_saliency, path_agreement, path_vs_ensemble_mse
+from .compare import (PathAgreement, angle_saliency, feature_saliency, path_agreement,
+                      path_vs_ensemble_mse)
 from .ensemble import DEFAULT_MIN_COUNT, Sensitivity, chi_sensitivity
 from .gradients import atom_labels, chi_gradients, featurized_mask
 
-__all__ = ["Sensitivity", "chi_sensitivity", "chi_gradients", "feature_saliency",
-           "path_vs_ensemble_mse", "path_agreement", "PathAgreement", "atom_labels",
+__all__ = ["Sensitivity", "chi_sensitivity", "angle_saliency", "chi_gradients",
+           "feature_saliency", "path_vs_ensemble_mse", "path_agreement", "PathAgreement", "atom_labels",
            "featurized_mask", "DEFAULT_MIN_COUNT"]

@@ -9,7 +9,7 @@ import numpy as np
 from .ensemble import Sensitivity
 from .gradients import model_dtype, positions_array
 
-__all__ = ["feature_saliency", "path_vs_ensemble_mse", "path_agreement", "PathAgreement"]
+__all__ = ["feature_saliency", "angle_saliency", "path_vs_ensemble_mse", "path_agreement", "PathAgreement"]
 
 
 def _torch():
@@ -38,18 +38,12 @@ def _split_model(model: Any) -> tuple[Any, Any, list[str]]:
     return feat, head, names
 
 
-def feature_saliency(model: Any, positions: Any, batch_size: int = 4096
-                     ) -> list[tuple[str, float]]:
-    """Feature saliency ⟨‖∂ν/∂f_j‖²⟩ over ``positions``, ranked (largest first).
-
-    ``model`` must expose ``featurizer`` (with ``feature_names``) and a network evaluating χ
-    from features. Returns [(feature name, value), ...]; unnamed features are ``f<j>``.
-    """
+def _feature_gradients(model: Any, positions: Any, batch_size: int):
+    """Yield (features, ∂ν/∂f) per batch (float64 numpy) for χ = ν ∘ f."""
     torch = _torch()
-    feat, head, names = _split_model(model)
+    feat, head, _ = _split_model(model)
     x = positions_array(positions)
     dtype = model_dtype(model)
-    total = None
     for start in range(0, len(x), int(batch_size)):
         xb = torch.as_tensor(x[start:start + batch_size], dtype=dtype)
         with torch.no_grad():
@@ -64,13 +58,50 @@ def feature_saliency(model: Any, positions: Any, batch_size: int = 4096
                     raise ValueError("feature_saliency: network(featurizer(x)) differs from "
                                      "model(x); the model is not of the form ν ∘ f")
             (g,) = torch.autograd.grad(nu.sum(), f)
-        s = (g.double() ** 2).sum(dim=0).cpu().numpy()
-        total = s if total is None else total + s
-    mean = total / len(x)
+        yield f.detach().double().cpu().numpy(), g.double().cpu().numpy()
+
+
+def _ranked(names: list[str], mean: np.ndarray) -> list[tuple[str, float]]:
     if len(names) != len(mean):
         names = [f"f{j}" for j in range(len(mean))]
     order = np.argsort(-mean, kind="stable")
     return [(names[j], float(mean[j])) for j in order]
+
+
+def feature_saliency(model: Any, positions: Any, batch_size: int = 4096
+                     ) -> list[tuple[str, float]]:
+    """Feature saliency ⟨‖∂ν/∂f_j‖²⟩ over ``positions``, ranked (largest first).
+
+    ``model`` must expose ``featurizer`` (with ``feature_names``) and a network evaluating χ
+    from features. Returns [(feature name, value), ...]; unnamed features are ``f<j>``.
+    """
+    total, n = 0.0, 0
+    for _, g in _feature_gradients(model, positions, batch_size):
+        total = total + (g ** 2).sum(axis=0)
+        n += len(g)
+    return _ranked(list(getattr(model.featurizer, "feature_names", []) or []), total / n)
+
+
+def angle_saliency(model: Any, positions: Any, batch_size: int = 4096
+                   ) -> list[tuple[str, float]]:
+    """Saliency per dihedral angle ⟨(∂ν/∂θ_d)²⟩ in rad⁻², ranked, as the paper reports it.
+
+    For a featurizer giving [sin θ, cos θ] per dihedral (``BackboneDihedrals``), the chain
+    rule gives ∂ν/∂θ = cos θ·∂ν/∂(sin θ) − sin θ·∂ν/∂(cos θ). Names are the featurizer's
+    ``dihedral_names`` (e.g. "VAL3 ψ").
+    """
+    feat = getattr(model, "featurizer", None)
+    names = list(getattr(feat, "dihedral_names", []) or [])
+    total, n = 0.0, 0
+    for f, g in _feature_gradients(model, positions, batch_size):
+        if f.shape[1] % 2:
+            raise TypeError("angle_saliency needs (sin, cos) pairs per dihedral "
+                            f"(a 'dihedrals' featurizer); got {f.shape[1]} features")
+        sin, cos = f[:, 0::2], f[:, 1::2]
+        dtheta = cos * g[:, 0::2] - sin * g[:, 1::2]
+        total = total + (dtheta ** 2).sum(axis=0)
+        n += len(f)
+    return _ranked(names, total / n)
 
 
 @dataclass
