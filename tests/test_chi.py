@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from amore_openmm.chi import (BackboneDihedrals, ChiModel, Coordinates, PairwiseDistances,
-                              make_featurizer, read_torchscript_metadata)
+                              SymmetricPairwiseDistances, equivalent_atom_groups,
+                              featurizer_from_spec, make_featurizer, read_torchscript_metadata)
 from amore_openmm.data import KoopmanData
 from amore_openmm.isokann import Isokann, IsokannError, exit_rates, koopman_chi, orient
 from amore_openmm.systems import load_system, muller_brown_energy
@@ -28,9 +29,13 @@ def ala_frames(ala, trajectory):
 # featurizers
 # ------------------------------------------------------------------------------------------
 def test_make_featurizer_kinds(ala):
-    f = make_featurizer(ala, "auto")
-    assert isinstance(f, PairwiseDistances) and f.n_features == 22 * 21 // 2
-    assert f.feature_names[0] == "d(ACE1:H1,ACE1:CH3)"
+    f = make_featurizer(ala, "auto")                 # a small peptide: symmetry-aware, all atoms
+    assert isinstance(f, SymmetricPairwiseDistances) and f.n_features == 22 * 21 // 2
+    assert f.feature_names[0] == "d(ACE1:CH3,ACE1:C)"
+    assert "d({ALA2:HB1|HB2|HB3},ALA2:C)[3/3]" in f.feature_names
+    labelled = make_featurizer(ala, "pairwise_all")
+    assert isinstance(labelled, PairwiseDistances) and labelled.n_features == 231
+    assert labelled.feature_names[0] == "d(ACE1:H1,ACE1:CH3)"
     heavy = make_featurizer(ala, "pairwise_heavy")
     assert heavy.n_features == len(ala.heavy_atoms()) * (len(ala.heavy_atoms()) - 1) // 2
     polar = make_featurizer(ala, "pairwise_polar")  # heavy atoms + the two amide H, no C-H
@@ -72,8 +77,9 @@ def test_backbone_dihedrals_match_mdtraj(ala, ala_frames):
     np.testing.assert_allclose(feats[:, 0::2] ** 2 + feats[:, 1::2] ** 2, 1.0, atol=1e-12)
 
 
-def test_distance_chi_is_invariant_to_rigid_motion(ala, ala_frames):
-    model = ChiModel(make_featurizer(ala), seed=3).double()
+@pytest.mark.parametrize("kind", ["pairwise_sym", "pairwise_all"])
+def test_distance_chi_is_invariant_to_rigid_motion(ala, ala_frames, kind):
+    model = ChiModel(make_featurizer(ala, kind), seed=3).double()
     chi, grad = model.chi_and_grad(ala_frames)
     scale = np.abs(grad).max()
     assert scale > 0
@@ -84,6 +90,104 @@ def test_distance_chi_is_invariant_to_rigid_motion(ala, ala_frames):
     rot = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1]])
     moved = ala_frames @ rot.T + np.array([3.0, -1.0, 2.0])
     np.testing.assert_allclose(model.chi(moved), chi, atol=1e-12)
+
+
+ACE_METHYL_H, ALA_METHYL_H, NME_METHYL_H = [0, 2, 3], [11, 12, 13], [19, 20, 21]
+
+
+def test_equivalent_atom_groups_from_bonds(ala):
+    assert equivalent_atom_groups(ala.topology) == [ACE_METHYL_H, ALA_METHYL_H, NME_METHYL_H]
+    assert equivalent_atom_groups(ala.topology, atoms=[0, 2, 11, 12, 13]) == [[0, 2],
+                                                                              ALA_METHYL_H]
+    vg = load_system("vgvapg")                    # charged termini: NH3+ and carboxylate
+    labels = vg.atom_labels()
+    named = [[labels[a] for a in g] for g in equivalent_atom_groups(vg.topology)]
+    assert ["VAL1:H", "VAL1:H2", "VAL1:H3"] in named                  # NH3+
+    assert ["GLY6:O", "GLY6:OXT"] in named                            # carboxylate
+    assert ["VAL3:HG11", "VAL3:HG12", "VAL3:HG13"] in named           # methyl
+    assert ["ALA4:HB1", "ALA4:HB2", "ALA4:HB3"] in named
+    assert len(named) == 7                          # 5 methyls, NH3+, COO-; no CH2 by default
+    with_ch2 = [[labels[a] for a in g]
+                for g in equivalent_atom_groups(vg.topology, methylene=True)]
+    assert ["GLY2:HA2", "GLY2:HA3"] in with_ch2 and len(with_ch2) == 12
+
+
+def _permuted(frames, perm):
+    out = frames.copy()
+    src = [p[0] for p in perm]
+    dst = [p[1] for p in perm]
+    out[:, dst] = frames[:, src]
+    return out
+
+
+def test_pairwise_sym_is_invariant_under_equivalent_atom_permutations(ala, ala_frames):
+    f = make_featurizer(ala, "pairwise_sym").double()
+    x = torch.tensor(ala_frames)
+    ref = f(x).numpy()
+    assert ref.shape == (len(ala_frames), 231)
+    cyc = [(11, 12), (12, 13), (13, 11)]                               # ALA HB1→HB2→HB3→HB1
+    for perm in (cyc, [(11, 13), (13, 11)], [(0, 3), (3, 0)], [(0, 2), (2, 3), (3, 0)],
+                 [(19, 20), (20, 19)] + cyc):
+        got = f(torch.tensor(_permuted(ala_frames, perm))).numpy()
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+    # non-equivalent atoms: HA with one methyl H, and the two carbonyl O
+    for perm in ([(9, 11), (11, 9)], [(5, 15), (15, 5)], [(0, 11), (11, 0)]):
+        got = f(torch.tensor(_permuted(ala_frames, perm))).numpy()
+        assert np.abs(got - ref).max() > 1e-2, perm
+    # labelled distances do see a methyl permutation
+    lab = make_featurizer(ala, "pairwise_all").double()
+    assert np.abs(lab(torch.tensor(_permuted(ala_frames, cyc))).numpy() -
+                  lab(x).numpy()).max() > 1e-2
+
+
+def test_pairwise_sym_chi_uses_every_atom_and_is_rigid_invariant(ala, ala_frames, tmp_path):
+    model = ChiModel(make_featurizer(ala), seed=4).double()
+    assert model.featurizer_kind == "pairwise_sym"
+    np.testing.assert_array_equal(model.featurized_atoms, np.arange(22))
+    chi, grad = model.chi_and_grad(ala_frames)
+    assert (np.linalg.norm(grad, axis=-1) > 0).all()                  # all 22 atoms
+    np.testing.assert_allclose(grad.sum(axis=1), 0.0, atol=1e-12 * np.abs(grad).max() * 22)
+    np.testing.assert_allclose(np.cross(ala_frames, grad).sum(axis=1), 0.0, atol=1e-12)
+    np.testing.assert_allclose(model.chi(_permuted(ala_frames, [(11, 12), (12, 11)])), chi,
+                               atol=1e-12)
+    # spec round trip and the TorchScript file
+    again = featurizer_from_spec(model.featurizer.spec())
+    assert again.feature_names == model.feature_names and again.groups == model.featurizer.groups
+    path = model.export_torchscript(tmp_path / "sym.pt")
+    assert read_torchscript_metadata(path)["featurized_atoms"] == list(range(22))
+    np.testing.assert_allclose(ChiModel.load(path).chi(ala_frames), chi, atol=1e-6)
+
+
+def test_featurized_atoms_per_kind(ala):
+    polar = ChiModel(make_featurizer(ala, "pairwise_polar")).featurized_atoms
+    np.testing.assert_array_equal(polar, [1, 4, 5, 6, 7, 8, 10, 14, 15, 16, 17, 18])
+    assert 9 not in polar                                              # HA is left out
+    heavy = ChiModel(make_featurizer(ala, "pairwise_heavy")).featurized_atoms
+    np.testing.assert_array_equal(heavy, ala.heavy_atoms())
+    dih = ChiModel(make_featurizer(ala, "dihedrals")).featurized_atoms
+    np.testing.assert_array_equal(dih, [4, 6, 8, 14, 16])           # C(ACE) N CA C N(NME)
+    np.testing.assert_array_equal(ChiModel(PairwiseDistances(22, pairs=[(5, 17)]))
+                                  .featurized_atoms, [5, 17])
+
+
+def test_exported_chi_on_a_batch(ala, ala_frames, tmp_path):
+    """(B, n, 3) → (B,), (n, 3) → 0-dim (TorchForce), float64 either way, float32 accepted."""
+    model = ChiModel(make_featurizer(ala), seed=1)
+    with torch.no_grad():
+        model.network[-1].weight.mul_(20.0)
+    scripted = torch.jit.load(str(model.export_torchscript(tmp_path / "chi.pt")))
+    ref = model.chi(ala_frames)
+    assert np.ptp(ref) > 1e-3
+    for dtype in (torch.float32, torch.float64):
+        batch = scripted(torch.tensor(ala_frames, dtype=dtype))
+        assert batch.dtype == torch.float64 and batch.shape == (len(ala_frames),)
+        np.testing.assert_allclose(batch.numpy(), ref, atol=1e-6)
+        one = scripted(torch.tensor(ala_frames[2], dtype=dtype))
+        assert one.dtype == torch.float64 and one.shape == ()
+        assert float(one) == pytest.approx(ref[2], abs=1e-6)
+    assert scripted(torch.tensor(ala_frames[:1])).shape == (1,)
+    with pytest.raises(Exception, match=r"\(n, 3\) or \(B, n, 3\)"):
+        scripted(torch.zeros(66))
 
 
 def test_default_networks():
@@ -101,7 +205,7 @@ def test_default_networks():
 # ------------------------------------------------------------------------------------------
 # export and persistence
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["auto", "dihedrals"])
+@pytest.mark.parametrize("kind", ["pairwise_sym", "pairwise_all", "dihedrals"])
 def test_torchscript_export_equals_python_model(ala, ala_frames, kind, tmp_path):
     model = ChiModel(make_featurizer(ala, kind), seed=1)
     with torch.no_grad():
