@@ -30,7 +30,8 @@ from torch import nn
 from .chi import ChiModel, make_featurizer
 from .data import KoopmanData
 
-__all__ = ["Isokann", "IsokannError", "orient", "exit_rates", "koopman_chi"]
+__all__ = ["Isokann", "IsokannError", "orient", "exit_rates", "koopman_chi", "koopman_targets",
+           "validation_split"]
 
 OPTIMIZERS = ("adam", "nesterov")
 SHIFT_SCALES = ("minmax", "quantile")
@@ -181,24 +182,23 @@ class Isokann:
                  dtype: torch.dtype = torch.float32, progress: bool = False,
                  validation_fraction: float = 0.1, shift_scale: str = "minmax",
                  shift_quantile: float = 0.005) -> None:
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        if shift_scale not in SHIFT_SCALES:
-            raise ValueError(f"shift_scale must be one of {SHIFT_SCALES}, got {shift_scale!r}")
-        if not 0.0 <= float(shift_quantile) < 0.5:
-            raise ValueError(f"shift_quantile must lie in [0, 0.5), got {shift_quantile}")
-        if not 0.0 <= float(validation_fraction) < 1.0:
-            raise ValueError(f"validation_fraction must lie in [0, 1), got "
-                             f"{validation_fraction}; use 0 to train on every start")
-        if int(iterations) < 0:
-            raise ValueError(f"iterations must be >= 0, got {iterations}")
-        if int(minibatch) < 1:
-            raise ValueError(f"minibatch must be >= 1, got {minibatch}")
-        if steps_per_iteration is not None and int(steps_per_iteration) < 1:
-            raise ValueError(f"steps_per_iteration must be >= 1 or None, got "
-                             f"{steps_per_iteration}")
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
+        checks = [
+            (optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}"),
+            (shift_scale in SHIFT_SCALES,
+             f"shift_scale must be one of {SHIFT_SCALES}, got {shift_scale!r}"),
+            (0.0 <= float(shift_quantile) < 0.5,
+             f"shift_quantile must lie in [0, 0.5), got {shift_quantile}"),
+            (0.0 <= float(validation_fraction) < 1.0,
+             f"validation_fraction must lie in [0, 1), got {validation_fraction}; use 0 to "
+             "train on every start"),
+            (int(iterations) >= 0, f"iterations must be >= 0, got {iterations}"),
+            (int(minibatch) >= 1, f"minibatch must be >= 1, got {minibatch}"),
+            (steps_per_iteration is None or int(steps_per_iteration) >= 1,
+             f"steps_per_iteration must be >= 1 or None, got {steps_per_iteration}"),
+            (lr > 0, f"lr must be positive, got {lr}")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
         self.iterations, self.minibatch = int(iterations), int(minibatch)
         self.optimizer, self.lr, self.weight_decay = optimizer, float(lr), float(weight_decay)
         self.seed, self.device, self.dtype, self.progress = int(seed), device, dtype, progress
@@ -404,6 +404,20 @@ def _flip_momentum(model: ChiModel) -> None:
             for key in ("exp_avg", "momentum_buffer"):
                 if st.get(key) is not None:
                     st[key] = -st[key]
+
+
+def koopman_targets(model: ChiModel, data: KoopmanData, shift_scale: str = "minmax",
+                    shift_quantile: float = 0.005) -> np.ndarray:
+    """The ISOKANN targets S(Kχ) (N,) in [0, 1] of ``model`` on ``data`` (S fitted on all
+    starts), as :meth:`Isokann.fit` computes them."""
+    if shift_scale not in SHIFT_SCALES:
+        raise ValueError(f"shift_scale must be one of {SHIFT_SCALES}, got {shift_scale!r}")
+    n, k = data.n_starts, data.n_koopman
+    fy = _featurize(model.featurizer, data.y.reshape(n * k, data.n_atoms, 3), model.dtype,
+                    model.device)
+    t = _targets(model.network, fy, n, k, torch.arange(n, device=model.device), shift_scale,
+                 float(shift_quantile))
+    return t.double().cpu().numpy()
 
 
 class _Flip(nn.Module):

@@ -9,7 +9,8 @@ from amore_openmm.chi import (BackboneDihedrals, ChiModel, Coordinates, Pairwise
                               SymmetricPairwiseDistances, equivalent_atom_groups,
                               featurizer_from_spec, make_featurizer, read_torchscript_metadata)
 from amore_openmm.data import KoopmanData
-from amore_openmm.isokann import Isokann, IsokannError, exit_rates, koopman_chi, orient
+from amore_openmm.isokann import (Isokann, IsokannError, exit_rates, koopman_chi,
+                                  koopman_targets, orient, validation_split)
 from amore_openmm.systems import load_system, muller_brown_energy
 
 torch.set_num_threads(1)
@@ -400,6 +401,82 @@ def test_fit_again_continues_from_current_weights(mb):
     again = Isokann(iterations=40, minibatch=500, seed=5).fit(small, system=ms)
     for k, v in w.items():
         assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_validation_loss_is_reported_and_comparable_to_train_loss(mb):
+    ms, data, _, iso, model = mb
+    tr = model.metadata["training"]
+    assert tr["validation_fraction"] == 0.1 and tr["n_train"] + tr["n_val"] == data.n_starts
+    assert 0.05 * data.n_starts < tr["n_val"] < 0.15 * data.n_starts
+    assert np.isfinite(tr["val_loss"]) and np.isfinite(tr["train_loss"])
+    print(f"\nMüller–Brown: train loss {tr['train_loss']:.3g}, val loss {tr['val_loss']:.3g}")
+    assert 0.3 * tr["train_loss"] < tr["val_loss"] < 3.0 * tr["train_loss"]
+    rec = tr["loss_records"]
+    assert [r["iteration"] for r in rec] == list(range(100, 1001, 100))
+    assert rec[-1]["val_loss"] == tr["val_loss"] and rec[-1]["val_loss"] < rec[0]["val_loss"]
+    # the split is seeded, disjoint, and stable when data are appended
+    train, val = validation_split(1000, 0.1, seed=0)
+    assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == 1000
+    train2, val2 = validation_split(1500, 0.1, seed=0)
+    np.testing.assert_array_equal(val2[val2 < 1000], val)
+    assert len(validation_split(1000, 0.0, seed=0)[1]) == 0
+    full = Isokann(iterations=3, minibatch=500, validation_fraction=0.0).fit(
+        data.subset(np.arange(0, data.n_starts, 5)), system=ms)
+    assert full.metadata["training"]["val_loss"] is None
+
+
+def _adam_steps(model):
+    return {int(st["step"]) for st in model.optimizer_state["state"]["state"].values()}
+
+
+def test_optimizer_state_continues_across_fits_and_save_load(mb, tmp_path):
+    ms, data, _, _, _ = mb
+    small = data.subset(np.arange(0, data.n_starts, 4))
+    iso = Isokann(iterations=4, minibatch=200, seed=1)
+    m = iso.fit(small, system=ms)
+    per_fit = 4 * iso.summary_["steps_per_iteration"]
+    assert _adam_steps(m) == {per_fit} and iso.summary_["optimizer_state_from"] == "new"
+    iso.fit(small, model=m)
+    assert _adam_steps(m) == {2 * per_fit}                  # the estimator's optimizer
+    assert iso.summary_["optimizer_state_from"] == "estimator"
+    # a resumed pipeline: the state travels in ChiModel.save / load and orient
+    m.save(tmp_path / "state.pt")
+    back = orient(ChiModel.load(tmp_path / "state.pt"), MB_A, target=1.0)
+    fresh = Isokann(iterations=4, minibatch=200, seed=1, lr=5e-4)
+    fresh.fit(small, model=back)
+    assert fresh.summary_["optimizer_state_from"] == "model"
+    assert _adam_steps(back) == {3 * per_fit}
+    assert fresh._opt.param_groups[0]["lr"] == 5e-4          # this estimator's settings
+    # flipping χ flips the first moment of the last layer only
+    m2 = copy.deepcopy(m)
+    flipped = orient(m2, MB_A, target=0.0 if m2.chi(MB_A)[0] > 0.5 else 1.0)
+    st0, st1 = m2.optimizer_state["state"]["state"], flipped.optimizer_state["state"]["state"]
+    last = max(st0)
+    assert torch.equal(st1[last]["exp_avg"], -st0[last]["exp_avg"])
+    assert torch.equal(st1[0]["exp_avg"], st0[0]["exp_avg"])
+    assert torch.equal(st1[last]["exp_avg_sq"], st0[last]["exp_avg_sq"])
+
+
+def test_quantile_shift_scale(mb):
+    ms, data, _, _, model = mb
+    t_mm = koopman_targets(model, data)
+    assert t_mm.min() == 0.0 and t_mm.max() == 1.0
+    t_q = koopman_targets(model, data, shift_scale="quantile", shift_quantile=0.01)
+    assert t_q.min() == 0.0 and t_q.max() == 1.0          # values beyond the quantiles: clipped
+    at_ends = np.mean((t_q == 0.0) | (t_q == 1.0))
+    assert 0.015 < at_ends < 0.03                         # ≈ 2 × 1 % of the starts
+    inner = (t_q > 0) & (t_q < 1)
+    assert np.corrcoef(t_q[inner], t_mm[inner])[0, 1] > 0.999   # an affine map in between
+    # the trained χ stays (near) a fixed point when training continues with quantiles
+    iso = Isokann(iterations=30, minibatch=500, seed=0, shift_scale="quantile")
+    m = iso.fit(data.subset(np.arange(0, data.n_starts, 2)), model=copy.deepcopy(model))
+    assert m.metadata["training"]["shift_scale"] == "quantile"
+    assert abs(m.chi(_xy(MB_A)) - m.chi(_xy(MB_B)))[0] > 0.9
+    assert m.metadata["training"]["val_loss"] < 0.01
+    with pytest.raises(ValueError, match="shift_scale"):
+        Isokann(shift_scale="median")
+    with pytest.raises(ValueError, match="validation_fraction"):
+        Isokann(validation_fraction=1.0)
 
 
 def test_constant_koopman_chi_is_a_clear_error(mb):
