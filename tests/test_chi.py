@@ -159,6 +159,24 @@ def test_pairwise_sym_chi_uses_every_atom_and_is_rigid_invariant(ala, ala_frames
     np.testing.assert_allclose(ChiModel.load(path).chi(ala_frames), chi, atol=1e-6)
 
 
+def test_featurizers_follow_the_selection():
+    """Features cover MolecularSystem.selection only (needs load_system(atoms=...))."""
+    ms = load_system("alanine_dipeptide", atoms="resname ALA")
+    ala_atoms = list(range(6, 16))
+    np.testing.assert_array_equal(ms.selection, ala_atoms)
+    sym = make_featurizer(ms)
+    assert isinstance(sym, SymmetricPairwiseDistances) and sym.groups == [ALA_METHYL_H]
+    assert sym.n_features == 10 * 9 // 2
+    np.testing.assert_array_equal(sym.featurized_atoms, ala_atoms)
+    heavy = make_featurizer(ms, "pairwise_heavy").featurized_atoms
+    np.testing.assert_array_equal(heavy, [6, 8, 10, 14, 15])
+    model = ChiModel(sym, seed=0)
+    x = ms.positions[0]
+    grad = model.grad(x)[0]
+    assert (np.linalg.norm(grad[ala_atoms], axis=1) > 0).all()
+    assert np.abs(np.delete(grad, ala_atoms, axis=0)).max() == 0.0
+
+
 def test_featurized_atoms_per_kind(ala):
     polar = ChiModel(make_featurizer(ala, "pairwise_polar")).featurized_atoms
     np.testing.assert_array_equal(polar, [1, 4, 5, 6, 7, 8, 10, 14, 15, 16, 17, 18])

@@ -9,13 +9,11 @@ from __future__ import annotations
 import copy
 import io
 import json
-import math
 import os
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -92,22 +90,3 @@ def read_torchscript_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} is TorchScript but has no {METADATA_FILE}: it was not "
                          "written by ChiModel.export_torchscript")
     return json.loads(raw)
-
-
-def _to_jsonable(obj: Any) -> Any:
-    """TEMP (pre-merge) stand-in for ``amore_openmm.data.to_jsonable`` (the one JSON
-    sanitiser, written on the sampling branch): numpy → Python, non-finite floats → None.
-    At the merge, delete this and import ``to_jsonable`` from ``..data`` in model.py."""
-    if isinstance(obj, dict):
-        return {str(k): _to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _to_jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _to_jsonable(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)

@@ -39,12 +39,7 @@ def featurizer_from_spec(spec: dict[str, Any]) -> nn.Module:
 
 def _selection(system: Any) -> np.ndarray:
     """The molecule of interest (``MolecularSystem.selection``, 0-based, sorted)."""
-    # TEMP (pre-merge): MolecularSystem.selection arrives with the systems branch; after the
-    # merge this is `np.asarray(system.selection, dtype=np.int64)` without the fallback.
-    sel = getattr(system, "selection", None)
-    if sel is None:
-        sel = np.arange(int(system.n_atoms))
-    return np.asarray(sel, dtype=np.int64)
+    return np.asarray(system.selection, dtype=np.int64)
 
 
 def _is_peptide(topology: Any, atoms: set[int]) -> bool:

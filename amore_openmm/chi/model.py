@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import atomic_write_bytes
-from .export import (FORMAT, FORMAT_VERSION, ExportedChi, _to_jsonable, is_torchscript,
+from ..data import atomic_write_bytes, to_jsonable
+from .export import (FORMAT, FORMAT_VERSION, ExportedChi, is_torchscript,
                      read_torchscript_metadata, write_torchscript)
 from .factory import featurizer_from_spec
 from .network import build_network, default_network_spec
@@ -175,7 +175,7 @@ class ChiModel(nn.Module):
             "feature_names": self.feature_names,
             "featurized_atoms": self.featurized_atoms.tolist(),
             "network_spec": self.network_spec,
-            "metadata": _to_jsonable(self.metadata),
+            "metadata": to_jsonable(self.metadata),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -250,7 +250,7 @@ class ChiModel(nn.Module):
         """
         desc = self.describe()
         if training is not None:
-            desc["metadata"] = dict(desc["metadata"], training=_to_jsonable(training))
+            desc["metadata"] = dict(desc["metadata"], training=to_jsonable(training))
         return write_torchscript(self, path, desc)
 
     def scripted(self) -> torch.jit.ScriptModule:
