@@ -1,20 +1,27 @@
 """Stage 3b — ISOKANN: learn χ from Koopman pairs; orientation and exit rates.
 
 ISOKANN iterates χ ← S K χ, where Kχ(x) = mean_k χ(y_k) over the K burst end points of start x
-and S is the shift-scale map t = (Kχ − min Kχ)/(max Kχ − min Kχ) over the whole data set. Each
+and S is the shift-scale map t = (Kχ − lo)/(hi − lo): ``shift_scale="minmax"`` (default) takes
+lo, hi = min, max of Kχ over the training starts, ``"quantile"`` the q and 1 − q quantiles
+(robust when K = 1 makes the extremes noise; targets outside [0, 1] are clipped to it). Each
 outer iteration recomputes the target t with the current network (no gradient through it) and
-then fits χ(x) to t by minibatch mean-squared error (one pass over the data by default). The
-features of x and y are computed once per fit: they do not change, only the network does.
+then fits χ(x) to t by minibatch mean-squared error (one pass over the training starts by
+default). The features of x and y are computed once per fit: only the network changes.
 
-Fitting again (``Isokann.fit(more_data, model=chi)``) continues from the current weights; the
-adaptive loop relies on this.
+A seeded random fraction of the starts (``validation_fraction``, default 0.1) is held out:
+the validation loss is the same MSE against the same recomputed target on those starts. It is
+reported with the train loss in ``model.metadata["training"]``.
+
+Fitting again (``Isokann.fit(more_data, model=chi)``) continues from the current weights and
+the optimizer's state (kept on the estimator and in ``model.optimizer_state``, which
+``ChiModel.save``/``load`` carry); the adaptive loop relies on this.
 """
 from __future__ import annotations
 
 import copy
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,9 +30,13 @@ from torch import nn
 from .chi import ChiModel, make_featurizer
 from .data import KoopmanData
 
-__all__ = ["Isokann", "IsokannError", "orient", "exit_rates", "koopman_chi"]
+__all__ = ["Isokann", "IsokannError", "orient", "exit_rates", "koopman_chi", "koopman_targets",
+           "validation_split"]
 
 OPTIMIZERS = ("adam", "nesterov")
+SHIFT_SCALES = ("minmax", "quantile")
+#: number of train/validation loss records per fit (every 10 % of the iterations)
+LOSS_RECORDS = 10
 
 
 class IsokannError(ValueError):
@@ -50,28 +61,117 @@ def _featurize(featurizer: nn.Module, x: np.ndarray, dtype: torch.dtype, device:
                                                     device=device)
 
 
+def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) start indices: start i is held out when u_i < ``fraction``, with
+    u = ``default_rng(seed).random(n)``. Data appended later (merged generations) keep the
+    assignment of the earlier starts. At least one start is held out when fraction > 0 and
+    n ≥ 3; none when that would leave fewer than two training starts."""
+    if fraction <= 0 or n < 3:
+        return np.arange(n), np.zeros(0, dtype=np.int64)
+    u = np.random.default_rng(seed).random(n)
+    val = u < fraction
+    if not val.any():
+        val[int(np.argmin(u))] = True
+    if n - val.sum() < 2:
+        val[:] = False
+    return np.flatnonzero(~val), np.flatnonzero(val)
+
+
+def _shift_scale(kchi: torch.Tensor, mode: str, q: float) -> tuple[float, float]:
+    """(lo, hi) of the shift-scale from Kχ of the training starts."""
+    if mode == "quantile":
+        qs = torch.quantile(kchi.double(), torch.tensor([q, 1.0 - q], dtype=torch.float64,
+                                                        device=kchi.device))
+        return float(qs[0]), float(qs[1])
+    return float(kchi.min()), float(kchi.max())
+
+
+def _targets(net: nn.Module, fy: torch.Tensor, n: int, k: int, train: torch.Tensor,
+             mode: str, q: float) -> torch.Tensor:
+    """ISOKANN targets t = S(Kχ) for all n starts, S fitted on the training starts."""
+    with torch.no_grad():
+        kchi = net(fy).reshape(n, k).mean(dim=1)
+        lo, hi = _shift_scale(kchi[train], mode, q)
+        span = hi - lo
+        if not math.isfinite(span):
+            raise IsokannError("Kχ is not finite: the network diverged; lower lr")
+        if span <= 1e-6 * max(1.0, abs(hi), abs(lo)):
+            raise IsokannError(
+                f"Kχ is constant over the data (range {span:.3g}): the bursts carry no "
+                "signal of a slow process. Typical causes: trajectory too short or "
+                "confined to one basin, identical burst end points, or a lag time far "
+                "longer than the slowest relaxation. Sample longer/more diverse starts.")
+        # minmax: exact on the training starts; quantile and held-out starts: clipped
+        return ((kchi - lo) / span).clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def _mse(net: nn.Module, f: torch.Tensor, t: torch.Tensor, chunk: int = 65536) -> float:
+    """Mean squared error of net(f) against t, in chunks (nan for no rows)."""
+    if len(f) == 0:
+        return float("nan")
+    total = 0.0
+    for s in range(0, len(f), chunk):
+        total += float(((net(f[s:s + chunk]).reshape(-1) - t[s:s + chunk]) ** 2).sum())
+    return total / len(f)
+
+
+def _cpu(obj: Any) -> Any:
+    """A deep copy of an optimizer state dict with every tensor on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def _state_matches(state: dict[str, Any], params: list[torch.Tensor]) -> bool:
+    """True when a saved optimizer state belongs to parameters of these shapes."""
+    groups = state.get("param_groups") or []
+    if sum(len(g.get("params", [])) for g in groups) != len(params):
+        return False
+    for i, st in (state.get("state") or {}).items():
+        for key in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
+            buf = st.get(key) if isinstance(st, dict) else None
+            if buf is not None and (int(i) >= len(params) or
+                                    tuple(buf.shape) != tuple(params[int(i)].shape)):
+                return False
+    return True
+
+
 class Isokann:
     """The ISOKANN estimator: ``Isokann(...).fit(data) -> ChiModel``.
 
     Args:
         iterations: outer iterations (each: recompute the target, then ``steps_per_iteration``
             minibatch steps).
-        minibatch: minibatch size (clipped to the number of starts).
-        optimizer: "adam" or "nesterov" (SGD with Nesterov momentum 0.9).
-        lr: learning rate. weight_decay: L2 weight decay (coupled, as in the reference code).
-        seed: seeds the weight initialisation (new models) and the minibatch order.
+        minibatch: minibatch size (clipped to the number of training starts).
+        optimizer: "adam" (AdamW: decoupled weight decay) or "nesterov" (SGD with Nesterov
+            momentum 0.9 and coupled L2 weight decay, as in the reference code).
+        lr: learning rate. weight_decay: weight decay (decoupled for adam, L2 for nesterov).
+        seed: seeds the weight initialisation (new models), the validation split and the
+            minibatch order.
         device: torch device; None uses CUDA when available, else CPU. The returned model is
             always on the CPU.
         steps_per_iteration: minibatch steps per outer iteration; None means one pass over the
-            data (ceil(N / minibatch) steps), as in the reference implementation.
+            training starts (ceil(N_train / minibatch) steps), as in the reference code.
         featurizer: featurizer kind for new models (see :func:`~amore_openmm.chi.make_featurizer`);
             None uses the system's default.
         network: network spec or module for new models (None: the default for the featurizer).
         dtype: training precision (float32 is plenty; export is always float64).
         progress: show a tqdm bar.
+        validation_fraction: fraction of starts held out for the validation loss (see
+            :func:`validation_split`); 0 trains on all starts and reports no validation loss.
+        shift_scale: "minmax" (default) or "quantile" (lo, hi = the ``shift_quantile`` and
+            1 − ``shift_quantile`` quantiles of Kχ; targets clipped to [0, 1]).
+        shift_quantile: the lower quantile for ``shift_scale="quantile"`` (default 0.005).
 
     After :meth:`fit`: ``model_`` (the ChiModel), ``loss_history`` (mean minibatch MSE per
-    outer iteration, over all fits of this estimator), ``summary_`` (dict of the last fit).
+    outer iteration, over all fits of this estimator), ``records_`` (train/validation loss
+    records of all fits), ``summary_`` (dict of the last fit, also in
+    ``model.metadata["training"]``).
     """
 
     def __init__(self, iterations: int = 1000, minibatch: int = 1000, optimizer: str = "adam",
@@ -79,31 +179,35 @@ class Isokann:
                  device: str | torch.device | None = None,
                  steps_per_iteration: int | None = None, featurizer: str | None = None,
                  network: dict[str, Any] | nn.Module | None = None,
-                 dtype: torch.dtype = torch.float32, progress: bool = False) -> None:
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        if int(iterations) < 0:
-            raise ValueError(f"iterations must be >= 0, got {iterations}")
-        if int(minibatch) < 1:
-            raise ValueError(f"minibatch must be >= 1, got {minibatch}")
-        if steps_per_iteration is not None and int(steps_per_iteration) < 1:
-            raise ValueError(f"steps_per_iteration must be >= 1 or None, got "
-                             f"{steps_per_iteration}")
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        self.iterations = int(iterations)
-        self.minibatch = int(minibatch)
-        self.optimizer = optimizer
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.seed = int(seed)
-        self.device = device
+                 dtype: torch.dtype = torch.float32, progress: bool = False,
+                 validation_fraction: float = 0.1, shift_scale: str = "minmax",
+                 shift_quantile: float = 0.005) -> None:
+        checks = [
+            (optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}"),
+            (shift_scale in SHIFT_SCALES,
+             f"shift_scale must be one of {SHIFT_SCALES}, got {shift_scale!r}"),
+            (0.0 <= float(shift_quantile) < 0.5,
+             f"shift_quantile must lie in [0, 0.5), got {shift_quantile}"),
+            (0.0 <= float(validation_fraction) < 1.0,
+             f"validation_fraction must lie in [0, 1), got {validation_fraction}; use 0 to "
+             "train on every start"),
+            (int(iterations) >= 0, f"iterations must be >= 0, got {iterations}"),
+            (int(minibatch) >= 1, f"minibatch must be >= 1, got {minibatch}"),
+            (steps_per_iteration is None or int(steps_per_iteration) >= 1,
+             f"steps_per_iteration must be >= 1 or None, got {steps_per_iteration}"),
+            (lr > 0, f"lr must be positive, got {lr}")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        self.iterations, self.minibatch = int(iterations), int(minibatch)
+        self.optimizer, self.lr, self.weight_decay = optimizer, float(lr), float(weight_decay)
+        self.seed, self.device, self.dtype, self.progress = int(seed), device, dtype, progress
         self.steps_per_iteration = steps_per_iteration
-        self.featurizer = featurizer
-        self.network = network
-        self.dtype = dtype
-        self.progress = progress
+        self.featurizer, self.network = featurizer, network
+        self.validation_fraction = float(validation_fraction)
+        self.shift_scale, self.shift_quantile = shift_scale, float(shift_quantile)
         self.loss_history: list[float] = []
+        self.records_: list[dict[str, Any]] = []
         self.model_: ChiModel | None = None
         self.summary_: dict[str, Any] = {}
         self._opt: torch.optim.Optimizer | None = None
@@ -120,15 +224,43 @@ class Isokann:
         return torch.optim.SGD(params, lr=self.lr, momentum=0.9, nesterov=True,
                                weight_decay=self.weight_decay)
 
+    def _optimizer_for(self, model: ChiModel) -> tuple[torch.optim.Optimizer, str]:
+        """The optimizer for ``model`` and where its state came from: "estimator" (the model
+        this estimator trained last), "model" (``model.optimizer_state``, e.g. after
+        ``ChiModel.load``) or "new"."""
+        if self._opt is not None and self._opt_model is model:
+            return self._opt, "estimator"
+        opt, source = self._make_optimizer(model), "new"
+        saved = model.optimizer_state
+        if saved and saved.get("optimizer") == self.optimizer and \
+                _state_matches(saved["state"], list(model.network.parameters())):
+            opt.load_state_dict(saved["state"])
+            for group in opt.param_groups:       # this estimator's settings win
+                group["lr"], group["weight_decay"] = self.lr, self.weight_decay
+            source = "model"
+        self._opt, self._opt_model = opt, model
+        return opt, source
+
+    def _new_model(self, data: KoopmanData, system: Any) -> ChiModel:
+        if system is None:
+            raise ValueError("Isokann.fit needs model= (to continue training) or system= "
+                             "(to build a new χ model with the system's featurizer)")
+        if system.n_atoms != data.n_atoms:
+            raise ValueError(f"system {getattr(system, 'name', '')!r} has {system.n_atoms} "
+                             f"atoms but the data have {data.n_atoms}")
+        feat = make_featurizer(system, self.featurizer)
+        return ChiModel(feat, self.network, seed=self.seed,
+                        metadata={"system_name": getattr(system, "name", "")})
+
     def fit(self, data: KoopmanData, model: ChiModel | None = None, system: Any = None,
             iterations: int | None = None) -> ChiModel:
         """Train χ on ``data`` and return the (same, updated) ChiModel.
 
         Args:
             data: Koopman pairs (x: N×n×3, y: N×K×n×3, nm).
-            model: continue training this model (weights are kept, and the optimizer state
-                when it is the model this estimator trained last). None builds a new model
-                from ``system`` (featurizer per ``self.featurizer`` or the system default).
+            model: continue training this model (weights are kept, and the optimizer state:
+                see :meth:`_optimizer_for`). None builds a new model from ``system``
+                (featurizer per ``self.featurizer`` or the system default).
             system: the MolecularSystem (needed only when ``model`` is None).
             iterations: outer iterations for this call (default ``self.iterations``).
 
@@ -142,74 +274,70 @@ class Isokann:
             raise IsokannError(f"ISOKANN needs at least 2 starts, data has {data.n_starts}; "
                                "sample more bursts")
         if model is None:
-            if system is None:
-                raise ValueError("Isokann.fit needs model= (to continue training) or system= "
-                                 "(to build a new χ model with the system's featurizer)")
-            if system.n_atoms != data.n_atoms:
-                raise ValueError(f"system {getattr(system, 'name', '')!r} has {system.n_atoms} "
-                                 f"atoms but the data have {data.n_atoms}")
-            feat = make_featurizer(system, self.featurizer)
-            model = ChiModel(feat, self.network, seed=self.seed,
-                             metadata={"system_name": getattr(system, "name", "")})
+            model = self._new_model(data, system)
         if data.n_atoms < model.n_atoms:
             raise ValueError(f"the χ model needs {model.n_atoms} atoms but the data have "
                              f"{data.n_atoms}; data and model belong to different systems")
-
         dev = _device(self.device)
         model.to(device=dev, dtype=self.dtype)
-        if self._opt is None or self._opt_model is not model:
-            self._opt = self._make_optimizer(model)
-            self._opt_model = model
-        opt = self._opt
-        gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + self._fits)
-        self._fits += 1
-
+        opt, source = self._optimizer_for(model)
         t0 = time.perf_counter()
         n, k = data.n_starts, data.n_koopman
         fx = _featurize(model.featurizer, data.x, self.dtype, dev)
         fy = _featurize(model.featurizer, data.y.reshape(n * k, data.n_atoms, 3),
                         self.dtype, dev)
         t_feat = time.perf_counter() - t0
-        net = model.network
-        mb = min(self.minibatch, n)
-        steps = (math.ceil(n / mb) if self.steps_per_iteration is None
+        train, val = validation_split(n, self.validation_fraction, self.seed)
+        run = self._train(model.network, opt, fx, fy, (n, k), train, val, iters, dev)
+        self._fits += 1
+        model.to(device="cpu")
+        model.optimizer_state = {"optimizer": self.optimizer, "state": _cpu(opt.state_dict())}
+        self.loss_history.extend(run["history"])
+        self.model_ = model
+        self.summary_ = self._summary(model, data, run, iters, dev, source,
+                                      time.perf_counter() - t0, t_feat)
+        model.metadata["training"] = self.summary_
+        if data.system_name:
+            model.metadata.setdefault("system_name", data.system_name)
+        return model
+
+    def _train(self, net: nn.Module, opt: torch.optim.Optimizer, fx: torch.Tensor,
+               fy: torch.Tensor, nk: tuple[int, int], train_np: np.ndarray,
+               val_np: np.ndarray, iters: int, dev: torch.device) -> dict[str, Any]:
+        """The outer loop; returns the loss history and the train/validation records."""
+        n, k = nk
+        train = torch.as_tensor(train_np, device=dev)
+        val = torch.as_tensor(val_np, device=dev)
+        target: Callable[[], torch.Tensor] = lambda: _targets(  # noqa: E731
+            net, fy, n, k, train, self.shift_scale, self.shift_quantile)
+        mb = min(self.minibatch, len(train))
+        steps = (math.ceil(len(train) / mb) if self.steps_per_iteration is None
                  else int(self.steps_per_iteration))
-
-        def target() -> torch.Tensor:
-            with torch.no_grad():
-                kchi = net(fy).reshape(n, k).mean(dim=1)
-                lo, hi = kchi.min(), kchi.max()
-                span = float(hi - lo)
-                if not math.isfinite(span):
-                    raise IsokannError("Kχ is not finite: the network diverged; lower lr")
-                if span <= 1e-6 * max(1.0, abs(float(hi)), abs(float(lo))):
-                    raise IsokannError(
-                        f"Kχ is constant over the data (range {span:.3g}): the bursts carry no "
-                        "signal of a slow process. Typical causes: trajectory too short or "
-                        "confined to one basin, identical burst end points, or a lag time far "
-                        "longer than the slowest relaxation. Sample longer/more diverse starts.")
-                return (kchi - lo) / (hi - lo)
-
+        gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + self._fits)
+        marks = {max(1, math.ceil(iters * r / LOSS_RECORDS)) for r in range(1, LOSS_RECORDS + 1)}
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=iters, desc="ISOKANN", leave=False)
         history: list[float] = []
+        records: list[dict[str, Any]] = []
         net.train()
-        for _ in range(iters):
+        for it in range(1, iters + 1):
             t = target()
-            perm = torch.randperm(n, generator=gen).to(dev)
+            perm = train[torch.randperm(len(train), generator=gen).to(dev)]
             total = 0.0
             for s in range(steps):
-                lo = (s * mb) % n
+                lo = (s * mb) % len(train)
                 idx = perm[lo:lo + mb]
-                pred = net(fx[idx]).reshape(-1)
-                loss = torch.mean((pred - t[idx]) ** 2)
+                loss = torch.mean((net(fx[idx]).reshape(-1) - t[idx]) ** 2)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 total += float(loss.detach())
             history.append(total / steps)
+            if it in marks:
+                records.append({"iteration": it, "train_loss": _mse(net, fx[train], t[train]),
+                                "val_loss": _mse(net, fx[val], t[val]) if len(val) else None})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1]:.2e}")
@@ -218,30 +346,41 @@ class Isokann:
         if iters == 0:
             target()  # still validate the data
         net.eval()
-        wall = time.perf_counter() - t0
-        model.to(device="cpu")
-        self.loss_history.extend(history)
-        self.model_ = model
-        prev = (model.metadata.get("training") or {})
-        self.summary_ = {
-            "iterations": iters,
-            "iterations_total": int(prev.get("iterations_total", 0)) + iters,
+        return {"history": history, "records": records, "minibatch": mb, "steps": steps,
+                "n_train": len(train_np), "n_val": len(val_np)}
+
+    def _summary(self, model: ChiModel, data: KoopmanData, run: dict[str, Any], iters: int,
+                 dev: torch.device, source: str, wall: float, t_feat: float
+                 ) -> dict[str, Any]:
+        """The training summary (``model.metadata["training"]``); loss records accumulate
+        over fits, their "iteration" counts iterations over all fits of the model."""
+        prev = model.metadata.get("training") or {}
+        done = int(prev.get("iterations_total", 0))
+        records = [dict(r, iteration=done + r["iteration"]) for r in run["records"]]
+        self.records_.extend(records)
+        last = records[-1] if records else {}
+        steps, mb = run["steps"], run["minibatch"]
+        return {
+            "iterations": iters, "iterations_total": done + iters,
             "fits": int(prev.get("fits", 0)) + 1,
-            "n_starts": n, "n_koopman": k,
+            "n_starts": data.n_starts, "n_koopman": data.n_koopman,
+            "n_train": run["n_train"], "n_val": run["n_val"],
+            "validation_fraction": self.validation_fraction,
             "lag_steps": data.lag_steps, "timestep_ps": data.timestep,
             "lag_time_ps": data.lag_time,
-            "optimizer": self.optimizer, "lr": self.lr, "weight_decay": self.weight_decay,
+            "optimizer": self.optimizer, "optimizer_state_from": source,
+            "lr": self.lr, "weight_decay": self.weight_decay,
+            "shift_scale": self.shift_scale, "shift_quantile": self.shift_quantile,
             "minibatch": mb, "steps_per_iteration": steps, "seed": self.seed,
             "device": str(dev), "dtype": str(self.dtype).replace("torch.", ""),
-            "final_loss": history[-1] if history else None,
+            "final_loss": run["history"][-1] if run["history"] else None,
+            "train_loss": last.get("train_loss"),
+            "val_loss": last.get("val_loss"),
+            "loss_records": list(prev.get("loss_records", [])) + records,
             "wall_s": wall, "featurize_s": t_feat,
             "samples_per_s": (iters * steps * mb / max(wall - t_feat, 1e-9)) if iters else 0.0,
             "system_name": data.system_name,
         }
-        model.metadata["training"] = self.summary_
-        if data.system_name:
-            model.metadata.setdefault("system_name", data.system_name)
-        return model
 
 
 def koopman_chi(model: ChiModel, data: KoopmanData) -> tuple[np.ndarray, np.ndarray]:
@@ -250,6 +389,35 @@ def koopman_chi(model: ChiModel, data: KoopmanData) -> tuple[np.ndarray, np.ndar
     n, k = data.n_starts, data.n_koopman
     chi_y = model.chi(data.y.reshape(n * k, data.n_atoms, 3)).reshape(n, k)
     return chi_x, chi_y.mean(axis=1)
+
+
+def _flip_momentum(model: ChiModel) -> None:
+    """After w ← −w, b ← 1 − b of the last layer, the loss gradient with respect to w and b
+    changes sign (hidden layers are unchanged): negate their first-moment/momentum buffers in
+    ``model.optimizer_state`` so continued training does not start against its momentum."""
+    saved = model.optimizer_state
+    if not saved:
+        return
+    n_params = len(list(model.network.parameters()))
+    for i, st in saved["state"].get("state", {}).items():
+        if int(i) >= n_params - 2:
+            for key in ("exp_avg", "momentum_buffer"):
+                if st.get(key) is not None:
+                    st[key] = -st[key]
+
+
+def koopman_targets(model: ChiModel, data: KoopmanData, shift_scale: str = "minmax",
+                    shift_quantile: float = 0.005) -> np.ndarray:
+    """The ISOKANN targets S(Kχ) (N,) in [0, 1] of ``model`` on ``data`` (S fitted on all
+    starts), as :meth:`Isokann.fit` computes them."""
+    if shift_scale not in SHIFT_SCALES:
+        raise ValueError(f"shift_scale must be one of {SHIFT_SCALES}, got {shift_scale!r}")
+    n, k = data.n_starts, data.n_koopman
+    fy = _featurize(model.featurizer, data.y.reshape(n * k, data.n_atoms, 3), model.dtype,
+                    model.device)
+    t = _targets(model.network, fy, n, k, torch.arange(n, device=model.device), shift_scale,
+                 float(shift_quantile))
+    return t.double().cpu().numpy()
 
 
 class _Flip(nn.Module):
@@ -264,7 +432,8 @@ def orient(model: ChiModel, reference_positions: Any, target: float = 0.0) -> Ch
 
     χ's orientation is arbitrary after training. If the mean χ over the reference structures
     ((n, 3) or (B, n, 3) nm) lies on the other side of 0.5, χ is replaced by 1 − χ by negating
-    the last linear layer (w ← −w, b ← 1 − b), so the result is still a plain network.
+    the last linear layer (w ← −w, b ← 1 − b), so the result is still a plain network; the
+    saved optimizer state (``optimizer_state``) is flipped to match.
     """
     if target not in (0.0, 1.0, 0, 1):
         raise ValueError(f"target must be 0 or 1, got {target}")
@@ -277,6 +446,7 @@ def orient(model: ChiModel, reference_positions: Any, target: float = 0.0) -> Ch
             if isinstance(last, nn.Linear):
                 last.weight.neg_()
                 last.bias.copy_(1.0 - last.bias)
+                _flip_momentum(out)
             else:
                 out.network = nn.Sequential(out.network, _Flip())
                 out.network_spec = None

@@ -2,7 +2,9 @@
 """χ overhead on alanine dipeptide: ISOKANN training throughput, one χ evaluation through
 OpenMM vs torch directly, and MD steps/s with and without the χ CV attached.
 
-Prints one JSON line per measurement (see benchmarks/run_all.py). ``--quick`` shrinks sizes.
+Prints one JSON line per measurement (see benchmarks/run_all.py). ``--quick`` shrinks sizes,
+``--tiny`` only checks that everything runs (numbers meaningless). χ evaluation is timed for
+the symmetry-aware ("pairwise_sym", the default) and the labelled ("pairwise_all") distances.
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -24,27 +25,14 @@ from amore_openmm.chi import ChiModel, make_featurizer  # noqa: E402
 from amore_openmm.data import KoopmanData  # noqa: E402
 from amore_openmm.forces import ChiRestraintForce  # noqa: E402
 from amore_openmm.isokann import Isokann  # noqa: E402
+from amore_openmm.sampling import sample_trajectory  # noqa: E402
 from amore_openmm.systems import load_system  # noqa: E402
 
-ALA = "alanine_dipeptide"
-ALA_PDB = "alanine_dipeptide"  # the bundled system (systems/alanine_dipeptide)
-
-
-def _system():
-    try:
-        return load_system(ALA)
-    except Exception:
-        return load_system(ALA_PDB)
+ALA = "alanine_dipeptide"  # the bundled system (systems/alanine_dipeptide)
 
 
 def _frames(ms, n, stride, seed=1):
-    ctx = ms.make_context("Reference", seed=seed)
-    ctx.setVelocitiesToTemperature(ms.temperature, seed)
-    out = np.empty((n, ms.n_atoms, 3))
-    for i in range(n):
-        ctx.getIntegrator().step(stride)
-        out[i] = ctx.getState(getPositions=True).getPositions(asNumpy=True)._value
-    return out
+    return sample_trajectory(ms, n, stride, seed=seed, platform="Reference", progress=False)
 
 
 def _best(fn, repeat, number):
@@ -61,28 +49,31 @@ def bench_training(ms, n_pairs, iterations, threads):
     x = _frames(ms, n_pairs + 1, 20)
     data = KoopmanData(x[:-1], x[1:, None], lag_steps=20, timestep=ms.timestep,
                        system_name=ms.name)
-    iso = Isokann(iterations=iterations, minibatch=1000, seed=0, device="cpu")
+    iso = Isokann(iterations=iterations, minibatch=1000, seed=0, device="cpu",
+                  featurizer="pairwise_sym")
     iso.fit(data, system=ms)
     s = iso.summary_
     return {"bench": "chi_training", "system": ms.name, "n_pairs": n_pairs,
+            "featurizer": "pairwise_sym", "n_train": s["n_train"],
+            "val_loss": s["val_loss"], "train_loss": s["train_loss"],
             "iterations": iterations, "torch_threads": threads,
             "wall_s": round(s["wall_s"], 3), "featurize_s": round(s["featurize_s"], 3),
             "samples_per_s": round(s["samples_per_s"], 1),
             "iterations_per_s": round(iterations / max(s["wall_s"] - s["featurize_s"], 1e-9), 2)}
 
 
-def bench_eval(ms, model, platform):
+def bench_eval(ms, model, platform, repeat=5, number=200):
     x = ms.positions[0]
     scripted = model.scripted()
     xt = torch.tensor(x)
     with torch.no_grad():
-        t_torch = _best(lambda: scripted(xt), 5, 200)
+        t_torch = _best(lambda: scripted(xt), repeat, number)
     xg = xt.clone().requires_grad_(True)
 
     def torch_grad():
         c = scripted(xg)
         torch.autograd.grad(c, xg)
-    t_torch_grad = _best(torch_grad, 5, 200)
+    t_torch_grad = _best(torch_grad, repeat, number)
     system = openmm.System()
     for i in range(ms.n_atoms):
         system.addParticle(ms.system.getParticleMass(i))
@@ -92,9 +83,9 @@ def bench_eval(ms, model, platform):
                          openmm.Platform.getPlatformByName(platform),
                          {"Threads": "1"} if platform == "CPU" else {})
     ctx.setPositions(x)
-    t_cv = _best(lambda: force.getCollectiveVariableValues(ctx), 5, 200)
-    t_forces = _best(lambda: ctx.getState(getForces=True), 5, 200)
-    return {"bench": "chi_eval", "platform": platform,
+    t_cv = _best(lambda: force.getCollectiveVariableValues(ctx), repeat, number)
+    t_forces = _best(lambda: ctx.getState(getForces=True), repeat, number)
+    return {"bench": "chi_eval", "platform": platform, "featurizer": model.featurizer_kind,
             "torch_chi_ms": round(1e3 * t_torch, 4),
             "torch_chi_grad_ms": round(1e3 * t_torch_grad, 4),
             "openmm_cv_value_ms": round(1e3 * t_cv, 4),
@@ -127,16 +118,23 @@ def bench_md(ms, model, platform, steps):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--tiny", action="store_true", help="smoke test: everything runs once")
     args = ap.parse_args(argv)
     threads = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
     torch.set_num_threads(threads)
-    ms = _system()
-    n_pairs, iters, md_steps = (2000, 50, 2000) if args.quick else (20000, 200, 20000)
+    ms = load_system(ALA)
+    n_pairs, iters, md_steps = ((2000, 50, 2000) if args.quick else (200, 3, 100) if args.tiny
+                                else (20000, 200, 20000))
+    timing = (1, 5) if args.tiny else (5, 200)
     print(json.dumps(bench_training(ms, n_pairs, iters, threads)), flush=True)
-    model = ChiModel(make_featurizer(ms), seed=0)
+    models = [ChiModel(make_featurizer(ms, kind), seed=0)
+              for kind in ("pairwise_sym", "pairwise_all")]
     for platform in ("Reference", "CPU"):
-        print(json.dumps(bench_eval(ms, model, platform)), flush=True)
-        steps = md_steps if platform == "Reference" else max(500, md_steps // 10)
+        for model in models:
+            print(json.dumps(bench_eval(ms, model, platform, *timing)), flush=True)
+        model = models[0]
+        steps = md_steps if platform == "Reference" else max(100 if args.tiny else 500,
+                                                              md_steps // 10)
         print(json.dumps(bench_md(ms, model, platform, steps)), flush=True)
     return 0
 
