@@ -116,7 +116,7 @@ def _build_alanine(folder: Path) -> list[Path]:
                    "constraints": "None"},
         "dynamics": {"temperature": 310.0, "friction": 1.0, "timestep": 0.002,
                      "integrator": "langevin_middle", "lag_steps": 100},
-        "chi": {"featurizer": "pairwise_polar"},
+        "chi": {"featurizer": "pairwise_sym"},
     }, header=[_BUILT_BY, "the PDB is loaded with the force field; prmtop/inpcrd (parmed) "
                "hold the same system for Amber tools"])
     return [pdb, prm, crd, atomic_write_text(folder / "system.toml", text)]
@@ -145,7 +145,7 @@ def _build_vgvapg(folder: Path, conformations: Sequence[BundledConformation] | N
                    "nonbonded_method": "NoCutoff", "constraints": "None"},
         "dynamics": {"temperature": 298.0, "friction": 1.0, "timestep": 0.002,
                      "integrator": "langevin_middle", "lag_steps": 250},
-        "chi": {"featurizer": "pairwise_polar"},
+        "chi": {"featurizer": "pairwise_sym"},
     }, header=[_BUILT_BY, "psi of the central valine (Val3): atoms 25, 27, 39, 41 (0-based)"])
     written.append(atomic_write_text(folder / "system.toml", text))
     return written
@@ -187,7 +187,7 @@ def _build_alanine_tip3p(folder: Path) -> list[Path]:
                    "constraints": "HBonds", "atoms": "not water"},
         "dynamics": {"temperature": 310.0, "friction": 1.0, "timestep": 0.002,
                      "integrator": "langevin_middle", "lag_steps": 100},
-        "chi": {"featurizer": "pairwise_polar"},
+        "chi": {"featurizer": "pairwise_sym"},
     }, header=[_BUILT_BY, f"solvated with Modeller.addSolvent, minimised "
                f"({TIP3P_MIN_ITERATIONS} iterations); HBond constraints and rigid water are "
                "applied when the prmtop is loaded"])
@@ -211,7 +211,7 @@ def _build_chignolin(folder: Path) -> list[Path]:
                    "constraints": "None"},
         "dynamics": {"temperature": 300.0, "friction": 1.0, "timestep": 0.002,
                      "integrator": "langevin_middle", "lag_steps": 250},
-        "chi": {"featurizer": "pairwise_polar"},
+        "chi": {"featurizer": "pairwise_sym"},
     }, header=[_BUILT_BY, "built from sequence with the NeRF builder, hydrogens by Modeller, "
                "minimised with amber14-all + OBC2"])
     return [pdb, atomic_write_text(folder / "system.toml", text)]

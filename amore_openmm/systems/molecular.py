@@ -33,8 +33,8 @@ class MolecularSystem:
         temperature: K. timestep: ps. friction: 1/ps.
         integrator: "langevin_middle" (default), "langevin" or "brownian" (overdamped).
         lag_steps: integrator steps per Koopman burst (the lag time τ = lag_steps·timestep).
-        featurizer: default χ featurizer: "auto", "pairwise_all", "pairwise_heavy", "pairwise_polar",
-            "dihedrals" or "coordinates".
+        featurizer: default χ featurizer: "auto", "pairwise_sym", "pairwise_all", "pairwise_heavy",
+            "pairwise_polar", "dihedrals" or "coordinates".
         name: short name used in run directories and reports.
         source: where the system came from (for reports and resume checks).
         coordinate_dims: for toy systems the coordinates that carry the dynamics ((0, 1) for
