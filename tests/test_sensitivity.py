@@ -256,8 +256,6 @@ def test_top_frequency_counts_resamples():
     assert np.all(sens.top_frequency(2)[[1, 3]] == 1.0)
 
 
-@pytest.mark.xfail(not hasattr(ChiModel, "featurized_atoms"), strict=False,
-                   reason="ChiModel.featurized_atoms is added by the chi stage")
 def test_chimodel_featurized_atoms_are_nan():
     model = ChiModel(PairwiseDistances(5, atoms=[0, 2, 3])).double()
     sens = chi_sensitivity(model, _samples(n=50), bins=5, bootstrap=10)
