@@ -108,7 +108,7 @@ def plot_muller_brown(path: str | os.PathLike, *, model: Any = None,
     return _save(fig, path)
 
 
-def _phi_psi_quads(topology: Any) -> dict[int, tuple[list[int], list[int]]]:
+def phi_psi_quads(topology: Any) -> dict[int, tuple[list[int], list[int]]]:
     """{0-based residue index: (φ atoms C(i-1) N CA C, ψ atoms N CA C N(i+1))} for residues
     that have both."""
     top = getattr(topology, "topology", topology)
@@ -127,7 +127,7 @@ def _phi_psi(topology: Any, positions: np.ndarray, residue: int | None
              ) -> tuple[np.ndarray, np.ndarray, str]:
     """φ and ψ (degrees) of one residue over frames (N, n, 3) nm."""
     from .systems import dihedral_angles
-    quads = _phi_psi_quads(topology)
+    quads = phi_psi_quads(topology)
     if not quads:
         raise ValueError("the topology has no backbone φ/ψ pair; a Ramachandran plot needs a "
                          "peptide")
