@@ -254,8 +254,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
                             bins=args.sensitivity_bins, top_k=args.top_k,
                             mep_dir=args.out if paths else None)
     top = ", ".join(f"{a['index_0based']}:{a['label']} {a['mean_grad_sq']:.3g}±"
-                    f"{a['mean_grad_sq_err']:.2g} (top-{args.top_k} {a['top_k_frequency']:.2f})"
-                    for a in res["top_atoms"][:5])
+                    f"{a['mean_grad_sq_err']:.2g} (in top-{a['top_k']}: "
+                    f"{a['top_k_frequency']:.2f})" for a in res["top_atoms"][:5])
     print(f"sensitivity -> {args.out}; top atoms (0-based): {top}")
     return EXIT_OK
 

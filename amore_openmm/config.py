@@ -9,8 +9,16 @@ Every setting has a default. They are layered, later layers winning:
 5. a ``--config file.toml`` (keys at the top level or in a ``[run]`` table);
 6. command-line flags / keyword overrides.
 
-Unknown keys are errors that name the key and the file. The resolved configuration is
-written to ``config.toml`` in the run directory (``None`` settings as the string "auto").
+Only a bundled system's name or the ``name`` in a folder's ``system.toml`` selects built-in
+presets (layers 2 and 4); a file on disk (``.pdb``, ``.prmtop``, System ``.xml``) gets the
+generic presets whatever its name. Unknown keys are errors that name the key and the file.
+
+The resolved configuration is written to ``config.toml`` in the run directory. When a run
+starts, the settings that the system's defaults decide (temperature, lag, featurizer) are
+written there too, and logged, so that no value is chosen silently; the remaining ``None``
+settings are written as the string "auto" (χ-MEP ``path_step``/``path_max_nodes``/``kappa``:
+:func:`~amore_openmm.mep.trace_chi_mep`'s defaults). :func:`check_settings` applies the same
+checks to the arguments of the pipeline's single-stage functions and the CLI flags.
 """
 from __future__ import annotations
 

@@ -83,7 +83,10 @@ def build_report(run: Any) -> dict[str, Any]:
 
 
 def _fmt(v: Any, spec: str) -> str:
-    return "" if v is None else format(v, spec)
+    """A number for a table cell; "—" for None/NaN (undefined), "" for absent."""
+    if v is None:
+        return ""
+    return format(v, spec) if math.isfinite(float(v)) else "—"
 
 
 def _md_generations(rep: dict[str, Any]) -> list[str]:
@@ -128,17 +131,17 @@ def _md_paths(rep: dict[str, Any]) -> list[str]:
 
 
 def _md_atoms(rep: dict[str, Any]) -> list[str]:
-    k = len(rep["top_atoms"])
+    k = rep["top_atoms"][0]["top_k"]
     lines = ["## Most χ-sensitive atoms", "",
-             f"⟨‖∇ᵢχ‖²⟩_ρ over the weighted ensemble ± bootstrap standard error; \"top-{k}\" "
+             f"⟨‖∇ᵢχ‖²⟩_ρ over the weighted ensemble ± bootstrap standard error; \"in top-{k}\" "
              f"is how often the atom is among the {k} most sensitive across bootstrap "
              "resamples. Atoms the featurizer does not see are not ranked.", "",
              "| rank | index (0-based) | index (1-based) | atom | ⟨‖∇ᵢχ‖²⟩ (nm⁻²) | share | "
              f"in top-{k} |", "|---|---|---|---|---|---|---|"]
     for r, a in enumerate(rep["top_atoms"], start=1):
         lines.append(f"| {r} | {a['index_0based']} | {a['index_1based']} | {a['label']} | "
-                     f"{a['mean_grad_sq']:.4g} ± {a['mean_grad_sq_err']:.2g} | "
-                     f"{a['fraction']:.3f} | {a['top_k_frequency']:.2f} |")
+                     f"{a['mean_grad_sq']:.4g} ± {_fmt(a['mean_grad_sq_err'], '.2g')} | "
+                     f"{a['fraction']:.3f} | {_fmt(a['top_k_frequency'], '.2f')} |")
     return lines
 
 

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..config import ConfigError, RunConfig, apply_settings, load_config_file, resolve_config
-from ..data import KoopmanData
+from ..data import KoopmanData, write_json
 from . import run_stages
-from .runio import read_data, read_model, write_json
+from .runio import read_data, read_model
 from .state import (LOGGER_NAME, STATE_VERSION, RunDirError, RunLock, _check_writable,
                     _stage_generation, _system_identity, check_out_dir, run_layout,
                     sweep_temp_files)

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data import KoopmanData, atomic_save_npz, atomic_write_text
+from ..data import KoopmanData, atomic_save_npz, atomic_write_text, write_json
 from .report import build_report, default_figures, report_markdown
-from .runio import load_chipaths, load_paths, read_data, read_npz, save_paths, write_json
+from .runio import load_chipaths, load_paths, read_data, read_npz, save_paths
 from .stages import burst_starts, train_chi, trace_paths, trajectory_frames, write_sensitivity
 from .state import _stage_seed
 
@@ -126,7 +126,7 @@ def train(run: Any, g: int) -> dict[str, Any]:
                               weight_decay=cfg.weight_decay,
                               seed=_stage_seed(cfg.seed, f"train/{g}"), progress=run.progress)
     rates = exit_rates(model, data, data.lag_time)
-    val_loss = _last(model.training["val_loss"])
+    val_loss = _last(model.metadata["training"]["val_loss"])
     model.metadata.update(system=run.system.name, generation=g, n_data=len(data),
                           lag_time_ps=data.lag_time)
     # the per-generation snapshot is what resuming reads; model/ holds the latest

@@ -3,49 +3,20 @@ that turn a damaged file into a :class:`DamagedFileError` naming it."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ..data import KoopmanData, atomic_save_npz, atomic_write_text
+from ..data import KoopmanData, atomic_save_npz, atomic_write_text, to_jsonable, write_json
 from .state import DamagedFileError
 
 __all__ = ["save_paths", "load_paths", "load_chipaths", "write_features_csv", "read_npz",
            "write_path_files",
            "read_data", "read_model", "write_json"]
-
-
-# --------------------------------------------------------------------------------------------
-# JSON. TODO(merge): use amore_openmm.data.to_jsonable / write_json (the one sanitiser, being
-# added by the sampling stage) and delete this private copy.
-# --------------------------------------------------------------------------------------------
-def _to_jsonable(o: Any) -> Any:
-    if isinstance(o, dict):
-        return {str(k): _to_jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_to_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _to_jsonable(o.tolist())
-    if isinstance(o, (np.bool_,)):
-        return bool(o)
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, (float, np.floating)):
-        return float(o) if math.isfinite(o) else None
-    if isinstance(o, Path):
-        return str(o)
-    return o
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Strict JSON (NaN → null), written atomically."""
-    return atomic_write_text(path, json.dumps(_to_jsonable(obj), indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,32 +62,20 @@ def read_model(path: str | os.PathLike) -> Any:
 # --------------------------------------------------------------------------------------------
 # χ-MEP collections: all paths of a stage in one .npz
 # --------------------------------------------------------------------------------------------
-def _node_fields(p: Any) -> tuple[list[str], list[str]]:
-    """(per-node array fields, per-path fields) of a ChiPath dataclass instance."""
-    per_node, per_path = [], []
-    n = len(p.chi)
-    for f in dataclasses.fields(p):
-        v = getattr(p, f.name)
-        if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n:
-            per_node.append(f.name)
-        else:
-            per_path.append(f.name)
-    return per_node, per_path
-
-
 def save_paths(path: str | os.PathLike, paths: list[Any]) -> Path:
-    """All χ-MEPs in one ``.npz``: every per-node array of :class:`~amore_openmm.mep.ChiPath`
-    (positions nm, chi, energy kJ/mol without restraint, grad_norm nm⁻¹, atom_grad_sq nm⁻²,
-    z, kappa, and the node certificates) concatenated over paths, with ``path_id`` and
-    ``node`` per node; per path ``start_index`` and ``path_meta`` (JSON: the other fields,
-    e.g. stop_reasons)."""
+    """All χ-MEPs in one ``.npz``: the per-node arrays of every path
+    (:meth:`~amore_openmm.mep.ChiPath.node_arrays`: positions nm, chi, energy kJ/mol without
+    restraint, grad_norm nm⁻¹, atom_grad_sq nm⁻², z, kappa and the node certificates)
+    concatenated, with ``path_id`` and ``node`` per node; per path ``start_index`` and
+    ``path_meta`` (JSON: stop_reasons, certificate thresholds)."""
     if not paths:
         return atomic_save_npz(path, n_paths=np.int64(0), path_id=np.zeros(0, np.int64),
                                node=np.zeros(0, np.int64), start_index=np.zeros(0, np.int64),
                                path_meta=np.zeros(0, dtype=str))
-    per_node, per_path = _node_fields(paths[0])
-    arrays = {k: np.concatenate([np.asarray(getattr(p, k)) for p in paths]) for k in per_node}
-    meta = [json.dumps(_to_jsonable({k: getattr(p, k) for k in per_path}), sort_keys=True)
+    nodes = [p.node_arrays() for p in paths]
+    arrays = {k: np.concatenate([n[k] for n in nodes]) for k in nodes[0]}
+    meta = [json.dumps(to_jsonable({"stop_reasons": p.stop_reasons,
+                                    "certificate": p.certificate}), sort_keys=True)
             for p in paths]
     return atomic_save_npz(
         path, **arrays,
@@ -132,8 +91,8 @@ _PER_PATH = ("start_index", "path_meta", "n_paths", "path_id", "node")
 
 
 def load_paths(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The paths of a file written by :func:`save_paths`, one dict of arrays per path (plus
-    the per-path fields)."""
+    """The paths of a file written by :func:`save_paths`, one dict per path: the per-node
+    arrays, ``start_index``, ``stop_reasons`` and ``certificate``."""
     arrays = read_npz(path, "χ-MEP file (paths.npz)", "trace the paths again (`amore mep`, or "
                       "delete it and resume the run)")
     if "n_paths" not in arrays or "path_meta" not in arrays:
@@ -152,8 +111,8 @@ def load_paths(path: str | os.PathLike) -> list[dict[str, Any]]:
 def load_chipaths(path: str | os.PathLike) -> list[Any]:
     """:class:`~amore_openmm.mep.ChiPath` objects from a :func:`save_paths` file."""
     from ..mep import ChiPath
-    names = {f.name for f in dataclasses.fields(ChiPath)}
-    return [ChiPath(**{k: v for k, v in d.items() if k in names}) for d in load_paths(path)]
+    return [ChiPath.from_node_arrays(d, d["start_index"], d["stop_reasons"],
+                                     d.get("certificate")) for d in load_paths(path)]
 
 
 def write_path_files(out: str | os.PathLike, paths: list[Any], topology: Any,

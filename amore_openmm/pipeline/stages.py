@@ -17,7 +17,7 @@ from .runio import write_features_csv
 from .state import _stage_seed, check_out_dir
 
 __all__ = ["sample_data", "train_chi", "trace_paths", "write_sensitivity", "burst_starts",
-           "trajectory_frames"]
+           "trajectory_frames", "top_atoms", "TOP_FREQUENCY_K"]
 
 _D = RunConfig()  # the one place the stage defaults come from
 
@@ -155,10 +155,14 @@ def burst_starts(paths: Sequence[dict[str, Any]], per_path: int) -> np.ndarray:
     return np.concatenate(starts).astype(np.float32)
 
 
+#: the k of the bootstrap top-k frequency in atoms.csv and the report
+TOP_FREQUENCY_K = 5
+
+
 def top_atoms(sens: Any, k: int) -> list[dict[str, Any]]:
-    """The ``k`` most sensitive featurized atoms with their bootstrap error and how often
-    they land in the top ``k`` across bootstrap resamples."""
-    freq = np.asarray(sens.top_frequency(k), dtype=float)
+    """The ``k`` most sensitive featurized atoms with their bootstrap standard error and how
+    often they land in the top :data:`TOP_FREQUENCY_K` across bootstrap resamples."""
+    freq = np.asarray(sens.top_frequency(TOP_FREQUENCY_K), dtype=float)
     out = []
     for i in sens.ranking:
         if len(out) == k:
@@ -169,7 +173,8 @@ def top_atoms(sens: Any, k: int) -> list[dict[str, Any]]:
                     "label": sens.labels[i] if sens.labels else f"atom{i}",
                     "mean_grad_sq": float(sens.per_atom[i]),
                     "mean_grad_sq_err": float(sens.per_atom_err[i]),
-                    "fraction": float(sens.fraction[i]), "top_k_frequency": float(freq[i])})
+                    "fraction": float(sens.fraction[i]), "top_k": TOP_FREQUENCY_K,
+                    "top_k_frequency": float(freq[i])})
     return out
 
 
@@ -190,7 +195,7 @@ def write_sensitivity(out: str | os.PathLike, model: Any, system: Any, positions
     out = check_out_dir(Path(out))
     ms = load_system(system)
     sens = chi_sensitivity(model, positions, bins=bins, labels=ms, weights=weights)
-    sens.write_ranking_csv(out / "atoms.csv")
+    sens.write_ranking_csv(out / "atoms.csv", k=TOP_FREQUENCY_K)
     sens.save(out / "levelset.npz")
     sal = feature_saliency(model, positions)
     write_features_csv(out / "features.csv", sal)
