@@ -292,3 +292,35 @@ def test_vgvapg_reduced_pipeline_reports_dihedral_saliency(tmp_path):
     traj = np.load(out / "checkpoint" / "trajectory.npz")["frames"]
     assert len(traj) == 200
     assert (out / "sensitivity" / "atoms.csv").read_text().count("\n") == 73 + 1
+
+
+def test_only_certified_nodes_become_burst_starts():
+    from amore_openmm.pipeline import burst_starts
+    pos = np.arange(6 * 3, dtype=float).reshape(6, 1, 3)
+    paths = [{"certified": np.array([0, 1, 1, 0, 1, 0], bool), "positions": pos},
+             {"certified": np.zeros(6, bool), "positions": pos + 100}]
+    starts = burst_starts(paths, 2)
+    # the first and last certified nodes of path 0; nothing from the uncertified path
+    np.testing.assert_array_equal(starts[:, 0, 0], [3.0, 12.0])
+    assert burst_starts(paths[1:], 5).shape == (0, 1, 3)
+
+
+def test_report_marks_uncertified_paths_and_shows_error_bars():
+    from amore_openmm.pipeline import report_markdown
+    rep = {"system": {"name": "x"}, "settings": {"preset": "quick"}, "generations": [],
+           "paths": [{"id": 0, "n_nodes": 5, "n_certified": 5, "certified": True,
+                      "chi_min": 0.1, "chi_max": 0.9, "energy_max_certified": 12.0,
+                      "barrier": 30.5, "stop_reasons": {}},
+                     {"id": 1, "n_nodes": 4, "n_certified": 0, "certified": False,
+                      "chi_min": 0.2, "chi_max": 0.7, "energy_max_certified": None,
+                      "barrier": None, "stop_reasons": {}}],
+           "top_atoms": [{"index_0based": 5, "index_1based": 6, "label": "ACE1:O",
+                          "mean_grad_sq": 1.5, "mean_grad_sq_err": 0.2, "fraction": 0.3,
+                          "top_k": 5, "top_k_frequency": 0.97}]}
+    md = report_markdown(rep)
+    row0 = next(line for line in md.splitlines() if line.startswith("| 0 |"))
+    row1 = next(line for line in md.splitlines() if line.startswith("| 1 UNCERTIFIED |"))
+    assert "5/5" in row0 and "30.5" in row0
+    assert "0/4" in row1 and "—" in row1
+    atom = next(line for line in md.splitlines() if "ACE1:O" in line)
+    assert "1.5 ± 0.2" in atom and "0.97" in atom and "| 5 | 6 |" in atom
