@@ -10,24 +10,44 @@
     amore info                            # platforms, versions, GPU
     amore build-systems [NAMES] [--out systems/]
 
-Each subcommand is a thin shell over a Python function (see :mod:`amore_openmm.adaptive`).
-Exit codes: 0 success, 2 usage or configuration error, 1 runtime failure, 130 interrupted.
+Each subcommand parses, calls one function of :mod:`amore_openmm.pipeline` and maps errors
+to exit codes. Every setting flag is a :class:`~amore_openmm.config.RunConfig` setting: its
+help, type, checks and default come from there (χ-MEP settings left at "auto" use
+:func:`~amore_openmm.mep.trace_chi_mep`'s defaults).
+Exit codes: 0 success, 2 bad input (usage, settings, files), 1 runtime failure, 130
+interrupted (Ctrl-C or SIGTERM).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, check_settings
 
-__all__ = ["main", "build_parser", "info"]
+__all__ = ["main", "build_parser", "info", "COMMANDS", "STAGE_OPTIONS"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: the settings each single-stage command takes: RunConfig field names, or (flag, field)
+#: where the flag reads better than the setting's name
+STAGE_OPTIONS: dict[str, tuple[Any, ...]] = {
+    "sample": ("n_starts", "n_koopman", "lag_steps", "stride_steps", "seed", "platform",
+               "workers"),
+    "train": ("iterations", "minibatch", "optimizer", "lr", "weight_decay", "featurizer",
+              "seed"),
+    "mep": (("n_paths", "final_paths"), "ts_low", "ts_high", ("step", "path_step"), "kappa",
+            ("max_nodes", "path_max_nodes"), "platform", "workers"),
+    "sensitivity": (("bins", "sensitivity_bins"), "top_k"),
+}
+_FIELDS = {f.name: f for f in fields(RunConfig)}
+_RUN_SKIP = ("system", "preset")  # positional / dedicated options of `amore run`
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,46 +61,53 @@ class _UsageError(Exception):
     pass
 
 
-_SKIP = {"system", "preset"}  # positional / dedicated options
-
-
-def _add_setting_flags(p: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per RunConfig setting (default None: only given flags override)."""
-    g = p.add_argument_group("settings (override the preset, system.toml and --config)")
-    for f in fields(RunConfig):
-        if f.name in _SKIP:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "") + f" [default {f.default!r}]"
-        t = str(f.type).replace(" | None", "")
-        if t == "bool":
-            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                           default=None, help=help_)
-        else:
-            conv = {"int": _auto(int), "float": _auto(float)}.get(t, str)
-            g.add_argument(flag, dest=f.name, type=conv, default=None, metavar=t.upper(),
-                           help=help_)
-
-
-def _auto(conv: Any) -> Any:
+def _converter(name: str, base: str) -> Any:
+    """Text -> checked value of setting ``name`` (the check of RunConfig)."""
     def parse(text: str) -> Any:
-        return "auto" if text == "auto" else conv(text)
-    parse.__name__ = conv.__name__
+        value: Any = text
+        try:
+            if text != "auto" and base in ("int", "float"):
+                value = int(text) if base == "int" else float(text)
+            elif text == "auto" and "None" in str(_FIELDS[name].type):
+                return None
+            return check_settings({name: value}, "command line")[name]
+        except (ValueError, ConfigError) as exc:
+            raise argparse.ArgumentTypeError(str(exc) if isinstance(exc, ConfigError) else
+                                             f"setting '{name}' = {text!r}: {exc}") from None
+    parse.__name__ = base
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``amore``."""
-    p = _Parser(prog="amore", description="AMORE-MD inside OpenMM: ISOKANN χ, χ-minimum-energy "
-                "paths, χ-sensitivity, adaptive sampling.")
-    from . import __version__
-    p.add_argument("--version", action="version", version=f"amore_openmm {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+def _add_setting(g: Any, name: str, flag: str | None = None, override: bool = False) -> None:
+    """``--flag`` for RunConfig setting ``name``; ``override``: default None (only flags
+    given on the command line override the preset), else the RunConfig default."""
+    f = _FIELDS[name]
+    flag = "--" + (flag or name).replace("_", "-")
+    default = f.default if f.default is not MISSING else None
+    shown = "auto" if default is None else default
+    help_ = f"{f.metadata.get('help', '')} [default: {'preset, else ' if override else ''}" \
+            f"{shown}]"
+    base = str(f.type).replace(" | None", "")
+    if base == "bool":
+        g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                       default=None if override else default, help=help_)
+    else:
+        g.add_argument(flag, dest=name, type=_converter(name, base),
+                       default=None if override else default, metavar=base.upper(),
+                       help=help_)
 
+
+def _add_stage_options(p: argparse.ArgumentParser, command: str) -> None:
+    for opt in STAGE_OPTIONS[command]:
+        flag, name = opt if isinstance(opt, tuple) else (opt, opt)
+        _add_setting(p, name, flag)
+
+
+def _add_run(sub: Any) -> None:
     r = sub.add_parser("run", help="the whole pipeline into a resumable run directory")
     r.add_argument("system_arg", nargs="?", metavar="SYSTEM",
                    help="bundled name (muller_brown, alanine_dipeptide, vgvapg), system folder, "
-                        ".pdb, .prmtop or System .xml; optional with --resume")
+                        ".pdb, .prmtop or System .xml (with --pdb); optional with --resume")
     r.add_argument("--out", required=True, help="run directory")
     r.add_argument("--preset", choices=("default", "quick", "paper"), default=None)
     r.add_argument("--config", dest="config_file", help="TOML file with settings")
@@ -90,18 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--until", metavar="STAGE",
                    help="stop after this stage (e.g. train_0, final_paths)")
     r.add_argument("--quiet", action="store_true", help="no progress output on stderr")
-    _add_setting_flags(r)
+    g = r.add_argument_group("settings (override the preset, system.toml and --config)")
+    for name in _FIELDS:
+        if name not in _RUN_SKIP:
+            _add_setting(g, name, override=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``amore``."""
+    p = _Parser(prog="amore", description="AMORE-MD inside OpenMM: ISOKANN χ, χ-minimum-energy "
+                "paths, χ-sensitivity, adaptive sampling.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"amore_openmm {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_run(sub)
 
     s = sub.add_parser("sample", help="trajectory frames + Koopman bursts into a data file")
     s.add_argument("system_arg", metavar="SYSTEM")
     s.add_argument("--out", required=True, help="KoopmanData .npz to write")
-    s.add_argument("--n-starts", type=int, default=1000)
-    s.add_argument("--n-koopman", type=int, default=1)
-    s.add_argument("--lag-steps", type=int, default=None)
-    s.add_argument("--stride-steps", type=int, default=None)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--platform", default="auto")
-    s.add_argument("--workers", type=int, default=None)
+    _add_stage_options(s, "sample")
     s.add_argument("--quiet", action="store_true")
 
     t = sub.add_parser("train", help="ISOKANN χ from a data file")
@@ -110,44 +144,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="χ weights file (chi_state.pt)")
     t.add_argument("--script", help="also export TorchScript χ here (chi.pt)")
     t.add_argument("--init", help="continue from these χ weights")
-    t.add_argument("--iterations", type=int, default=500)
-    t.add_argument("--minibatch", type=int, default=100)
-    t.add_argument("--optimizer", choices=("adam", "nesterov"), default="adam")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--featurizer", default="auto")
-    t.add_argument("--seed", type=int, default=0)
+    _add_stage_options(t, "train")
     t.add_argument("--quiet", action="store_true")
 
     m = sub.add_parser("mep", help="χ-minimum-energy paths from transition states")
-    m.add_argument("--model", required=True)
-    m.add_argument("--system", required=True)
-    m.add_argument("--data", required=True, help="KoopmanData .npz (transition states)")
-    m.add_argument("--out", required=True, help="folder for paths.npz and path_XXX.pdb")
-    m.add_argument("--n-paths", type=int, default=4)
-    m.add_argument("--ts-low", type=float, default=0.49)
-    m.add_argument("--ts-high", type=float, default=0.51)
-    m.add_argument("--step", type=float, default=0.02)
-    m.add_argument("--kappa", type=float, default=None)
-    m.add_argument("--max-nodes", type=int, default=100)
-    m.add_argument("--platform", default="Reference")
-    m.add_argument("--workers", type=int, default=None)
+    for name, what in (("model", "χ model (chi_state.pt or chi.pt)"), ("system", "system"),
+                       ("data", "KoopmanData .npz (transition states)"),
+                       ("out", "folder for paths.npz and path_XXX.pdb")):
+        m.add_argument(f"--{name}", required=True, help=what)
+    _add_stage_options(m, "mep")
     m.add_argument("--quiet", action="store_true")
 
     se = sub.add_parser("sensitivity", help="χ-sensitivity files from a model and samples")
-    se.add_argument("--model", required=True)
-    se.add_argument("--system", required=True)
-    se.add_argument("--data", required=True, help="KoopmanData .npz (ensemble samples)")
-    se.add_argument("--out", required=True, help="folder for atoms.csv, levelset.npz, "
-                                                 "features.csv")
-    se.add_argument("--paths", help="paths.npz: also path-vs-ensemble MSE and path PDBs")
-    se.add_argument("--bins", type=int, default=100)
+    for name, what in (("model", "χ model"), ("system", "system"),
+                       ("data", "KoopmanData .npz (ensemble samples and weights)"),
+                       ("out", "folder for atoms.csv, levelset.npz, features.csv")):
+        se.add_argument(f"--{name}", required=True, help=what)
+    se.add_argument("--paths", help="paths.npz: also path-vs-ensemble MSE and path PDBs "
+                                    "(written into --out)")
+    _add_stage_options(se, "sensitivity")
 
     rp = sub.add_parser("report", help="rewrite report.json / report.md of a run")
     rp.add_argument("run_dir", metavar="RUN")
-
     sub.add_parser("info", help="OpenMM platforms, versions, GPU")
-
     b = sub.add_parser("build-systems", help="regenerate the bundled systems")
     b.add_argument("names", nargs="*", help="muller_brown, alanine_dipeptide, vgvapg "
                                             "(default: all)")
@@ -158,21 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 # commands
 # --------------------------------------------------------------------------------------------
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {f.name: getattr(args, f.name) for f in fields(RunConfig)
-            if f.name not in _SKIP and getattr(args, f.name, None) is not None}
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from .adaptive import AmoreRun
+    from .pipeline import AmoreRun
     t0 = time.perf_counter()
+    overrides = {n: getattr(args, n) for n in _FIELDS
+                 if n not in _RUN_SKIP and getattr(args, n, None) is not None}
     run = AmoreRun(args.out, args.system_arg, preset=args.preset, config_file=args.config_file,
-                   overrides=_settings(args), resume=args.resume,
+                   overrides=overrides, resume=args.resume,
                    resume_if_exists=args.resume_if_exists, quiet=args.quiet)
-    if args.until is not None and args.until not in run.stages():
-        raise ConfigError(f"--until {args.until!r} is not a stage of this run; stages: "
-                          f"{', '.join(run.stages())}")
     with run:
+        if args.until is not None and args.until not in run.stages():
+            raise ConfigError(f"--until {args.until!r} is not a stage of this run; stages: "
+                              f"{', '.join(run.stages())}")
         run.run(until=args.until)
     if not args.quiet:
         where = run.paths["report_md"] if run.is_complete() else run.out
@@ -182,7 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .adaptive import sample_data
+    from .pipeline import sample_data
     data = sample_data(args.system_arg, args.n_starts, args.n_koopman, lag_steps=args.lag_steps,
                        stride_steps=args.stride_steps, seed=args.seed, platform=args.platform,
                        workers=args.workers, progress=not args.quiet)
@@ -192,15 +208,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .adaptive import train_chi
-    from .chi import ChiModel
-    from .data import KoopmanData
-    data = KoopmanData.load(args.data)
-    init = ChiModel.load(args.init) if args.init else None
+    from .pipeline import read_data, read_model, train_chi
+    data = read_data(args.data)
+    init = read_model(args.init) if args.init else None
     model, losses = train_chi(data, args.system, args.iterations, model=init,
                               featurizer=args.featurizer, minibatch=args.minibatch,
                               optimizer=args.optimizer, lr=args.lr,
-                              weight_decay=args.weight_decay, seed=args.seed)
+                              weight_decay=args.weight_decay, seed=args.seed,
+                              progress=not args.quiet)
     model.save(args.out)
     if args.script:
         model.export_torchscript(args.script)
@@ -210,43 +225,43 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_mep(args: argparse.Namespace) -> int:
-    from .adaptive import save_paths, trace_paths
-    from .chi import ChiModel
-    from .data import KoopmanData
-    from .mep import write_path_pdb
+    from .pipeline import read_data, read_model, trace_paths, write_path_files
+    from .pipeline.state import check_out_dir
     from .systems import load_system
+    check_out_dir(Path(args.out))
     ms = load_system(args.system)
-    model = ChiModel.load(args.model)
-    data = KoopmanData.load(args.data, n_atoms=ms.n_atoms)
-    paths = trace_paths(ms, model, data, args.n_paths, window=(args.ts_low, args.ts_high),
-                        step=args.step, kappa=args.kappa, max_nodes=args.max_nodes,
+    model = read_model(args.model)
+    data = read_data(args.data, n_atoms=ms.n_atoms)
+    paths = trace_paths(ms, model, data, args.final_paths, window=(args.ts_low, args.ts_high),
+                        step=args.path_step, kappa=args.kappa, max_nodes=args.path_max_nodes,
                         platform=args.platform, workers=args.workers, progress=not args.quiet)
-    out = Path(args.out)
-    save_paths(out / "paths.npz", paths)
-    for i, p in enumerate(paths):
-        write_path_pdb(out / f"path_{i:03d}.pdb", p, ms.topology)
-    print(f"{len(paths)} χ-MEP(s) -> {out / 'paths.npz'}")
+    out = write_path_files(args.out, paths, ms.topology)
+    cert = ", ".join(f"{p.n_certified}/{len(p)}" for p in paths)
+    print(f"{len(paths)} χ-MEP(s) -> {out / 'paths.npz'}; certified nodes per path: {cert}")
     return EXIT_OK
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from .adaptive import load_chipaths, write_sensitivity
-    from .chi import ChiModel
-    from .data import KoopmanData
+    from .pipeline import load_chipaths, read_data, read_model, write_sensitivity
+    from .pipeline.state import check_out_dir
     from .systems import load_system
+    check_out_dir(Path(args.out))
     ms = load_system(args.system)
-    model = ChiModel.load(args.model)
-    data = KoopmanData.load(args.data, n_atoms=ms.n_atoms)
-    paths = load_chipaths(Path(args.paths)) if args.paths else None
-    res = write_sensitivity(args.out, model, ms, data.x, paths=paths, bins=args.bins,
-                            mep_dir=Path(args.paths).parent if args.paths else None)
-    top = ", ".join(f"{i}:{label}" for i, label, _ in res["sensitivity"].top(5))
+    model = read_model(args.model)
+    data = read_data(args.data, n_atoms=ms.n_atoms)
+    paths = load_chipaths(args.paths) if args.paths else None
+    res = write_sensitivity(args.out, model, ms, data.x, weights=data.weights, paths=paths,
+                            bins=args.sensitivity_bins, top_k=args.top_k,
+                            mep_dir=args.out if paths else None)
+    top = ", ".join(f"{a['index_0based']}:{a['label']} {a['mean_grad_sq']:.3g}±"
+                    f"{a['mean_grad_sq_err']:.2g} (in top-{a['top_k']}: "
+                    f"{a['top_k_frequency']:.2f})" for a in res["top_atoms"][:5])
     print(f"sensitivity -> {args.out}; top atoms (0-based): {top}")
     return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .adaptive import AmoreRun
+    from .pipeline import AmoreRun
     with AmoreRun.open(args.run_dir) as run:
         run.stage_report()
         print(run.paths["report_md"])
@@ -262,11 +277,10 @@ def info() -> dict[str, Any]:
     from . import __version__
     out: dict[str, Any] = {"amore_openmm": __version__, "python": _pf.python_version(),
                            "numpy": numpy.__version__, "openmm": openmm.__version__}
-    plats = []
-    for i in range(openmm.Platform.getNumPlatforms()):
-        pl = openmm.Platform.getPlatform(i)
-        plats.append(f"{pl.getName()} (speed {pl.getSpeed():g})")
-    out["platforms"] = plats
+    names = [openmm.Platform.getPlatform(i).getName()
+             for i in range(openmm.Platform.getNumPlatforms())]
+    out["platforms"] = [f"{n} (speed {openmm.Platform.getPlatformByName(n).getSpeed():g})"
+                        for n in names]
     try:
         import torch
         out["torch"] = torch.__version__
@@ -280,8 +294,6 @@ def info() -> dict[str, Any]:
         out["openmmtorch"] = getattr(openmmtorch, "__version__", "installed")
     except Exception as exc:  # noqa: BLE001
         out["openmmtorch"] = f"not importable ({exc})"
-    names = [openmm.Platform.getPlatform(i).getName()
-             for i in range(openmm.Platform.getNumPlatforms())]
     out["openmm_gpu_platform"] = [n for n in names if n in ("CUDA", "OpenCL", "HIP")] or None
     out["cpu_cores"] = os.cpu_count()
     return out
@@ -294,8 +306,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_build_systems(args: argparse.Namespace) -> int:
-    from .builder import build_bundled_systems
-    from .systems import systems_root
+    from .systems import build_bundled_systems, systems_root
     out = Path(args.out) if args.out else systems_root()
     t0 = time.perf_counter()
     written = build_bundled_systems(out, args.names or None)
@@ -309,28 +320,22 @@ COMMANDS = {"run": cmd_run, "sample": cmd_sample, "train": cmd_train, "mep": cmd
             "sensitivity": cmd_sensitivity, "report": cmd_report, "info": cmd_info,
             "build-systems": cmd_build_systems}
 
+#: bad input: settings, systems, run directories, damaged or missing files, paths that
+#: name the wrong kind of thing (every ValueError subclass of the library is bad input)
+_BAD_INPUT = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+              FileExistsError, PermissionError)
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``amore``; returns the exit code (0 ok, 2 usage/config, 1 failure)."""
-    from .systems import SystemLoadError
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    except _UsageError as exc:
-        print(f"{exc}\n(see `amore --help` / `amore COMMAND --help`)", file=sys.stderr)
-        return EXIT_USAGE
-    except SystemExit as exc:  # --help / --version
-        return int(exc.code or 0)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    from .adaptive import RunDirError
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, SystemLoadError, RunDirError) as exc:
-        print(f"amore {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except FileNotFoundError as exc:
+    except _BAD_INPUT as exc:
+        if os.environ.get("AMORE_DEBUG"):
+            raise
         print(f"amore {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -343,6 +348,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"amore {args.command}: failed: {type(exc).__name__}: {exc} "
               "(set AMORE_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``amore``; returns the exit code (0 ok, 2 bad input, 1 failure,
+    130 interrupted). SIGTERM is handled like Ctrl-C, so temporary files are cleaned up."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except _UsageError as exc:
+        print(f"{exc}\n(see `amore --help` / `amore COMMAND --help`)", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
+    try:
+        return _dispatch(args)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,16 @@ Every setting has a default. They are layered, later layers winning:
 5. a ``--config file.toml`` (keys at the top level or in a ``[run]`` table);
 6. command-line flags / keyword overrides.
 
-Unknown keys are errors that name the key and the file. The resolved configuration is
-written to ``config.toml`` in the run directory (``None`` settings as the string "auto").
+Only a bundled system's name or the ``name`` in a folder's ``system.toml`` selects built-in
+presets (layers 2 and 4); a file on disk (``.pdb``, ``.prmtop``, System ``.xml``) gets the
+generic presets whatever its name. Unknown keys are errors that name the key and the file.
+
+The resolved configuration is written to ``config.toml`` in the run directory. When a run
+starts, the settings that the system's defaults decide (temperature, lag, featurizer) are
+written there too, and logged, so that no value is chosen silently; the remaining ``None``
+settings are written as the string "auto" (χ-MEP ``path_step``/``path_max_nodes``/``kappa``:
+:func:`~amore_openmm.mep.trace_chi_mep`'s defaults). :func:`check_settings` applies the same
+checks to the arguments of the pipeline's single-stage functions and the CLI flags.
 """
 from __future__ import annotations
 
@@ -27,7 +35,7 @@ from .data import atomic_write_text
 from .systems import read_toml
 
 __all__ = ["RunConfig", "ConfigError", "PRESETS", "resolve_config", "load_config_file",
-           "atomic_write_text", "RESUME_MUTABLE"]
+           "apply_settings", "check_settings", "RESUME_MUTABLE", "SYSTEM_SETTINGS"]
 
 AUTO = "auto"
 
@@ -58,6 +66,19 @@ class RunConfig:
     scheduler: str = field(default="", metadata={
         "help": "Dask scheduler address (e.g. tcp://host:8786) to run bursts on its workers; "
                 "empty: this machine"})
+    # -- the system (file inputs; bundled systems and folders bring their own) --------------
+    temperature: float | None = field(default=None, metadata={
+        "help": "temperature in K (auto: the system's: system.toml, else 300 K)"})
+    forcefield: str = field(default="", metadata={
+        "help": "force-field XML files for a .pdb, comma-separated (empty: amber14-all.xml)"})
+    implicit_solvent: str = field(default="", metadata={
+        "help": "implicit-solvent XML for a .pdb (e.g. implicit/obc2.xml) or model name for "
+                "a .prmtop (e.g. OBC2); empty: none"})
+    atoms: str = field(default="", metadata={
+        "help": "mdtraj selection of the molecule of interest (empty: every atom that is not "
+                "water or a monatomic ion)"})
+    pdb: str = field(default="", metadata={
+        "help": "structure (.pdb) for a System .xml input"})
     # -- initial data -----------------------------------------------------------------------
     n_starts: int = field(default=1000, metadata={"help": "trajectory frames used as "
                                                   "initial starts (over all structures)"})
@@ -85,9 +106,11 @@ class RunConfig:
     # -- χ-MEPs -----------------------------------------------------------------------------
     ts_low: float = field(default=0.45, metadata={"help": "transition-state window, low χ"})
     ts_high: float = field(default=0.55, metadata={"help": "transition-state window, high χ"})
-    path_step: float = field(default=0.02, metadata={"help": "χ-MEP step (Δχ per node)"})
-    path_max_nodes: int = field(default=100, metadata={
-        "help": "maximum nodes per χ-MEP (both directions together)"})
+    path_step: float | None = field(default=None, metadata={
+        "help": "χ-MEP step, Δχ per node (auto: trace_chi_mep's default)"})
+    path_max_nodes: int | None = field(default=None, metadata={
+        "help": "maximum nodes per χ-MEP, both directions together (auto: trace_chi_mep's "
+                "default)"})
     kappa: float | None = field(default=None, metadata={
         "help": "level-set restraint stiffness kJ/mol (auto: scaled from ‖∇χ‖)"})
     final_paths: int = field(default=4, metadata={"help": "χ-MEPs traced with the final χ"})
@@ -100,6 +123,24 @@ class RunConfig:
     figures: bool = field(default=True, metadata={"help": "write figures/*.png"})
 
     # -- helpers ----------------------------------------------------------------------------
+    def system_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~amore_openmm.systems.load_system` from these
+        settings (only those that are set)."""
+        kw: dict[str, Any] = {}
+        if self.lag_steps is not None:
+            kw["lag_steps"] = self.lag_steps
+        if self.temperature is not None:
+            kw["temperature"] = self.temperature
+        if self.forcefield:
+            kw["forcefield"] = [f.strip() for f in self.forcefield.split(",") if f.strip()]
+        if self.implicit_solvent:
+            kw["implicit_solvent"] = self.implicit_solvent
+        if self.atoms:
+            kw["atoms"] = self.atoms
+        if self.pdb:
+            kw["pdb"] = self.pdb
+        return kw
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (``None`` kept)."""
         return dataclasses.asdict(self)
@@ -141,10 +182,12 @@ class RunConfig:
 RESUME_MUTABLE = frozenset({"platform", "workers", "generations", "figures", "top_k",
                             "preset", "scheduler"})
 
+#: settings that choose or build the system (passed to load_system)
+SYSTEM_SETTINGS = ("temperature", "forcefield", "implicit_solvent", "atoms", "pdb")
+
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 _CHOICES = {"optimizer": ("adam", "nesterov"),
-            "featurizer": ("auto", "pairwise_all", "pairwise_heavy", "pairwise_polar",
-                           "dihedrals", "coordinates"),
+            "platform": ("auto", "Reference", "CPU", "CUDA", "OpenCL", "HIP"),
             "preset": ("default", "quick", "paper")}
 _MIN = {"n_starts": 2, "n_koopman": 1, "lag_steps": 1, "stride_steps": 1, "iterations": 1,
         "iterations_per_generation": 0, "minibatch": 1, "generations": 0,
@@ -285,18 +328,35 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: setting '{key}' = {value!r} must be a string")
         ok = value
-    if key in _CHOICES and ok not in _CHOICES[key]:
+    choices = _choices(key)
+    if choices and ok not in choices:
         raise ConfigError(f"{where}: setting '{key}' = {ok!r} is not one of "
-                          f"{', '.join(_CHOICES[key])}")
+                          f"{', '.join(choices)}")
     if key in _MIN and ok < _MIN[key]:
         raise ConfigError(f"{where}: setting '{key}' = {ok!r} must be >= {_MIN[key]}")
-    if key in ("lr", "path_step") and not ok > 0:
+    if key in ("lr", "path_step", "temperature") and not ok > 0:
         raise ConfigError(f"{where}: setting '{key}' = {ok!r} must be > 0")
     if key in ("weight_decay",) and ok < 0:
         raise ConfigError(f"{where}: setting '{key}' = {ok!r} must be >= 0")
     if key == "kappa" and not ok > 0:
         raise ConfigError(f"{where}: setting 'kappa' = {ok!r} must be > 0 (or \"auto\")")
     return ok
+
+
+def _choices(key: str) -> tuple[str, ...] | None:
+    """Allowed values of a string setting (featurizer kinds come from amore_openmm.chi)."""
+    if key == "featurizer":
+        from .chi import FEATURIZER_KINDS
+        return tuple(FEATURIZER_KINDS)
+    return _CHOICES.get(key)
+
+
+def check_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Check values against the rules of the :class:`RunConfig` settings of the same name
+    (``None`` means "auto" and is skipped); returns the coerced values.
+
+    Raises :class:`ConfigError` naming ``where`` and the setting."""
+    return {k: _check_value(k, v, where) for k, v in settings.items() if v is not None}
 
 
 def unknown_key_error(key: str, where: str) -> ConfigError:
@@ -323,8 +383,11 @@ def _check_consistency(cfg: RunConfig) -> None:
                           ": need 0 <= ts_low < ts_high <= 1")
 
 
-def system_key(system: str) -> tuple[str, dict[str, Any]]:
-    """(name used for built-in presets, the manifest's [run] table) for a system source."""
+def system_key(system: str) -> tuple[str | None, dict[str, Any]]:
+    """(name used for built-in presets, the manifest's [run] table) for a system source.
+
+    Only a bundled system's name or the ``name`` in a folder's ``system.toml`` selects
+    built-in presets; a file on disk gets the generic presets whatever it is called."""
     from .systems import read_manifest, systems_root
 
     src = str(system)
@@ -337,14 +400,25 @@ def system_key(system: str) -> tuple[str, dict[str, Any]]:
     if manifest is not None and manifest.is_file():
         data = read_manifest(manifest)
         sec = data.get("system", {})
-        name = sec.get("name", manifest.parent.name)
-        if sec.get("kind") == "muller_brown":
-            name = "muller_brown"
+        name = "muller_brown" if sec.get("kind") == "muller_brown" else sec.get("name")
         run = data.get("run", {})
         return name, {"__where__": str(manifest), **run}
-    if src == "muller_brown":
+    if src == "muller_brown" and not path.exists():
         return "muller_brown", {}
-    return path.stem if path.suffix else src, {}
+    return None, {}
+
+
+def _absolute_paths(cfg: RunConfig, system: str) -> RunConfig:
+    """System and structure paths stored absolute, so that a run resumes from any working
+    directory; ``pdb`` only belongs to a System .xml."""
+    path = Path(str(system)).expanduser()
+    updates: dict[str, Any] = {"system": str(path.resolve()) if path.exists() else str(system)}
+    if cfg.pdb:
+        if path.suffix.lower() != ".xml":
+            raise ConfigError(f"pdb = {cfg.pdb!r}: a structure file is only needed for a "
+                              f"System .xml input, not for {system!r}; remove --pdb")
+        updates["pdb"] = str(Path(cfg.pdb).expanduser().resolve())
+    return dataclasses.replace(cfg, **updates)
 
 
 def resolve_config(system: str, preset: str = "default",
@@ -361,7 +435,7 @@ def resolve_config(system: str, preset: str = "default",
     name, run_table = system_key(system)
     where_manifest = run_table.pop("__where__", "system.toml")
     cfg = RunConfig(system=str(system), preset=preset)
-    builtin = PRESETS.get(name, _GENERIC_PRESETS)
+    builtin = PRESETS.get(name or "", _GENERIC_PRESETS)
     cfg = apply_settings(cfg, builtin.get("default", {}), f"built-in preset {name}/default")
     top = {k: v for k, v in run_table.items() if not isinstance(v, dict)}
     sub = {k: v for k, v in run_table.items() if isinstance(v, dict)}
@@ -387,9 +461,6 @@ def resolve_config(system: str, preset: str = "default",
     if overrides:
         cfg = apply_settings(cfg, {k: v for k, v in overrides.items() if v is not None},
                              "command line")
-    # a path is stored absolute so that the run resumes from any working directory
-    path = Path(str(system)).expanduser()
-    cfg = dataclasses.replace(cfg, system=str(path.resolve()) if path.exists() else str(system),
-                              preset=preset)
+    cfg = dataclasses.replace(_absolute_paths(cfg, system), preset=preset)
     _check_consistency(cfg)
     return cfg

@@ -108,31 +108,38 @@ def plot_muller_brown(path: str | os.PathLike, *, model: Any = None,
     return _save(fig, path)
 
 
+def phi_psi_quads(topology: Any) -> dict[int, tuple[list[int], list[int]]]:
+    """{0-based residue index: (φ atoms C(i-1) N CA C, ψ atoms N CA C N(i+1))} for residues
+    that have both."""
+    top = getattr(topology, "topology", topology)
+    idx = {(a.residue.index, a.name): a.index for a in top.atoms()}
+    out = {}
+    for r in top.residues():
+        i = r.index
+        phi = [idx.get((i - 1, "C")), idx.get((i, "N")), idx.get((i, "CA")), idx.get((i, "C"))]
+        psi = phi[1:] + [idx.get((i + 1, "N"))]
+        if None not in phi and None not in psi:
+            out[i] = (phi, psi)
+    return out
+
+
 def _phi_psi(topology: Any, positions: np.ndarray, residue: int | None
              ) -> tuple[np.ndarray, np.ndarray, str]:
-    import mdtraj as md
-    top = getattr(topology, "topology", topology)
-    if not isinstance(top, md.Topology):
-        top = md.Topology.from_openmm(top)
-    traj = md.Trajectory(np.asarray(positions, dtype=np.float32).reshape(
-        -1, top.n_atoms, 3), top)
-    phi_idx, phi = md.compute_phi(traj)
-    psi_idx, psi = md.compute_psi(traj)
-    if len(phi_idx) == 0 or len(psi_idx) == 0:
+    """φ and ψ (degrees) of one residue over frames (N, n, 3) nm."""
+    from .systems import dihedral_angles
+    quads = phi_psi_quads(topology)
+    if not quads:
         raise ValueError("the topology has no backbone φ/ψ pair; a Ramachandran plot needs a "
                          "peptide")
-    # pair φ and ψ of the same residue (φ's C-N-CA-C has CA as third atom, ψ's second)
-    res_phi = {top.atom(int(q[2])).residue.index: k for k, q in enumerate(phi_idx)}
-    res_psi = {top.atom(int(q[1])).residue.index: k for k, q in enumerate(psi_idx)}
-    common = sorted(set(res_phi) & set(res_psi))
-    if not common:
-        raise ValueError("no residue has both φ and ψ")
-    r = common[0] if residue is None else residue
-    if r not in res_phi or r not in res_psi:
+    r = min(quads) if residue is None else residue
+    if r not in quads:
         raise ValueError(f"residue index {r} (0-based) has no φ/ψ pair; choose one of "
-                         f"{common}")
-    name = str(top.residue(r))
-    return np.degrees(phi[:, res_phi[r]]), np.degrees(psi[:, res_psi[r]]), name
+                         f"{sorted(quads)}")
+    top = getattr(topology, "topology", topology)
+    name = next(f"{res.name}{res.id}" for res in top.residues() if res.index == r)
+    ang = np.degrees(dihedral_angles(np.asarray(positions, dtype=float), np.array(quads[r])))
+    ang = ang.reshape(-1, 2)
+    return ang[:, 0], ang[:, 1], name
 
 
 def plot_ramachandran(path: str | os.PathLike, topology: Any, positions: np.ndarray, *,

@@ -124,10 +124,121 @@ def test_single_stage_commands_chain(tmp_path, capsys):
                  "--out", str(mep), "--n-paths", "1", "--ts-low", "0.3", "--ts-high", "0.7",
                  "--max-nodes", "20", "--step", "0.05", "--workers", "1", "--quiet"]) == 0
     assert (mep / "paths.npz").is_file() and (mep / "path_000.pdb").is_file()
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in mep.iterdir()}
     sens = tmp_path / "sens"
     assert main(["sensitivity", "--model", str(model), "--system", "muller_brown", "--data",
                  str(data), "--out", str(sens), "--paths", str(mep / "paths.npz"),
                  "--bins", "10"]) == 0
-    for name in ("atoms.csv", "levelset.npz", "features.csv"):
+    for name in ("atoms.csv", "levelset.npz", "features.csv", "path_000.pdb"):
         assert (sens / name).is_file()
+    # the paths' folder is an input: nothing in it is rewritten
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in mep.iterdir()} == before
     assert "top atoms (0-based): 0:MB1:P" in capsys.readouterr().out
+
+
+def test_flag_defaults_come_from_runconfig_and_the_library(monkeypatch):
+    """Every single-stage flag is a RunConfig setting with RunConfig's default; χ-MEP
+    settings left at auto are not passed on, so trace_chi_mep's own defaults apply."""
+    import inspect
+
+    from amore_openmm import mep
+    from amore_openmm.cli import STAGE_OPTIONS
+    from amore_openmm.config import RunConfig
+    from amore_openmm.pipeline import trace_paths
+    required = {"sample": ["sample", "muller_brown", "--out", "x"],
+                "train": ["train", "d", "--system", "s", "--out", "o"],
+                "mep": ["mep", "--model", "m", "--system", "s", "--data", "d", "--out", "o"],
+                "sensitivity": ["sensitivity", "--model", "m", "--system", "s", "--data", "d",
+                                "--out", "o"]}
+    defaults = RunConfig()
+    for cmd, opts in STAGE_OPTIONS.items():
+        args = build_parser().parse_args(required[cmd])
+        for opt in opts:
+            name = opt[1] if isinstance(opt, tuple) else opt
+            assert getattr(args, name) == getattr(defaults, name), (cmd, name)
+    assert defaults.path_step is None and defaults.path_max_nodes is None
+    seen = {}
+    monkeypatch.setattr(mep, "transition_states", lambda *a, **k: np.zeros((3, 1, 3)))
+    monkeypatch.setattr(mep, "trace_chi_meps", lambda *a, **k: seen.update(k) or [])
+    args = build_parser().parse_args(required["mep"])
+    trace_paths("muller_brown", None, np.zeros((3, 1, 3)), args.final_paths,
+                step=args.path_step, kappa=args.kappa, max_nodes=args.path_max_nodes)
+    assert not {"step", "max_nodes", "kappa"} & set(seen)
+    sig = inspect.signature(mep.trace_chi_mep).parameters
+    assert sig["step"].default == 0.01 and sig["max_nodes"].default == 200
+    # a value given on the command line is passed on
+    args = build_parser().parse_args(required["mep"] + ["--step", "0.03"])
+    trace_paths("muller_brown", None, np.zeros((3, 1, 3)), 1, step=args.path_step)
+    assert seen["step"] == 0.03
+
+
+def test_run_has_file_input_flags(capsys):
+    assert main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--temperature", "--forcefield", "--implicit-solvent", "--atoms", "--pdb"):
+        assert flag in out
+
+
+def test_a_file_name_never_selects_a_bundled_preset(tmp_path):
+    from amore_openmm.config import PRESETS, RunConfig, resolve_config
+    pdb = tmp_path / "alanine_dipeptide.pdb"
+    pdb.write_text((REPO / "systems" / "alanine_dipeptide" / "alanine_dipeptide.pdb")
+                   .read_text())
+    assert resolve_config(str(pdb)).n_starts == RunConfig().n_starts
+    assert resolve_config("alanine_dipeptide").n_starts == \
+        PRESETS["alanine_dipeptide"]["default"]["n_starts"] != RunConfig().n_starts
+    quick = resolve_config(str(pdb), "quick")
+    assert quick.n_starts != PRESETS["alanine_dipeptide"]["quick"]["n_starts"]
+
+
+def test_file_input_settings_from_flags_and_defaults_are_recorded(tmp_path, capsys):
+    """A .pdb run: --temperature is taken; what came from defaults (lag, featurizer for the
+    bundled folder) is written to config.toml and run.log; --pdb only goes with a .xml."""
+    from amore_openmm.config import RunConfig
+    pdb = tmp_path / "ala.pdb"
+    pdb.write_text((REPO / "systems" / "alanine_dipeptide" / "alanine_dipeptide.pdb")
+                   .read_text())
+    small = ["--until", "trajectory", "--n-starts=2", "--stride-steps=2", "--workers=1",
+             "--platform=Reference", "--quiet"]
+    out = tmp_path / "r"
+    assert main(["run", str(pdb), "--out", str(out), "--temperature", "310", *small]) == 0
+    cfg = RunConfig.read(out / "config.toml")
+    assert cfg.temperature == 310.0 and cfg.lag_steps is not None
+    log = (out / "run.log").read_text()
+    line = next(x for x in log.splitlines() if "settings from the system's defaults" in x)
+    assert "lag_steps=" in line and "temperature" not in line
+    out2 = tmp_path / "r2"
+    assert main(["run", str(pdb), "--out", str(out2), *small]) == 0
+    assert RunConfig.read(out2 / "config.toml").temperature == 300.0
+    assert "temperature=300" in (out2 / "run.log").read_text()
+    capsys.readouterr()
+    assert main(["run", str(pdb), "--out", str(tmp_path / "r3"), "--pdb", str(pdb)]) == 2
+    assert "only needed for a System .xml" in capsys.readouterr().err
+
+
+def test_system_xml_with_pdb_flag(tmp_path, capsys):
+    import openmm
+
+    from amore_openmm.config import RunConfig
+    from amore_openmm.systems import load_system
+    ala = load_system("alanine_dipeptide")
+    xml = tmp_path / "ala.xml"
+    xml.write_text(openmm.XmlSerializer.serialize(ala.system))
+    pdb = REPO / "systems" / "alanine_dipeptide" / "alanine_dipeptide.pdb"
+    small = ["--until", "trajectory", "--n-starts=2", "--stride-steps=2", "--workers=1",
+             "--platform=Reference", "--quiet"]
+    assert main(["run", str(xml), "--out", str(tmp_path / "bad"), *small]) == 2
+    assert "pdb" in capsys.readouterr().err
+    out = tmp_path / "r"
+    assert main(["run", str(xml), "--pdb", str(pdb), "--out", str(out), *small]) == 0
+    assert RunConfig.read(out / "config.toml").pdb == str(pdb.resolve())
+
+
+def test_atoms_selection_reaches_the_system(tmp_path, capsys):
+    """--atoms is an mdtraj selection handed to load_system; one that matches nothing is
+    bad input (exit 2, no traceback)."""
+    rc = main(["run", "alanine_dipeptide", "--out", str(tmp_path / "r"), "--atoms",
+               "resname XYZ", "--until", "trajectory", "--n-starts=2", "--stride-steps=2",
+               "--workers=1", "--platform=Reference", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "resname XYZ" in err

@@ -1,0 +1,212 @@
+"""The run's report (``report.json``, ``report.md``) and its default figures.
+
+Every barrier is shown with its path's certification count and comes only from certified
+nodes (:meth:`~amore_openmm.mep.ChiPath.barrier`); every ranked atom carries its bootstrap
+error and how often it lands in the top k."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .runio import load_chipaths
+from .state import _stage_seed
+
+__all__ = ["build_report", "report_markdown", "default_figures"]
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if v is not None and math.isfinite(float(v)) else None
+
+
+def _paths_info(run: Any) -> list[dict[str, Any]]:
+    out = []
+    if not run.paths["paths"].is_file():
+        return out
+    for i, p in enumerate(load_chipaths(run.paths["paths"])):
+        cert = np.asarray(p.certified, dtype=bool)
+        out.append({"id": i, "n_nodes": len(p), "n_certified": int(p.n_certified),
+                    "certified": bool(p.n_certified > 0),
+                    "chi_min": float(np.min(p.chi)), "chi_max": float(np.max(p.chi)),
+                    "energy_max_certified": float(np.max(p.energy[cert])) if cert.any()
+                    else None,
+                    "barrier": _finite(p.barrier()) if cert.any() else None,
+                    "stop_reasons": dict(p.stop_reasons)})
+    return out
+
+
+def _top_features(run: Any, k: int) -> list[dict[str, Any]]:
+    if not run.paths["features_csv"].is_file():
+        return []
+    with open(run.paths["features_csv"], newline="") as fh:
+        return [{"feature": row["feature"], "saliency": float(row["saliency"])}
+                for row in list(csv.DictReader(fh))[:k]]
+
+
+def build_report(run: Any) -> dict[str, Any]:
+    """The report dictionary of a finished (or partly finished) run."""
+    st = run.state or {}
+    cfg = run.config
+    gens = [st.get("generations", {}).get(str(g), {"generation": g})
+            for g in range(0, cfg.generations + 1)]
+    last = gens[-1] if gens else {}
+    mses = st.get("path_mse", [])
+    finite = [m for m in mses if m is not None and math.isfinite(m)]
+    timings = st.get("timings", {})
+    drops: dict[str, int] = {}
+    for g in gens:
+        for k, v in (g.get("drop_counts") or {}).items():
+            drops[k] = drops.get(k, 0) + int(v)
+    return {
+        "system": st.get("system", {}),
+        "settings": cfg.to_toml_dict(),
+        "platform": st.get("platform") or cfg.platform,
+        "generations": gens,
+        "data_size": last.get("n_data"),
+        "exit_rates": last.get("exit_rates"),
+        "dropped_bursts": drops,
+        "paths": _paths_info(run),
+        "top_atoms": st.get("top_atoms", []),
+        "top_features": _top_features(run, cfg.top_k),
+        "path_vs_ensemble_mse": mses,
+        "path_vs_ensemble_mse_mean": float(np.mean(finite)) if finite else None,
+        "timings_s": timings,
+        "total_time_s": round(sum(timings.values()), 2),
+        "figures": st.get("figures", []),
+        "files": {k: str(v.relative_to(run.out)) for k, v in run.paths.items()
+                  if k not in ("checkpoint", "state", "trajectory", "mep_dir", "figures",
+                               "lock")},
+    }
+
+
+def _fmt(v: Any, spec: str) -> str:
+    """A number for a table cell; "—" for None/NaN (undefined), "" for absent."""
+    if v is None:
+        return ""
+    return format(v, spec) if math.isfinite(float(v)) else "—"
+
+
+def _md_generations(rep: dict[str, Any]) -> list[str]:
+    lines = ["## Generations", "",
+             "| gen | starts | new | dropped | iterations | loss | validation loss | "
+             "χ timescale (ps) | paths | certified nodes | path χ range | time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for g in rep["generations"]:
+        rng = g.get("path_chi_range")
+        cert = g.get("path_certified") or []
+        lines.append(
+            f"| {g.get('generation')} | {g.get('n_data', '')} | {g.get('new_starts', '')} | "
+            f"{sum((g.get('drop_counts') or {}).values())} | {g.get('iterations', '')} | "
+            f"{_fmt(g.get('loss'), '.3g')} | {_fmt(g.get('val_loss'), '.3g')} | "
+            f"{_fmt(g.get('timescale_ps'), '.4g')} | {g.get('n_paths', '')} | "
+            f"{', '.join(f'{c}/{n}' for c, n in cert)} | "
+            f"{'' if not rng else f'{rng[0]:.2f}–{rng[1]:.2f}'} | {g.get('seconds', 0):.1f} |")
+    drops = rep.get("dropped_bursts") or {}
+    if sum(drops.values()):
+        lines += ["", "Bursts dropped by the sanity checks (not in the data): "
+                  + ", ".join(f"{k}: {v}" for k, v in drops.items()) + "."]
+    return lines
+
+
+def _md_paths(rep: dict[str, Any]) -> list[str]:
+    lines = ["## χ-minimum-energy paths", "",
+             "Barriers and energies come from certified nodes only (converged level-set "
+             "minima inside the energy window); a path without certified nodes is marked "
+             "UNCERTIFIED and gives no barrier.", "",
+             "| path | certified / nodes | χ range | max energy, certified (kJ/mol) | "
+             "barrier, certified (kJ/mol) | MSE vs ensemble (nm⁻⁴) |",
+             "|---|---|---|---|---|---|"]
+    mses = rep.get("path_vs_ensemble_mse") or []
+    for p in rep["paths"]:
+        m = mses[p["id"]] if p["id"] < len(mses) else None
+        mark = "" if p["certified"] else " UNCERTIFIED"
+        lines.append(f"| {p['id']}{mark} | {p['n_certified']}/{p['n_nodes']} | "
+                     f"{p['chi_min']:.2f}–{p['chi_max']:.2f} | "
+                     f"{_fmt(p['energy_max_certified'], '.1f') or '—'} | "
+                     f"{_fmt(p['barrier'], '.1f') or '—'} | {_fmt(m, '.3g')} |")
+    return lines
+
+
+def _md_atoms(rep: dict[str, Any]) -> list[str]:
+    k = rep["top_atoms"][0]["top_k"]
+    lines = ["## Most χ-sensitive atoms", "",
+             f"⟨‖∇ᵢχ‖²⟩_ρ over the weighted ensemble ± bootstrap standard error; \"in top-{k}\" "
+             f"is how often the atom is among the {k} most sensitive across bootstrap "
+             "resamples. Atoms the featurizer does not see are not ranked.", "",
+             "| rank | index (0-based) | index (1-based) | atom | ⟨‖∇ᵢχ‖²⟩ (nm⁻²) | share | "
+             f"in top-{k} |", "|---|---|---|---|---|---|---|"]
+    for r, a in enumerate(rep["top_atoms"], start=1):
+        lines.append(f"| {r} | {a['index_0based']} | {a['index_1based']} | {a['label']} | "
+                     f"{a['mean_grad_sq']:.4g} ± {_fmt(a['mean_grad_sq_err'], '.2g')} | "
+                     f"{a['fraction']:.3f} | {_fmt(a['top_k_frequency'], '.2f')} |")
+    return lines
+
+
+def report_markdown(rep: dict[str, Any]) -> str:
+    """``report.md``: the report for a person, with the figures."""
+    sysinfo = rep.get("system", {})
+    lines = [f"# AMORE run: {sysinfo.get('name', '?')}", "",
+             f"{sysinfo.get('n_atoms', '?')} atoms, source `{sysinfo.get('source', '?')}`, "
+             f"preset `{rep['settings'].get('preset')}`, platform {rep.get('platform')}, "
+             f"total {rep.get('total_time_s', 0):.0f} s.", ""]
+    lines += _md_generations(rep)
+    rates = rep.get("exit_rates")
+    if rates:
+        lines += ["", "## Exit rates (final χ)", ""]
+        for k, v in rates.items():
+            if v in ("", None):
+                continue
+            lines.append(f"- {k}: {v:.4g}" if isinstance(v, (int, float)) and
+                         not isinstance(v, bool) else f"- {k}: {v}")
+    if rep.get("paths"):
+        lines += [""] + _md_paths(rep)
+    if rep.get("top_atoms"):
+        lines += [""] + _md_atoms(rep)
+    if rep.get("top_features"):
+        lines += ["", "## Most salient features", "", "| rank | feature | ⟨‖∂ν/∂f‖²⟩ |",
+                  "|---|---|---|"]
+        for r, f in enumerate(rep["top_features"], start=1):
+            lines.append(f"| {r} | {f['feature']} | {f['saliency']:.4g} |")
+    if rep.get("figures"):
+        lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in rep["figures"]]
+    lines += ["", "## Files", ""] + [f"- {k}: `{v}`" for k, v in rep.get("files", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def default_figures(run: Any) -> list[Path]:
+    """Figures from :mod:`amore_openmm.plots`; one failing figure is logged, not fatal."""
+    from .. import plots
+    from ..sensitivity import Sensitivity
+    fig_dir = run.paths["figures"]
+    model = run.load_model()
+    data = run.load_data()
+    paths = load_chipaths(run.paths["paths"]) if run.paths["paths"].is_file() else []
+    sens = Sensitivity.load(run.paths["levelset"]) if run.paths["levelset"].is_file() else None
+    rng = np.random.default_rng(_stage_seed(run.config.seed, "figures"))
+    x = data.x[np.sort(rng.choice(len(data), size=min(len(data), 5000), replace=False))]
+    starts = np.stack([p.positions[p.start_index] for p in paths]) if paths else None
+    jobs: list[tuple[str, Callable[[Path], Path]]] = []
+    if run.system.coordinate_dims == (0, 1):
+        jobs.append(("landscape.png", lambda f: plots.plot_muller_brown(
+            f, model=model, samples=x, chi_paths=paths, starts=starts,
+            title=f"{run.system.name}: data, ∇χ and χ-MEPs")))
+    else:
+        jobs.append(("ramachandran.png", lambda f: plots.plot_ramachandran(
+            f, run.system.topology, x, chi=model.chi(x), chi_paths=paths, starts=starts)))
+    if paths:
+        jobs.append(("path_profiles.png", lambda f: plots.plot_path_profile(f, paths)))
+    if sens is not None:
+        jobs.append(("levelset_sensitivity.png",
+                     lambda f: plots.plot_levelset_heatmap(f, sens)))
+        jobs.append(("atom_ranking.png", lambda f: plots.plot_atom_ranking(
+            f, sens, k=min(20, sens.n_atoms))))
+    written = []
+    for name, job in jobs:
+        try:
+            written.append(job(fig_dir / name))
+        except Exception as exc:  # noqa: BLE001 - a figure must never lose a finished run
+            run.log.warning("figure %s not written: %s: %s", name, type(exc).__name__, exc)
+    return written

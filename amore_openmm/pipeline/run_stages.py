@@ -1,0 +1,273 @@
+"""The bodies of :class:`~amore_openmm.pipeline.AmoreRun`'s stages. Each takes the run,
+reads only files of completed stages and returns the entries to record in the checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import KoopmanData, atomic_save_npz, atomic_write_text, write_json
+from .report import build_report, default_figures, report_markdown
+from .runio import load_chipaths, load_paths, read_data, read_npz, save_paths
+from .stages import burst_starts, train_chi, trace_paths, trajectory_frames, write_sensitivity
+from .state import _stage_seed
+
+__all__ = ["dispatch", "summary_line"]
+
+
+def dispatch(run: Any, stage: str) -> dict[str, Any] | None:
+    """Run one stage of ``run`` by name."""
+    simple = {"trajectory": trajectory, "initial_bursts": initial_bursts,
+              "final_paths": final_paths, "sensitivity": sensitivity, "figures": figures,
+              "report": report}
+    if stage in simple:
+        return simple[stage](run)
+    kind, _, g = stage.partition("_")
+    per_gen = {"train": train, "paths": paths, "bursts": bursts}
+    if kind in per_gen and g.isdigit():
+        return per_gen[kind](run, int(g))
+    from .state import RunDirError
+    raise RunDirError(f"unknown stage {stage!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def _drop_file(path: Path) -> None:
+    """Remove a stage's partial file once its result is saved."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _sample(run: Any, starts: np.ndarray, seed: int, generation: int, origin: str,
+            partial: Path) -> KoopmanData:
+    """K bursts from ``starts``; finished starts are committed to ``partial`` as they
+    come, so a killed stage resumes where it stopped (same seeds, same data)."""
+    from ..sampling import BurstSampler, ContextPool
+    cfg = run.config
+    with ContextPool(run.system, size=cfg.workers, platform=run.platform) as pool:
+        sampler = BurstSampler(pool, executor=run.executor(), replicas=cfg.replicas)
+
+        def go() -> KoopmanData:
+            return sampler.run(starts, cfg.n_koopman, run.lag_steps, seed=seed,
+                               generation=generation, origin=origin, progress=run.progress,
+                               checkpoint=partial)
+        try:
+            data = go()
+        except ValueError as exc:
+            # a partial file from other settings/versions is only a cache: start over
+            if not (partial.is_file() and str(partial) in str(exc)):
+                raise
+            run.log.warning("discarding %s (%s)", partial.name, exc)
+            partial.unlink()
+            data = go()
+    data.system_name = run.system.name
+    return data
+
+
+def _drops(run: Any, data: KoopmanData, what: str) -> dict[str, int]:
+    """The bursts dropped by the sampler's sanity checks, logged (never silently lost)."""
+    counts = {str(k): int(v) for k, v in data.extra["drop_counts"].items()}
+    if sum(counts.values()):
+        run.log.warning("%s: %d burst(s) dropped by the sanity checks (%s); they are not in "
+                        "the data", what, sum(counts.values()),
+                        ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    else:
+        run.log.info("%s: no burst dropped by the sanity checks", what)
+    return counts
+
+
+def _last(value: Any) -> float | None:
+    """The final entry of a per-iteration history, or the value itself."""
+    if value is None:
+        return None
+    arr = np.atleast_1d(np.asarray(value, dtype=float))
+    return float(arr[-1]) if arr.size else None
+
+
+# --------------------------------------------------------------------------------------------
+# stages
+# --------------------------------------------------------------------------------------------
+def trajectory(run: Any) -> dict[str, Any]:
+    """Frames from each initial structure (split evenly), saved to the checkpoint."""
+    cfg = run.config
+    stride = int(cfg.stride_steps or run.lag_steps)
+    frames = trajectory_frames(run.system, cfg.n_starts, stride, cfg.seed, run.platform,
+                               run.progress)
+    atomic_save_npz(run.paths["trajectory"], frames=frames, stride_steps=stride)
+    return {}
+
+
+def initial_bursts(run: Any) -> dict[str, Any]:
+    """K bursts from every trajectory frame, saved in chunks (resumable)."""
+    frames = read_npz(run.paths["trajectory"])["frames"]
+    partial = run.paths["checkpoint"] / "initial_bursts.partial.npz"
+    data = _sample(run, frames, _stage_seed(run.config.seed, "initial_bursts"), 0,
+                   "trajectory", partial)
+    data.save(run.paths["data"])
+    _drop_file(partial)
+    run.gen_record(0).update(n_data=len(data), new_starts=len(data), n_paths=0,
+                             drop_counts=_drops(run, data, "initial bursts"))
+    return {"n_data": len(data)}
+
+
+def train(run: Any, g: int) -> dict[str, Any]:
+    """ISOKANN on the data so far (continuing from generation g-1's weights), orient."""
+    from ..isokann import exit_rates
+    cfg = run.config
+    data = run.load_data()
+    prev = None if g == 0 else run.load_model(g - 1)
+    iters = cfg.iterations if g == 0 else cfg.iterations_per_generation
+    model, losses = train_chi(data, run.system, iters, model=prev, featurizer=cfg.featurizer,
+                              minibatch=cfg.minibatch, optimizer=cfg.optimizer, lr=cfg.lr,
+                              weight_decay=cfg.weight_decay,
+                              seed=_stage_seed(cfg.seed, f"train/{g}"), progress=run.progress)
+    rates = exit_rates(model, data, data.lag_time)
+    val_loss = _last(model.metadata["training"]["val_loss"])
+    model.metadata.update(system=run.system.name, generation=g, n_data=len(data),
+                          lag_time_ps=data.lag_time)
+    # the per-generation snapshot is what resuming reads; model/ holds the latest
+    model.save(run.model_path(g))
+    model.save(run.paths["chi_state"])
+    model.export_torchscript(run.paths["chi_script"],
+                             training={"generation": g, "iterations": iters,
+                                       "n_data": len(data), "loss": _last(losses),
+                                       "val_loss": val_loss})
+    chi = model.chi(data.x)
+    run.gen_record(g).update(n_data=len(data), iterations=iters, loss=_last(losses),
+                             loss_first=float(losses[0]) if losses else None,
+                             val_loss=val_loss, timescale_ps=rates["timescale_ps"],
+                             exit_rates=rates, chi_range=[float(chi.min()), float(chi.max())])
+    return {}
+
+
+def _trace(run: Any, model: Any, n: int, seed: int | None) -> list[Any]:
+    cfg = run.config
+    return trace_paths(run.system, model, run.load_data(), n,
+                       window=(cfg.ts_low, cfg.ts_high), step=cfg.path_step, kappa=cfg.kappa,
+                       max_nodes=cfg.path_max_nodes, platform=cfg.platform,
+                       workers=cfg.workers, seed=seed, progress=run.progress)
+
+
+def _log_certificates(run: Any, chipaths: list[Any], what: str) -> list[list[int]]:
+    counts = [[int(p.n_certified), len(p)] for p in chipaths]
+    for i, (c, n) in enumerate(counts):
+        (run.log.info if c == n else run.log.warning)(
+            "%s path %d: %d of %d nodes certified%s", what, i, c, n,
+            "" if c else " (UNCERTIFIED: no barrier, no burst starts)")
+    return counts
+
+
+def paths(run: Any, g: int) -> dict[str, Any]:
+    """χ-MEPs from transition states of χ after generation g-1."""
+    model = run.load_model(g - 1)
+    chipaths = _trace(run, model, run.config.paths_per_generation,
+                      _stage_seed(run.config.seed, f"ts/{g}"))
+    save_paths(run.paths["checkpoint"] / f"paths_g{g:03d}.npz", chipaths)
+    chis = np.concatenate([p.chi for p in chipaths]) if chipaths else np.zeros(0)
+    run.gen_record(g).update(
+        n_paths=len(chipaths), path_nodes=[len(p) for p in chipaths],
+        path_certified=_log_certificates(run, chipaths, f"generation {g}"),
+        path_chi_range=[float(chis.min()), float(chis.max())] if len(chis) else None)
+    return {}
+
+
+def bursts(run: Any, g: int) -> dict[str, Any]:
+    """K bursts from evenly spaced certified nodes of generation g's paths, merged into the
+    data with weight 0 (path nodes are not samples of the Boltzmann ensemble)."""
+    cfg = run.config
+    part = run.paths["checkpoint"] / f"bursts_g{g:03d}.npz"
+    data = run.load_data()
+    if part.is_file():
+        new = read_data(part)
+    else:
+        starts = burst_starts(load_paths(run.paths["checkpoint"] / f"paths_g{g:03d}.npz"),
+                              cfg.starts_per_path)
+        partial = run.paths["checkpoint"] / f"bursts_g{g:03d}.partial.npz"
+        if len(starts):
+            new = _sample(run, starts, _stage_seed(cfg.seed, f"bursts/{g}"), g, "mep", partial)
+        else:
+            run.log.warning("generation %d: no certified path node, no new bursts", g)
+            new = KoopmanData.empty(data.n_atoms, data.n_koopman, lag_steps=data.lag_steps,
+                                    timestep=data.timestep, system_name=run.system.name)
+            new.extra["drop_counts"] = {}
+        new.weights = np.zeros(len(new))
+        new.save(part)
+        _drop_file(partial)
+    merged = data.merge(new)
+    merged.save(run.paths["data"])
+    run.gen_record(g).update(n_data=len(merged), new_starts=len(new),
+                             drop_counts=_drops(run, new, f"generation {g} bursts"))
+    return {"n_data": len(merged)}
+
+
+def final_paths(run: Any) -> dict[str, Any]:
+    """χ-MEPs of the final χ → ``mep/paths.npz``."""
+    n = run.config.final_paths
+    chipaths = _trace(run, run.load_model(), n, None) if n else []
+    save_paths(run.paths["paths"], chipaths)
+    return {"final_path_certified": _log_certificates(run, chipaths, "final")}
+
+
+def _ensemble(run: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and weights of the ensemble ρ: the samples with weight > 0 (at most
+    ``sensitivity_samples``, a seeded subsample)."""
+    data = run.load_data()
+    w = np.asarray(data.weights, dtype=float)
+    idx = np.flatnonzero(w > 0)
+    if len(idx) == 0:
+        raise ValueError(f"{run.paths['data']}: every sample has weight 0; the sensitivity "
+                         "needs ensemble samples (trajectory frames)")
+    n = run.config.sensitivity_samples
+    if len(idx) > n:
+        rng = np.random.default_rng(_stage_seed(run.config.seed, "sensitivity"))
+        idx = np.sort(rng.choice(idx, n, replace=False))
+    return data.x[idx], w[idx]
+
+
+def sensitivity(run: Any) -> dict[str, Any]:
+    """Ensemble/level-set sensitivity with error bars, feature saliency, path MSE, PDBs."""
+    x, w = _ensemble(run)
+    res = write_sensitivity(run.paths["atoms_csv"].parent, run.load_model(), run.system, x,
+                            weights=w, paths=load_chipaths(run.paths["paths"]),
+                            bins=run.config.sensitivity_bins, top_k=run.config.top_k,
+                            mep_dir=run.paths["mep_dir"])
+    return {"path_mse": res["path_mse"], "top_atoms": res["top_atoms"]}
+
+
+def figures(run: Any) -> dict[str, Any]:
+    """Figures into ``figures/`` (failures are logged, never fatal)."""
+    if not run.config.figures:
+        return {"figures": []}
+    return {"figures": [str(Path(p).relative_to(run.out)) for p in default_figures(run)]}
+
+
+def report(run: Any) -> dict[str, Any]:
+    """``report.json`` and ``report.md``."""
+    rep = build_report(run)
+    write_json(run.paths["report_json"], rep)
+    atomic_write_text(run.paths["report_md"], report_markdown(rep))
+    return {}
+
+
+def summary_line(run: Any, g: int) -> str:
+    """One log line per generation."""
+    rec = run.gen_record(g)
+    parts = [f"generation {g}/{run.config.generations}:",
+             f"data {rec.get('n_data', '?')} starts"]
+    if rec.get("new_starts"):
+        parts.append(f"(+{rec['new_starts']} from {rec.get('n_paths', 0)} paths)")
+    if rec.get("loss") is not None:
+        parts.append(f"loss {rec['loss']:.3g}")
+    if rec.get("val_loss") is not None:
+        parts.append(f"validation loss {rec['val_loss']:.3g}")
+    if rec.get("timescale_ps") is not None and np.isfinite(rec["timescale_ps"]):
+        parts.append(f"χ timescale {rec['timescale_ps']:.3g} ps")
+    if rec.get("path_chi_range"):
+        lo, hi = rec["path_chi_range"]
+        parts.append(f"paths χ {lo:.2f}→{hi:.2f}")
+    parts.append(f"{rec.get('seconds', 0.0):.1f} s")
+    return " ".join(parts)

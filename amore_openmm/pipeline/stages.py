@@ -1,0 +1,212 @@
+"""The pipeline's stages as plain functions (also the ``amore sample/train/mep/sensitivity``
+commands). Their defaults come from :class:`~amore_openmm.config.RunConfig` (the run
+settings) and, for the χ-MEP geometry, from :func:`~amore_openmm.mep.trace_chi_mep`: a
+``None`` step, κ or node limit is not passed on, so the library's default applies."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..config import RunConfig, check_settings
+from ..data import KoopmanData
+from .runio import write_features_csv
+from .state import _stage_seed, check_out_dir
+
+__all__ = ["sample_data", "train_chi", "trace_paths", "write_sensitivity", "burst_starts",
+           "trajectory_frames", "top_atoms", "TOP_FREQUENCY_K"]
+
+_D = RunConfig()  # the one place the stage defaults come from
+
+
+def sample_data(system: Any, n_starts: int = _D.n_starts, n_koopman: int = _D.n_koopman, *,
+                lag_steps: int | None = None, stride_steps: int | None = None,
+                seed: int = _D.seed, platform: str = _D.platform, workers: int | None = None,
+                progress: bool = True) -> KoopmanData:
+    """Initial Koopman data: a trajectory from each initial structure (frames every
+    ``stride_steps``, default the lag) and ``n_koopman`` bursts of ``lag_steps`` from every
+    frame. ``system``: a MolecularSystem or anything ``load_system`` takes."""
+    from ..sampling import BurstSampler, ContextPool
+    from ..systems import load_system
+    check_settings({"n_starts": n_starts, "n_koopman": n_koopman, "lag_steps": lag_steps,
+                    "stride_steps": stride_steps, "workers": workers}, "sample_data")
+    ms = load_system(system)
+    lag = int(lag_steps or ms.lag_steps)
+    stride = int(stride_steps or lag)
+    frames = trajectory_frames(ms, n_starts, stride, seed, platform, progress)
+    with ContextPool(ms, size=workers, platform=platform) as pool:
+        data = BurstSampler(pool).run(frames, n_koopman, lag, seed=_stage_seed(seed, "bursts"),
+                                      generation=0, origin="trajectory", progress=progress)
+    data.system_name = ms.name
+    return data
+
+
+def trajectory_frames(ms: Any, n_starts: int, stride: int, seed: int, platform: str,
+                      progress: bool) -> np.ndarray:
+    """``n_starts`` frames (float32, nm), split evenly over the initial structures."""
+    from ..sampling import sample_trajectory
+    n_struct = len(ms.positions)
+    counts = [n_starts // n_struct + (1 if i < n_starts % n_struct else 0)
+              for i in range(n_struct)]
+    frames = []
+    for i, (x0, n) in enumerate(zip(ms.positions, counts)):
+        if n:
+            frames.append(np.asarray(sample_trajectory(
+                ms, n, stride, _stage_seed(seed, f"trajectory/{i}"), x0=x0, platform=platform,
+                progress=progress), dtype=np.float32))
+    return np.concatenate(frames)
+
+
+def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *,
+              model: Any = None, featurizer: str = _D.featurizer,
+              minibatch: int = _D.minibatch, optimizer: str = _D.optimizer, lr: float = _D.lr,
+              weight_decay: float = _D.weight_decay, seed: int = _D.seed,
+              progress: bool = False) -> tuple[Any, list[float]]:
+    """ISOKANN χ on ``data`` (continuing from ``model``'s weights when given), oriented so
+    that χ ≈ 0 at the system's first initial structure. Returns (model, loss history); the
+    model's ``training`` dict holds the validation loss."""
+    from ..chi import ChiModel, make_featurizer
+    from ..isokann import Isokann, orient
+    from ..systems import load_system
+    check_settings({"iterations": iterations, "minibatch": minibatch, "optimizer": optimizer,
+                    "lr": lr, "weight_decay": weight_decay, "featurizer": featurizer},
+                   "train_chi")
+    ms = load_system(system)
+    est = Isokann(iterations=int(iterations), minibatch=minibatch, optimizer=optimizer, lr=lr,
+                  weight_decay=weight_decay, seed=seed, progress=progress)
+    if model is None:
+        kind = ms.featurizer if featurizer == "auto" else featurizer
+        model = ChiModel(make_featurizer(ms, kind), seed=seed)
+    fitted = est.fit(data, model=model)
+    fitted = orient(fitted, ms.positions[0])
+    return fitted, [float(v) for v in est.loss_history]
+
+
+def _ts_starts(ms: Any, model: Any, data: Any, n_paths: int, window: tuple[float, float],
+               platform: str) -> np.ndarray:
+    from ..mep import transition_states
+    try:
+        return np.asarray(transition_states(model, data, ms, window=tuple(window),
+                                            platform=platform))
+    except ValueError as exc:
+        # no sample in the window yet (early generations): start from the samples closest
+        # to χ = 0.5; the paths then climb into the unsampled transition region
+        x = np.asarray(getattr(data, "x", data), dtype=np.float64)
+        chi = model.chi(x)
+        if float(chi.max() - chi.min()) < 0.1:
+            raise RuntimeError(
+                f"χ is nearly constant over the data ({chi.min():.3f}..{chi.max():.3f}): "
+                "ISOKANN found no slow process. Train longer (iterations) or sample longer "
+                "(n_starts, stride_steps) so that the data contain transitions") from exc
+        order = np.argsort(np.abs(chi - 0.5), kind="stable")[:max(n_paths, 1)]
+        warnings.warn(f"{exc}; starting the χ-MEPs from the {len(order)} samples closest to "
+                      f"χ = 0.5 (χ {', '.join(f'{c:.3f}' for c in chi[order])})",
+                      RuntimeWarning, stacklevel=3)
+        return x[order]
+
+
+def trace_paths(system: Any, model: Any, data: Any, n_paths: int = _D.final_paths, *,
+                window: tuple[float, float] = (_D.ts_low, _D.ts_high),
+                step: float | None = _D.path_step, kappa: float | None = _D.kappa,
+                max_nodes: int | None = _D.path_max_nodes, platform: str = _D.platform,
+                workers: int | None = None, seed: int | None = None,
+                progress: bool = True) -> list[Any]:
+    """χ-MEPs from ``n_paths`` transition states of ``data`` (KoopmanData or positions):
+    random ones when ``seed`` is given, otherwise the lowest-energy ones. ``step``,
+    ``kappa``, ``max_nodes``: None uses :func:`~amore_openmm.mep.trace_chi_mep`'s default.
+    ``platform``: the χ-MEP Context holds a TorchForce, so "auto" and "Reference" give
+    Reference; CPU, CUDA and OpenCL are used when asked for."""
+    from ..mep import trace_chi_meps
+    from ..systems import load_system
+    check_settings({"final_paths": n_paths, "path_step": step, "kappa": kappa,
+                    "path_max_nodes": max_nodes, "ts_low": window[0], "ts_high": window[1]},
+                   "trace_paths")
+    ms = load_system(system)
+    platform = platform if platform in ("CPU", "CUDA", "OpenCL") else "Reference"
+    ts = _ts_starts(ms, model, data, n_paths, window, platform)
+    if seed is not None and len(ts) > n_paths:
+        rng = np.random.default_rng(seed)
+        ts = ts[np.sort(rng.choice(len(ts), size=n_paths, replace=False))]
+    ts = ts[:n_paths]
+    opts = {k: v for k, v in (("step", step), ("kappa", kappa), ("max_nodes", max_nodes))
+            if v is not None}
+    return trace_chi_meps(ms, model, ts, pool_size=workers, platform=platform,
+                          progress=progress, **opts)
+
+
+def burst_starts(paths: Sequence[dict[str, Any]], per_path: int) -> np.ndarray:
+    """Up to ``per_path`` evenly spaced *certified* nodes of each path (dicts from
+    :func:`~amore_openmm.pipeline.load_paths`) as (S, n, 3) float32 burst starts.
+    Uncertified nodes are never used: they may be unphysical."""
+    starts = []
+    for p in paths:
+        ok = np.flatnonzero(np.asarray(p["certified"], dtype=bool))
+        if len(ok) == 0:
+            continue
+        pick = np.unique(np.linspace(0, len(ok) - 1, min(per_path, len(ok))).round()
+                         .astype(int))
+        starts.append(np.asarray(p["positions"])[ok[pick]])
+    if not starts:
+        return np.zeros((0,) + tuple(np.asarray(paths[0]["positions"]).shape[1:])
+                        if paths else (0, 0, 3), dtype=np.float32)
+    return np.concatenate(starts).astype(np.float32)
+
+
+#: the k of the bootstrap top-k frequency in atoms.csv and the report
+TOP_FREQUENCY_K = 5
+
+
+def top_atoms(sens: Any, k: int) -> list[dict[str, Any]]:
+    """The ``k`` most sensitive featurized atoms with their bootstrap standard error and how
+    often they land in the top :data:`TOP_FREQUENCY_K` across bootstrap resamples."""
+    freq = np.asarray(sens.top_frequency(TOP_FREQUENCY_K), dtype=float)
+    out = []
+    for i in sens.ranking:
+        if len(out) == k:
+            break
+        if not np.isfinite(sens.per_atom[i]):
+            continue  # not featurized: never ranked
+        out.append({"index_0based": int(i), "index_1based": int(i) + 1,
+                    "label": sens.labels[i] if sens.labels else f"atom{i}",
+                    "mean_grad_sq": float(sens.per_atom[i]),
+                    "mean_grad_sq_err": float(sens.per_atom_err[i]),
+                    "fraction": float(sens.fraction[i]), "top_k": TOP_FREQUENCY_K,
+                    "top_k_frequency": float(freq[i])})
+    return out
+
+
+def write_sensitivity(out: str | os.PathLike, model: Any, system: Any, positions: np.ndarray,
+                      *, weights: np.ndarray | None = None, paths: list[Any] | None = None,
+                      bins: int = _D.sensitivity_bins, top_k: int = _D.top_k,
+                      mep_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """χ-sensitivity files into ``out``: ``atoms.csv``
+    (:meth:`~amore_openmm.sensitivity.Sensitivity.write_ranking_csv`), ``levelset.npz``,
+    ``features.csv``; with ``paths`` also the path-vs-ensemble MSE per path and, when
+    ``mep_dir`` is given, ``path_XXX.pdb`` there (B-factor: the level-set average
+    ⟨‖∇ᵢχ‖²⟩_z at each node's χ). ``weights``: per-sample weights of the ensemble.
+    Returns {"path_mse", "sensitivity", "saliency", "top_atoms"}."""
+    from ..mep import write_path_pdb
+    from ..sensitivity import chi_sensitivity, feature_saliency, path_vs_ensemble_mse
+    from ..systems import load_system
+    check_settings({"sensitivity_bins": bins, "top_k": top_k}, "write_sensitivity")
+    out = check_out_dir(Path(out))
+    ms = load_system(system)
+    sens = chi_sensitivity(model, positions, bins=bins, labels=ms, weights=weights)
+    sens.write_ranking_csv(out / "atoms.csv", k=TOP_FREQUENCY_K)
+    sens.save(out / "levelset.npz")
+    sal = feature_saliency(model, positions)
+    write_features_csv(out / "features.csv", sal)
+    mses: list[float] = []
+    for i, p in enumerate(paths or []):
+        try:
+            mses.append(float(path_vs_ensemble_mse(p, sens)))
+        except ValueError:
+            mses.append(float("nan"))
+        if mep_dir is not None:
+            write_path_pdb(Path(mep_dir) / f"path_{i:03d}.pdb", p, ms.topology,
+                           sensitivity=sens)
+    return {"path_mse": mses, "sensitivity": sens, "saliency": sal,
+            "top_atoms": top_atoms(sens, top_k)}
