@@ -100,7 +100,7 @@ def test_killed_worker_costs_only_its_chunks(client) -> None:
 def test_amore_run_on_a_scheduler_gives_the_local_data(client, tmp_path) -> None:
     """`amore run --scheduler ADDRESS`: the initial bursts of a run on Dask workers equal those
     of the same run on this machine."""
-    from amore_openmm.adaptive import AmoreRun
+    from amore_openmm.pipeline import AmoreRun
 
     settings = {"n_starts": 200, "stride_steps": 200, "n_koopman": 2, "workers": 1,
                 "platform": "Reference", "seed": 5}

@@ -155,9 +155,21 @@ def _system_kwargs(opts: dict[str, Any], where: str, topology: app.Topology
     return kwargs
 
 
+def _read_structure_file(path: Path, reader: Any, kind: str) -> Any:
+    """``reader(str(path))`` with a clear error for empty or unreadable files (OpenMM's own
+    readers fail with IndexError/KeyError on those)."""
+    if path.stat().st_size == 0:
+        raise SystemLoadError(f"{path} is empty; give a complete {kind} file")
+    try:
+        return reader(str(path))
+    except Exception as exc:  # noqa: BLE001 - OpenMM's readers raise anything on bad files
+        raise SystemLoadError(f"{path}: could not read it as a {kind} file "
+                              f"({type(exc).__name__}: {exc}); check the file's format") from exc
+
+
 def _create_from_pdb(pdb_path: Path, opts: dict[str, Any], where: str
                      ) -> tuple[openmm.System, app.Topology, np.ndarray]:
-    pdb = app.PDBFile(str(pdb_path))
+    pdb = _read_structure_file(pdb_path, app.PDBFile, "PDB")
     ff = opts.get("forcefield", ["amber14-all.xml"])
     ff = [ff] if isinstance(ff, str) else list(ff)
     implicit = opts.get("implicit_solvent")
@@ -180,8 +192,8 @@ def _create_from_pdb(pdb_path: Path, opts: dict[str, Any], where: str
 
 def _create_from_prmtop(prmtop_path: Path, inpcrd_path: Path, opts: dict[str, Any],
                         where: str) -> tuple[openmm.System, app.Topology, np.ndarray]:
-    prmtop = app.AmberPrmtopFile(str(prmtop_path))
-    crd = app.AmberInpcrdFile(str(inpcrd_path))
+    prmtop = _read_structure_file(prmtop_path, app.AmberPrmtopFile, "Amber prmtop")
+    crd = _read_structure_file(inpcrd_path, app.AmberInpcrdFile, "Amber inpcrd")
     pos = as_positions_nm(crd.getPositions(asNumpy=True))
     if pos.shape[0] != prmtop.topology.getNumAtoms():
         raise SystemLoadError(
@@ -205,7 +217,7 @@ def _create_from_xml(xml_path: Path, pdb_path: Path
         system = openmm.XmlSerializer.deserialize(xml_path.read_text())
     except Exception as exc:  # noqa: BLE001 - OpenMM raises plain Exception
         raise SystemLoadError(f"{xml_path}: not a serialized OpenMM System ({exc})") from exc
-    pdb = app.PDBFile(str(pdb_path))
+    pdb = _read_structure_file(pdb_path, app.PDBFile, "PDB")
     pos = as_positions_nm(pdb.getPositions(asNumpy=True))
     if pos.shape[0] != system.getNumParticles():
         raise SystemLoadError(f"{pdb_path} has {pos.shape[0]} atoms but {xml_path} has "
