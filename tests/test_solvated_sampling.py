@@ -121,3 +121,58 @@ def test_trajectory_frames_of_a_split_solute_are_whole(water_box):
                                progress=False, properties=CPU1)
     assert frames.shape == (3, ms.n_atoms, 3)
     assert _bond_lengths(frames[:, ms.selection], ms).max() < 0.2
+
+
+# -- the CPU pool layout ------------------------------------------------------------------------
+def test_cpu_layout_is_measured_for_the_water_box_and_cached(water_box, caplog):
+    from amore_openmm.sampling import choose_cpu_layout, layout_matters
+
+    assert layout_matters(water_box)
+    with caplog.at_level("INFO", logger="amore_openmm.sampling"):
+        rep = choose_cpu_layout(water_box, cpus=2, budget_s=0.05)
+    assert rep["measured"] and set(rep["layouts"]) == {"2x1", "1x2"}
+    assert rep["chosen"] in rep["layouts"] and rep["slots"] * rep["threads"] == 2
+    assert all(v > 0 for v in rep["layouts"].values())
+    assert rep["steps_per_s"] == rep["layouts"][rep["chosen"]]
+    assert "CPU pool layout" in caplog.text and rep["chosen"] in caplog.text
+    again = choose_cpu_layout(water_box, cpus=2, budget_s=0.05)
+    assert again["cached"] and again["layouts"] == rep["layouts"]
+
+
+def test_pool_takes_the_measured_layout_only_where_it_can_matter(water_box):
+    from amore_openmm.sampling import usable_cpus
+
+    with ContextPool(water_box, platform="CPU") as pool:
+        rep = pool.layout_report
+        assert rep["measured"] and pool.size == rep["slots"] == pool.contexts_created
+        assert pool.properties["Threads"] == str(rep["threads"])
+        assert rep["slots"] * rep["threads"] == usable_cpus()
+    small = ContextPool(load_system("alanine_dipeptide"), platform="CPU", local=False)
+    assert not small.layout_report["measured"] and small.properties["Threads"] == "1"
+    assert small.size == usable_cpus()
+    given = ContextPool(water_box, size=1, platform="CPU", local=False)
+    assert not given.layout_report["measured"] and given.properties["Threads"] == "1"
+
+
+# -- platforms that can minimise ---------------------------------------------------------------
+def test_minimizer_platforms_exclude_pocl_opencl():
+    from amore_openmm.sampling import (available_platforms, minimizer_platforms,
+                                       opencl_is_pocl, platform_can_minimize)
+
+    assert platform_can_minimize("Reference") and platform_can_minimize("CPU")
+    assert not platform_can_minimize("NoSuchPlatform")
+    if "OpenCL" in available_platforms() and opencl_is_pocl():
+        assert not platform_can_minimize("OpenCL")
+    assert set(minimizer_platforms()) <= set(available_platforms())
+    assert "Reference" in minimizer_platforms()
+    assert all(platform_can_minimize(p) for p in minimizer_platforms())
+
+
+def test_auto_platform_does_not_probe_pocl(water_box):
+    from amore_openmm.sampling import available_platforms, choose_platform, opencl_is_pocl
+
+    ms = load_system("alanine_dipeptide")
+    name, rep = choose_platform(ms, budget_s=0.02, verbose=False)
+    if "OpenCL" in available_platforms() and opencl_is_pocl():
+        assert name != "OpenCL" and "OpenCL" in rep["skipped"]
+        assert "OpenCL" not in rep["steps_per_s"]
