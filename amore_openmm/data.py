@@ -2,10 +2,11 @@
 
 ``x`` holds N starting structures (N×n×3, nm, every atom: restarts need the solvent) and ``y``
 the end points of K bursts from each, for the molecule of interest only (N×K×n_sel×3, nm; the
-0-based atom indices are ``atoms``, by default every atom). Metadata per start: generation, origin ("trajectory", "mep", "user"), seed and
-a weight for ensemble averages. Saved as one ``.npz`` file, written atomically (temp file,
-then rename). Also here: the atomic writers of the run directory and the one JSON sanitiser
-(:func:`to_jsonable`, :func:`write_json`).
+0-based atom indices are ``atoms``, by default every atom). Metadata per start: generation,
+origin ("trajectory", "mep", "user"), seed and a weight for ensemble averages. Saved as one
+``.npz`` file, written atomically (temp file, then rename). Also here: the atomic writers of
+the run directory, the one JSON sanitiser (:func:`to_jsonable`, :func:`write_json`) and the
+memory budget (:func:`memory_budget_bytes`, :class:`MemoryBudgetError`).
 """
 from __future__ import annotations
 

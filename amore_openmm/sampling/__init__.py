@@ -19,7 +19,8 @@ Modules, lowest first:
   pool layout (:func:`choose_cpu_layout`); :mod:`.pool` — :class:`ContextPool`,
   :func:`choose_platform`, :func:`platform_can_minimize` / :func:`minimizer_platforms`;
 * :mod:`.sampler` — :class:`BurstSampler` (chunks, seeds, checkpoints, the stored atoms and
-  the memory guard; :mod:`.run_state`, :mod:`.checkpoint`); :mod:`.trajectory` — :func:`sample_trajectory`.
+  the memory guard; :mod:`.run_state`, :mod:`.checkpoint`); :mod:`.trajectory` —
+  :func:`sample_trajectory`.
 """
 from __future__ import annotations
 

@@ -189,8 +189,9 @@ class ContextPool:
         platform: "auto" (timed probe, see :func:`choose_platform`), "Reference", "CPU",
             "CUDA" or "OpenCL".
         properties: platform properties. CPU defaults to ``{"Threads": "1"}`` (parallelism
-            comes from the slots); GPUs default to ``Precision=mixed``. A ``DeviceIndex``
-            such as ``"0,1"`` spreads the Contexts round-robin over those devices.
+            comes from the slots) or the measured layout's thread count (see ``size``);
+            GPUs default to ``Precision=mixed``. A ``DeviceIndex`` such as ``"0,1"``
+            spreads the Contexts round-robin over those devices.
         local: False builds no Context here: the pool is only the recipe for the workers of
             a ``BurstSampler(pool, executor=...)`` (e.g. CUDA bursts submitted from a login
             node without a GPU); ``platform`` must then be named, and :meth:`submit` refuses.

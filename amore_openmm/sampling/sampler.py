@@ -14,11 +14,15 @@ the other starts of the run. OpenMM applies an integrator seed only when a Conte
   ``reinitialize`` and falls back to ``reinitialize`` otherwise.
 * CPU / CUDA / OpenCL: each Context has its own generator; slots are threads (OpenMM releases
   the GIL inside ``step``), re-seeded with ``Context.reinitialize`` after
-  ``Integrator.setRandomNumberSeed``. On CPU each Context gets one OpenMM thread. Because
-  ``reinitialize`` is expensive there (it recompiles custom forces such as OBC implicit
-  solvent: ~20–80 ms, plus kernel builds on GPUs), these platforms re-seed once per *block* of
-  consecutive start indices by default (``reseed="block"``); a burst then depends on (seed,
-  its block, the block's starts before it), still not on pool size, chunking or scheduling.
+  ``Integrator.setRandomNumberSeed``. On CPU each Context gets one OpenMM thread (periodic or
+  large systems: the measured layout of :mod:`.layout`, possibly fewer multi-thread
+  Contexts). Because ``reinitialize`` is expensive there (it recompiles custom forces such as
+  OBC implicit solvent: ~20–80 ms, plus kernel builds on GPUs; ~7 ms, about one step, for the
+  1,288-atom PME water box, so ``reseed="burst"`` is cheap there), these platforms re-seed
+  once per *block* of consecutive start indices by default (``reseed="block"``); a burst then
+  depends on (seed, its block, the block's starts before it), still not on pool size,
+  chunking or scheduling. A run of at most ``reseed_block`` starts is then one task (one
+  slot): give solvated runs ``reseed="burst"`` or a smaller ``reseed_block``.
 
 Robustness. A start with absurd energy or a broken bond is refused; a burst whose end point is
 not finite, moved more than ``max_displacement`` nm, or is unphysical (a bond stretched past

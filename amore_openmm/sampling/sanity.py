@@ -17,13 +17,13 @@ Thresholds (physics, stated once here):
   verdict does not depend on the other starts, the chunking or the pool size (the lowest start
   energy of a batch would: chunks see different batches).
 * ``window = (f/2 + 10·sqrt(f/2) + margin)·kT`` with ``f`` the degrees of freedom (3 per
-  massive particle minus one per constraint, minus 3 for a ``CMMotionRemover``) and ``margin = 200`` by default. In the harmonic
-  approximation the potential energy of a thermal state lies ``Gamma(f/2)·kT`` above its
-  minimum (mean ``f/2·kT``, s.d. ``sqrt(f/2)·kT``), so the first two terms are ten standard
-  deviations above the mean of what a burst can pick up from the thermostat; ``margin`` is far
-  above any conformational barrier (200 kT ≈ 515 kJ/mol at 310 K; peptide backbone barriers
-  are tens of kJ/mol). For alanine dipeptide in vacuum (f = 63) at 310 K the window is
-  ≈ 290 kT ≈ 740 kJ/mol; in its TIP3P box (1,288 atoms, 1,278 constraints: f = 2,583) it is
+  massive particle minus one per constraint, minus 3 for a ``CMMotionRemover``) and
+  ``margin = 200`` by default. In the harmonic approximation the potential energy of a
+  thermal state lies ``Gamma(f/2)·kT`` above its minimum (mean ``f/2·kT``, s.d.
+  ``sqrt(f/2)·kT``), so the first two terms are ten standard deviations above the mean of
+  what a burst can pick up from the thermostat; ``margin`` is far above any conformational
+  barrier (200 kT ≈ 515 kJ/mol at 310 K; peptide backbone barriers are tens of kJ/mol).
+  For alanine dipeptide in vacuum (f = 63) at 310 K the window is ≈ 290 kT ≈ 740 kJ/mol; in its TIP3P box (1,288 atoms, 1,278 constraints: f = 2,583) it is
   ≈ 1,850 kT, while thermal frames lie ≈ 800–950 kT above the minimised reference (measured).
   Bursts that blew up (energies of 10³–10⁹ kJ/mol) are far beyond it.
 * A bond (every bond of the System's ``HarmonicBondForce`` objects and every constraint) may
