@@ -23,8 +23,9 @@ Thresholds (physics, stated once here):
   ``sqrt(f/2)·kT``), so the first two terms are ten standard deviations above the mean of
   what a burst can pick up from the thermostat; ``margin`` is far above any conformational
   barrier (200 kT ≈ 515 kJ/mol at 310 K; peptide backbone barriers are tens of kJ/mol).
-  For alanine dipeptide in vacuum (f = 63) at 310 K the window is ≈ 290 kT ≈ 740 kJ/mol; in its TIP3P box (1,288 atoms, 1,278 constraints: f = 2,583) it is
-  ≈ 1,850 kT, while thermal frames lie ≈ 800–950 kT above the minimised reference (measured).
+  For alanine dipeptide in vacuum (f = 63) at 310 K the window is ≈ 290 kT ≈ 740 kJ/mol;
+  in its TIP3P box (1,288 atoms, 1,278 constraints: f = 2,583) it is ≈ 1,850 kT, while
+  thermal frames lie ≈ 800–950 kT above the minimised reference (measured).
   Bursts that blew up (energies of 10³–10⁹ kJ/mol) are far beyond it.
 * A bond (every bond of the System's ``HarmonicBondForce`` objects and every constraint) may
   not be longer than ``max(bond_limit, bond_factor·r0)`` with ``bond_limit = 0.25 nm`` and
