@@ -150,3 +150,67 @@ def test_to_jsonable_and_write_json(tmp_path):
     assert json.loads(path.read_text()) == plain and path.read_text().endswith("\n")
     with pytest.raises(TypeError, match="object"):
         to_jsonable({"x": object()})
+
+
+# -- y of a selection (solvated systems: the solute's end points only) -------------------------
+def _selected(n=4, k=2, n_atoms=10, atoms=(1, 2, 5), seed=0):
+    rng = np.random.default_rng(seed)
+    return KoopmanData(rng.normal(size=(n, n_atoms, 3)),
+                       rng.normal(size=(n, k, len(atoms), 3)), lag_steps=100, timestep=0.002,
+                       system_name="box", atoms=np.array(atoms))
+
+
+def test_atoms_default_to_every_atom_and_shape_is_checked():
+    d = _data(3, atoms=4)
+    assert d.atoms.tolist() == [0, 1, 2, 3] and d.all_atoms and d.x_selected is d.x
+    s = _selected()
+    assert s.atoms.dtype == np.int64 and s.n_selected == 3 and s.n_atoms == 10
+    np.testing.assert_array_equal(s.x_selected, s.x[:, [1, 2, 5]])
+    assert s.nbytes == s.x.nbytes + s.y.nbytes
+    with pytest.raises(ValueError, match="n_sel"):  # y must hold exactly the atoms
+        KoopmanData(np.zeros((2, 10, 3)), np.zeros((2, 1, 4, 3)), atoms=[1, 2, 5])
+    for bad in ([5, 1], [1, 1, 2], [0, 10], []):
+        with pytest.raises(ValueError, match="atoms"):
+            KoopmanData(np.zeros((2, 10, 3)), np.zeros((2, 1, len(bad), 3)), atoms=bad)
+
+
+def test_atoms_survive_subset_merge_save_load(tmp_path):
+    a, b = _selected(seed=0), _selected(n=2, seed=1)
+    m = a.merge(b)
+    assert m.atoms.tolist() == [1, 2, 5] and m.y.shape == (6, 2, 3, 3)
+    assert m.subset([0, 5]).atoms.tolist() == [1, 2, 5]
+    back = KoopmanData.load(m.save(tmp_path / "sel.npz"), n_atoms=10)
+    assert back.atoms.tolist() == [1, 2, 5]
+    np.testing.assert_array_equal(back.y, m.y)
+    empty = KoopmanData.empty(10, 2, atoms=[1, 2, 5])
+    assert empty.y.shape == (0, 2, 3, 3) and empty.merge(a).n_starts == 4
+
+
+def test_merge_refuses_other_atoms_naming_both():
+    with pytest.raises(ValueError, match=r"\[1, 2, 5\].*\[0, 3\]|\[0, 3\].*\[1, 2, 5\]"):
+        _selected().merge(_selected(atoms=(0, 3)))
+
+
+def test_files_without_atoms_load_as_every_atom(tmp_path):
+    d = _data(3, atoms=4)
+    path = tmp_path / "old.npz"  # a format-2 file: no "atoms" entry
+    atomic_save_npz(path, x=d.x, y=d.y, generation=d.generation, origin=d.origin, seed=d.seed,
+                    weights=d.weights, lag_steps=np.int64(100), timestep=np.float64(0.002),
+                    system_name=np.str_("toy"), format_version=np.int64(2))
+    e = KoopmanData.load(path)
+    assert e.atoms.tolist() == [0, 1, 2, 3] and e.all_atoms
+
+
+def test_memory_budget_from_argument_environment_and_default(monkeypatch):
+    from amore_openmm.data import memory_budget_bytes
+
+    monkeypatch.delenv("AMORE_MEMORY_BUDGET_GB", raising=False)
+    assert memory_budget_bytes() == 4_000_000_000
+    assert memory_budget_bytes(0.5) == 500_000_000
+    monkeypatch.setenv("AMORE_MEMORY_BUDGET_GB", "2.5")
+    assert memory_budget_bytes() == 2_500_000_000
+    monkeypatch.setenv("AMORE_MEMORY_BUDGET_GB", "lots")
+    with pytest.raises(ValueError, match="AMORE_MEMORY_BUDGET_GB"):
+        memory_budget_bytes()
+    with pytest.raises(ValueError, match="positive"):
+        memory_budget_bytes(-1)

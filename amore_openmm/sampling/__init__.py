@@ -15,10 +15,12 @@ Modules, lowest first:
   :func:`engine_cache`);
 * :mod:`.packing` — :func:`pack_replicas` (M non-interacting copies in one System);
   :mod:`.packed_engine` — :class:`PackedEngine` (the same protocol on a packed System);
-* :mod:`.workers` — worker processes (Reference slots); :mod:`.pool` — :class:`ContextPool`,
-  :func:`choose_platform`;
-* :mod:`.sampler` — :class:`BurstSampler` (chunks, seeds, checkpoints; :mod:`.run_state`,
-  :mod:`.checkpoint`); :mod:`.trajectory` — :func:`sample_trajectory`.
+* :mod:`.workers` — worker processes (Reference slots); :mod:`.layout` — the measured CPU
+  pool layout (:func:`choose_cpu_layout`); :mod:`.pool` — :class:`ContextPool`,
+  :func:`choose_platform`, :func:`platform_can_minimize` / :func:`minimizer_platforms`;
+* :mod:`.sampler` — :class:`BurstSampler` (chunks, seeds, checkpoints, the stored atoms and
+  the memory guard; :mod:`.run_state`, :mod:`.checkpoint`); :mod:`.trajectory` —
+  :func:`sample_trajectory`.
 """
 from __future__ import annotations
 
@@ -26,7 +28,10 @@ from .engine import (DEFAULT_MAX_DISPLACEMENT, BurstEngine, BurstFailureWarning,
                      Engine, cached_chunk, default_platform_properties, engine_cache)
 from .packed_engine import PackedEngine, PackedSpec
 from .packing import PackedSystem, PackingError, pack_replicas
-from .pool import ContextPool, available_platforms, choose_platform, usable_cpus
+from .layout import choose_cpu_layout, layout_matters
+from .pool import (ContextPool, available_platforms, choose_platform, minimizer_platforms,
+                   opencl_is_pocl, platform_can_minimize, usable_cpus)
+from .run_state import estimate_run_bytes
 from .sampler import BurstSampler
 from .sanity import BurstSanity
 from .seeds import burst_seed, packed_stream_key
@@ -37,5 +42,7 @@ __all__ = [
     "burst_seed", "packed_stream_key", "choose_platform", "available_platforms",
     "usable_cpus", "default_platform_properties", "pack_replicas", "PackedSystem",
     "PackedSpec", "PackedEngine", "PackingError", "BurstEngine", "Engine", "BurstSpec",
-    "cached_chunk", "engine_cache", "DEFAULT_MAX_DISPLACEMENT",
+    "cached_chunk", "engine_cache", "DEFAULT_MAX_DISPLACEMENT", "choose_cpu_layout",
+    "layout_matters", "platform_can_minimize", "minimizer_platforms", "opencl_is_pocl",
+    "estimate_run_bytes",
 ]

@@ -23,7 +23,7 @@ def write(path: Path, data: KoopmanData, run_key: dict[str, Any],
           dropped: list[dict[str, Any]]) -> None:
     """Commit the kept starts (readable with ``KoopmanData.load``) and the drops atomically."""
     atomic_save_npz(path, x=data.x, y=data.y, generation=data.generation,
-                    origin=data.origin, seed=data.seed, weights=data.weights,
+                    origin=data.origin, seed=data.seed, weights=data.weights, atoms=data.atoms,
                     lag_steps=np.int64(data.lag_steps), timestep=np.float64(data.timestep),
                     system_name=np.str_(data.system_name),
                     format_version=np.int64(FORMAT_VERSION),

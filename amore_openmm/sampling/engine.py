@@ -7,7 +7,9 @@ packed engine (:class:`~amore_openmm.sampling.packed_engine.PackedEngine`):
 ``start_index`` (m,), ``n_koopman`` K, ``lag_steps``, ``seed``, ``max_retries``,
 ``max_displacement`` (nm), optional ``reseed_block`` (0: re-seed every burst) and ``sanity``
 (a :class:`~amore_openmm.sampling.sanity.BurstSanity` as a dict; default limits when absent).
-The result has ``chunk``, ``y`` (m, K, n, 3) float32, ``ok`` (m,) bool, ``events`` (a list
+The result has ``chunk``, ``y`` (m, K, n, 3) float32 (every atom, never wrapped into the
+periodic box), with a barostat ``box`` (m, K, 3, 3) (each end's box vectors, nm), ``ok`` (m,)
+bool, ``events`` (a list
 of ``(start index, k, attempt, reason code, detail)``; k = -1 for a refused start, reason
 "recovered" for a burst that succeeded on a retry), ``seconds`` and ``pid``. ``close()`` frees
 the Context.
@@ -83,8 +85,14 @@ def read_positions(state: openmm.State, shape: tuple[int, int]) -> np.ndarray:
 
 
 def positions(ctx: openmm.Context, shape: tuple[int, int]) -> np.ndarray:
-    """Positions (nm) of a Context as a new float64 array."""
-    return read_positions(ctx.getState(getPositions=True), shape)
+    """Positions (nm) of a Context as a new float64 array (not wrapped into the box)."""
+    return read_positions(ctx.getState(getPositions=True, enforcePeriodicBox=False), shape)
+
+
+def box_vectors(state: openmm.State) -> np.ndarray:
+    """The periodic box vectors (3, 3) nm of a State, rows a, b, c."""
+    return np.array([[float(c) for c in v.value_in_unit(unit.nanometer)]
+                     for v in state.getPeriodicBoxVectors()])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,6 +210,7 @@ class Engine(BurstEngine):
         # thermostat): re-seeded with the integrator and reset by ``reinitialize``
         self._seeded_forces = [f for f in system.getForces()
                                if hasattr(f, "setRandomNumberSeed")]
+        self.last_box: np.ndarray | None = None
         self._ref_seed = reference_seed_function() if self.is_reference else None
         self.fast_reseed = False
         if self.is_reference and not self._seeded_forces and self._ref_seed is not None:
@@ -237,7 +246,8 @@ class Engine(BurstEngine):
               fast: bool | None = None, energy: bool = False
               ) -> tuple[np.ndarray, float | None]:
         """(end positions (n, 3) nm, end energy kJ/mol or None) of one burst from ``x``; the
-        positions may contain NaN, OpenMM may raise.
+        positions may contain NaN, OpenMM may raise. Positions are not wrapped into the
+        periodic box; with a barostat the end's box vectors are left in ``last_box``.
 
         ``integ_seed=None`` continues the Context's current random stream (block re-seeding).
         """
@@ -247,7 +257,10 @@ class Engine(BurstEngine):
         if not self.brownian:
             self.context.setVelocitiesToTemperature(self.temperature, vel_seed)
         self.integrator.step(lag_steps)
-        state = self.context.getState(getPositions=True, getEnergy=energy)
+        state = self.context.getState(getPositions=True, getEnergy=energy,
+                                      enforcePeriodicBox=False)
+        if self._box is not None:
+            self.last_box = box_vectors(state)
         e_end = (state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
                  if energy else None)
         return read_positions(state, self._shape), e_end
@@ -273,6 +286,7 @@ class Engine(BurstEngine):
         m, n = xs.shape[0], xs.shape[1]
         block = None
         y = np.zeros((m, K, n, 3), dtype=np.float32)
+        box = None if self._box is None else np.zeros((m, K, 3, 3))
         ok = np.ones(m, dtype=bool)
         events: list[tuple[int, int, int, str, str]] = []
         for j in range(m):
@@ -296,7 +310,12 @@ class Engine(BurstEngine):
                                                 y[j, k], events):
                     ok[j] = False
                     break  # the start is dropped: skip its remaining bursts
-        return {"chunk": task["chunk"], "y": y, "ok": ok, "events": events}
+                if box is not None:
+                    box[j, k] = self.last_box
+        out = {"chunk": task["chunk"], "y": y, "ok": ok, "events": events}
+        if box is not None:
+            out["box"] = box
+        return out
 
     def _burst_with_retries(self, task: dict[str, Any], x: np.ndarray, start: int, k: int,
                             e_start: float | None, block_size: int, out: np.ndarray,

@@ -170,7 +170,8 @@ class PackedEngine(BurstEngine):
                 ctx.applyVelocityConstraints(1e-6)
         self.integrator.step(int(lag_steps))
         self.groups_run += 1
-        out = read_positions(ctx.getState(getPositions=True), (self.copies * self.n, 3))
+        out = read_positions(ctx.getState(getPositions=True, enforcePeriodicBox=False),
+                             (self.copies * self.n, 3))
         return self.packed.unpack_positions(out, shifts)[:g]
 
     def _copy_problem(self, x: np.ndarray, end: np.ndarray, bound: float,

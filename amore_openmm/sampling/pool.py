@@ -1,7 +1,9 @@
-"""ContextPool (reusable Contexts: the slots that run bursts) and the platform choice."""
+"""ContextPool (reusable Contexts: the slots that run bursts), the platform choice, and which
+platforms can run OpenMM's energy minimiser."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import hashlib
 import logging
 import os
@@ -18,9 +20,11 @@ import openmm
 from amore_openmm.systems import MolecularSystem
 
 from .engine import GPU_PLATFORMS, BurstSpec, Engine, default_platform_properties
+from .layout import choose_cpu_layout, layout_matters
 from .workers import ProcessSlot
 
-__all__ = ["ContextPool", "choose_platform", "available_platforms"]
+__all__ = ["ContextPool", "choose_platform", "available_platforms", "platform_can_minimize",
+           "minimizer_platforms", "opencl_is_pocl", "POCL_NAME"]
 
 log = logging.getLogger("amore_openmm.sampling")
 
@@ -40,6 +44,50 @@ def usable_cpus() -> int:
 
 
 _PROBE_CACHE: dict[str, tuple[str, dict[str, Any]]] = {}
+#: the OpenCL platform name of pocl, a CPU emulation of OpenCL
+POCL_NAME = "Portable Computing Language"
+
+
+@functools.lru_cache(maxsize=None)
+def _opencl_names(props: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
+    """(OpenCL platform name, device name) OpenMM's OpenCL platform uses with ``props``, or
+    None when it cannot create a Context (one 1-particle Context, once per process)."""
+    if "OpenCL" not in available_platforms():
+        return None
+    plat = openmm.Platform.getPlatformByName("OpenCL")
+    system = openmm.System()
+    system.addParticle(1.0)
+    try:
+        ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), plat, dict(props))
+        return (plat.getPropertyValue(ctx, "OpenCLPlatformName"),
+                plat.getPropertyValue(ctx, "DeviceName"))
+    except Exception:  # noqa: BLE001 - no usable OpenCL device
+        return None
+
+
+def opencl_is_pocl(properties: dict[str, str] | None = None) -> bool:
+    """True when OpenMM's OpenCL platform (with ``properties``) runs on pocl, the "Portable
+    Computing Language" CPU emulation (OpenMM warns that it is unsupported). Cached."""
+    names = _opencl_names(tuple(sorted((properties or {}).items())))
+    return names is not None and any("portable computing language" in n.lower() or
+                                     n.lower().startswith("pocl") for n in names)
+
+
+def platform_can_minimize(name: str, properties: dict[str, str] | None = None) -> bool:
+    """Whether ``openmm.LocalEnergyMinimizer`` may be run on platform ``name``: False when it
+    is not available, or for OpenCL on pocl (the minimiser segfaults there) or on no usable
+    device; True otherwise. Cheap after the first call (cached)."""
+    if name not in available_platforms():
+        return False
+    if name == "OpenCL":
+        return (_opencl_names(tuple(sorted((properties or {}).items()))) is not None and
+                not opencl_is_pocl(properties))
+    return True
+
+
+def minimizer_platforms() -> list[str]:
+    """The available platforms on which :func:`platform_can_minimize` is True."""
+    return [p for p in available_platforms() if platform_can_minimize(p)]
 
 
 def _probe_rate(system: MolecularSystem, name: str, budget_s: float) -> float:
@@ -74,8 +122,16 @@ def choose_platform(system: MolecularSystem, candidates: Sequence[str] | None = 
     cores for Reference/CPU, one Context per GPU). Returns ``(name, report)``; the report
     holds the measured steps/s per platform. The choice is logged and, with ``verbose``,
     printed to stderr. Results are cached per System and integrator.
+
+    Without ``candidates``, an OpenCL platform running on pocl (a CPU emulation that OpenMM
+    calls unsupported, and on which the energy minimiser crashes) is not probed; the report's
+    ``skipped`` says so. Name "OpenCL" in ``candidates`` to probe it anyway.
     """
     cands = list(candidates) if candidates else available_platforms()
+    skipped = {}
+    if not candidates and "OpenCL" in cands and opencl_is_pocl():
+        cands.remove("OpenCL")
+        skipped["OpenCL"] = f"OpenCL platform is {POCL_NAME} (pocl, a CPU emulation)"
     unknown = [c for c in cands if c not in available_platforms()]
     if unknown:
         raise ValueError(f"platform(s) {unknown} are not available; available: "
@@ -90,7 +146,7 @@ def choose_platform(system: MolecularSystem, candidates: Sequence[str] | None = 
                   file=sys.stderr)
         return best, report
     report: dict[str, Any] = {"steps_per_s": {}, "estimated_pool_steps_per_s": {},
-                              "errors": {}}
+                              "errors": {}, "skipped": skipped}
     cpus = usable_cpus()
     t_all = time.perf_counter()
     for name in cands:
@@ -124,13 +180,18 @@ class ContextPool:
     Args:
         system: the :class:`MolecularSystem` (its System, integrator kind, temperature,
             friction and timestep define every Context).
-        size: number of slots (Contexts). Default: usable CPU cores for Reference/CPU, two
-            Contexts per GPU device for CUDA/OpenCL.
+        size: number of slots (Contexts). Default: usable CPU cores for Reference, two
+            Contexts per GPU device for CUDA/OpenCL; on CPU, usable cores with one thread each,
+            except for systems where it can matter (periodic or > 500 atoms) when neither
+            ``size`` nor a ``Threads`` property is given: then the layout (Contexts × threads
+            per Context, using every usable core) is measured by
+            :func:`~amore_openmm.sampling.layout.choose_cpu_layout` and the fastest taken.
         platform: "auto" (timed probe, see :func:`choose_platform`), "Reference", "CPU",
             "CUDA" or "OpenCL".
         properties: platform properties. CPU defaults to ``{"Threads": "1"}`` (parallelism
-            comes from the slots); GPUs default to ``Precision=mixed``. A ``DeviceIndex``
-            such as ``"0,1"`` spreads the Contexts round-robin over those devices.
+            comes from the slots) or the measured layout's thread count (see ``size``);
+            GPUs default to ``Precision=mixed``. A ``DeviceIndex`` such as ``"0,1"``
+            spreads the Contexts round-robin over those devices.
         local: False builds no Context here: the pool is only the recipe for the workers of
             a ``BurstSampler(pool, executor=...)`` (e.g. CUDA bursts submitted from a login
             node without a GPU); ``platform`` must then be named, and :meth:`submit` refuses.
@@ -148,6 +209,10 @@ class ContextPool:
         fast_reseed: True when Reference slots re-seed without ``reinitialize`` (verified
             bit-identical at start-up).
         probe_report: the :func:`choose_platform` report when ``platform="auto"``.
+        layout_report: on CPU, how the slots × threads layout was chosen: the measured
+            report of :func:`~amore_openmm.sampling.layout.choose_cpu_layout`
+            (``measured: True``, steps/s per layout, ``chosen``) or ``measured: False`` with
+            the ``reason`` (small system, or size/Threads given); None on other platforms.
         contexts_created: Contexts created by this pool (== size; a worker process that
             died and was restarted adds one).
     """
@@ -169,6 +234,9 @@ class ContextPool:
             raise ValueError(f"ContextPool(platform={platform!r}): not available here; use "
                              f"'auto' or one of {available_platforms()}")
         self.platform_name: str = platform
+        self.layout_report: dict[str, Any] | None = None
+        if platform == "CPU":
+            size, properties = self._cpu_layout(system, size, properties, local)
         props = default_platform_properties(platform, properties)
         devices = [d.strip() for d in props.get("DeviceIndex", "").split(",") if d.strip()]
         if size is None:
@@ -195,6 +263,28 @@ class ContextPool:
             self._executor = cf.ThreadPoolExecutor(self.size, thread_name_prefix="amore-burst")
         self._finalizer = weakref.finalize(self, ContextPool._shutdown, self._executor,
                                            list(self._slots))
+
+    def _cpu_layout(self, system: MolecularSystem, size: int | None,
+                    properties: dict[str, str] | None, local: bool
+                    ) -> tuple[int | None, dict[str, str] | None]:
+        """(size, properties) of a CPU pool; sets ``layout_report`` (see the class doc)."""
+        props = dict(properties or {})
+        cpus = usable_cpus()
+        if size is not None or "Threads" in props or not local or not layout_matters(system):
+            reason = ("size or Threads given" if size is not None or "Threads" in props else
+                      "remote pool" if not local else
+                      "small non-periodic system: one thread per Context")
+            n = cpus if size is None else int(size)
+            self.layout_report = {"measured": False, "reason": reason, "slots": n,
+                                  "threads": int(props.get("Threads", 1)), "cpus": cpus}
+            return size, properties
+        report = choose_cpu_layout(system, cpus)
+        self.layout_report = report
+        props["Threads"] = str(report["threads"])
+        log.info("ContextPool(%s): CPU layout %s Contexts × threads (%s steps/s measured%s)",
+                 system.name, report["chosen"], report["steps_per_s"],
+                 ", cached" if report.get("cached") else "")
+        return report["slots"], props
 
     def _make_specs(self, system: MolecularSystem, platform: str, props: dict[str, str],
                     devices: list[str]) -> list[BurstSpec]:

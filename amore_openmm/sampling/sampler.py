@@ -14,11 +14,15 @@ the other starts of the run. OpenMM applies an integrator seed only when a Conte
   ``reinitialize`` and falls back to ``reinitialize`` otherwise.
 * CPU / CUDA / OpenCL: each Context has its own generator; slots are threads (OpenMM releases
   the GIL inside ``step``), re-seeded with ``Context.reinitialize`` after
-  ``Integrator.setRandomNumberSeed``. On CPU each Context gets one OpenMM thread. Because
-  ``reinitialize`` is expensive there (it recompiles custom forces such as OBC implicit
-  solvent: ~20–80 ms, plus kernel builds on GPUs), these platforms re-seed once per *block* of
-  consecutive start indices by default (``reseed="block"``); a burst then depends on (seed,
-  its block, the block's starts before it), still not on pool size, chunking or scheduling.
+  ``Integrator.setRandomNumberSeed``. On CPU each Context gets one OpenMM thread (periodic or
+  large systems: the measured layout of :mod:`.layout`, possibly fewer multi-thread
+  Contexts). Because ``reinitialize`` is expensive there (it recompiles custom forces such as
+  OBC implicit solvent: ~20–80 ms, plus kernel builds on GPUs; ~7 ms, about one step, for the
+  1,288-atom PME water box, so ``reseed="burst"`` is cheap there), these platforms re-seed
+  once per *block* of consecutive start indices by default (``reseed="block"``); a burst then
+  depends on (seed, its block, the block's starts before it), still not on pool size,
+  chunking or scheduling. A run of at most ``reseed_block`` starts is then one task (one
+  slot): give solvated runs ``reseed="burst"`` or a smaller ``reseed_block``.
 
 Robustness. A start with absurd energy or a broken bond is refused; a burst whose end point is
 not finite, moved more than ``max_displacement`` nm, or is unphysical (a bond stretched past
@@ -41,16 +45,34 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from amore_openmm.data import ORIGINS, KoopmanData
+from amore_openmm.systems import make_whole
 
 from . import checkpoint as ckpt
 from .engine import DEFAULT_MAX_DISPLACEMENT, as_starts, cached_chunk
 from .packed_engine import PackedSpec
 from .pool import ContextPool
-from .run_state import RunState
+from .run_state import RunState, check_run_memory, resolve_store_atoms
 from .sanity import BurstSanity
 
 __all__ = ["BurstSampler"]
 
+def _start_metadata(N: int, start_indices: Any, generation: Any, origin: Any
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start indices, generation, origin) of N starts, checked."""
+    idx = (np.arange(N, dtype=np.int64) if start_indices is None
+           else np.asarray(start_indices, dtype=np.int64).reshape(-1))
+    if idx.shape != (N,):
+        raise ValueError(f"start_indices must have one entry per start ({N}), got "
+                         f"{idx.shape[0]}")
+    if len(np.unique(idx)) != N:
+        raise ValueError("start_indices must be unique: two starts with the same index "
+                         "would share a random stream")
+    gen = _per_start(generation, N, "generation", np.int64)
+    org = _per_start(origin, N, "origin", "<U10")
+    bad_origin = sorted(set(org.tolist()) - set(ORIGINS))
+    if bad_origin:
+        raise ValueError(f"origin {bad_origin} is not known; use one of {ORIGINS}")
+    return idx, gen, org
 
 
 def _per_start(value: Any, n: int, name: str, dtype: Any) -> np.ndarray:
@@ -119,7 +141,8 @@ class BurstSampler:
             checkpoint: str | os.PathLike | Callable[[KoopmanData], None] | None = None,
             checkpoint_interval: float = 10.0, resume: bool = True,
             on_chunk: Callable[[KoopmanData], None] | None = None, reseed: str = "auto",
-            reseed_block: int = 8, sanity: BurstSanity | None = None) -> KoopmanData:
+            reseed_block: int = 8, sanity: BurstSanity | None = None, store_atoms: Any = None,
+            memory_budget_gb: float | None = None) -> KoopmanData:
         """K bursts of ``lag_steps`` steps from every start; returns the Koopman pairs.
 
         Args:
@@ -160,9 +183,23 @@ class BurstSampler:
             reseed_block: starts per block for ``reseed="block"``.
             sanity: limits of the burst sanity checks (default :class:`BurstSanity()`;
                 ``BurstSanity(enabled=False)`` keeps only the NaN/displacement guard).
+            store_atoms: the atoms whose end points ``y`` keeps: None (default) or
+                ``"selection"``: ``system.selection`` (the solute of a water box, every atom
+                of a vacuum system); ``"all"``; an mdtraj selection; or 0-based indices. ``x``
+                always keeps every atom (restarts need the solvent).
+            memory_budget_gb: refuse (:class:`~amore_openmm.data.MemoryBudgetError`, a
+                ValueError, before anything runs) a run whose data would exceed this many GB
+                (:func:`~amore_openmm.sampling.run_state.estimate_run_bytes`); default
+                ``$AMORE_MEMORY_BUDGET_GB`` or 4.
+
+        Periodic systems: starts are made whole along the bonds of the selection's molecules
+        (:func:`~amore_openmm.systems.make_whole`; whole-box-vector shifts, the same physics)
+        before bursting, positions are read without wrapping into the box, and the stored
+        ends are made whole again, so a solute that crosses a box face stays in one piece.
 
         Returns:
-            ``KoopmanData`` of the complete starts, in input order. ``extra`` holds
+            ``KoopmanData`` of the complete starts, in input order (``atoms``: the stored
+            atoms). ``extra`` holds
             ``start_index`` (the stream index of each kept start), ``dropped`` (one dict per
             dropped start: ``start_index``, ``k`` (the failing burst, -1 for a refused
             start), ``reason`` (a code of :mod:`~amore_openmm.sampling.sanity`) and
@@ -175,7 +212,8 @@ class BurstSampler:
             ``self.partial``) and they were committed to ``checkpoint``.
         """
         st = self._setup(starts, n_koopman, lag_steps, seed, start_indices, generation, origin,
-                         max_retries, max_displacement, reseed, reseed_block, sanity)
+                         max_retries, max_displacement, reseed, reseed_block, sanity,
+                         store_atoms, memory_budget_gb)
         ck_path = ckpt.as_path(checkpoint)
         if ck_path is not None and resume and ck_path.exists():
             ckpt.resume(ck_path, st)
@@ -204,7 +242,8 @@ class BurstSampler:
     def _setup(self, starts: Any, n_koopman: int, lag_steps: int | None, seed: int,
                start_indices: Any, generation: Any, origin: Any, max_retries: int,
                max_displacement: float, reseed: str, reseed_block: int,
-               sanity: BurstSanity | None) -> RunState:
+               sanity: BurstSanity | None, store_atoms: Any = None,
+               memory_budget_gb: float | None = None) -> RunState:
         """Check the arguments of :meth:`run`; the run's state with nothing done yet."""
         ms = self.pool.system
         x = as_starts(starts, ms.n_atoms)
@@ -216,19 +255,9 @@ class BurstSampler:
             raise ValueError(f"lag_steps must be >= 1, got {lag_steps}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        idx = (np.arange(N, dtype=np.int64) if start_indices is None
-               else np.asarray(start_indices, dtype=np.int64).reshape(-1))
-        if idx.shape != (N,):
-            raise ValueError(f"start_indices must have one entry per start ({N}), got "
-                             f"{idx.shape[0]}")
-        if len(np.unique(idx)) != N:
-            raise ValueError("start_indices must be unique: two starts with the same index "
-                             "would share a random stream")
-        gen = _per_start(generation, N, "generation", np.int64)
-        org = _per_start(origin, N, "origin", "<U10")
-        bad_origin = sorted(set(org.tolist()) - set(ORIGINS))
-        if bad_origin:
-            raise ValueError(f"origin {bad_origin} is not known; use one of {ORIGINS}")
+        atoms = resolve_store_atoms(ms, store_atoms)
+        check_run_memory(N, K, ms.n_atoms, len(atoms), memory_budget_gb)
+        idx, gen, org = _start_metadata(N, start_indices, generation, origin)
         if reseed == "auto":
             reseed = "burst" if self.pool.platform_name == "Reference" else "block"
         if reseed not in ("burst", "block"):
@@ -241,8 +270,10 @@ class BurstSampler:
                      "max_displacement": float(max_displacement),
                      "reseed_block": int(reseed_block) if reseed == "block" else 0,
                      "sanity": sanity.as_dict()}
+        if ms.is_periodic:  # a solute split by wrapping would start with broken bonds
+            x = make_whole(x, ms)
         return RunState(ms, x, idx, gen, org, int(seed), K, lag, task_base, self.replicas,
-                        self.pool.platform_name)
+                        self.pool.platform_name, atoms)
 
     @staticmethod
     def _progress_bar(st: RunState, progress: bool) -> Any:

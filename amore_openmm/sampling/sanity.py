@@ -17,18 +17,25 @@ Thresholds (physics, stated once here):
   verdict does not depend on the other starts, the chunking or the pool size (the lowest start
   energy of a batch would: chunks see different batches).
 * ``window = (f/2 + 10·sqrt(f/2) + margin)·kT`` with ``f`` the degrees of freedom (3 per
-  massive particle minus constraints) and ``margin = 200`` by default. In the harmonic
-  approximation the potential energy of a thermal state lies ``Gamma(f/2)·kT`` above its
-  minimum (mean ``f/2·kT``, s.d. ``sqrt(f/2)·kT``), so the first two terms are ten standard
-  deviations above the mean of what a burst can pick up from the thermostat; ``margin`` is far
-  above any conformational barrier (200 kT ≈ 515 kJ/mol at 310 K; peptide backbone barriers
-  are tens of kJ/mol). For alanine dipeptide (f = 66) at 310 K the window is ≈ 290 kT ≈ 750
-  kJ/mol. Bursts that blew up (energies of 10³–10⁹ kJ/mol) are far beyond it.
+  massive particle minus one per constraint, minus 3 for a ``CMMotionRemover``) and
+  ``margin = 200`` by default. In the harmonic approximation the potential energy of a
+  thermal state lies ``Gamma(f/2)·kT`` above its minimum (mean ``f/2·kT``, s.d.
+  ``sqrt(f/2)·kT``), so the first two terms are ten standard deviations above the mean of
+  what a burst can pick up from the thermostat; ``margin`` is far above any conformational
+  barrier (200 kT ≈ 515 kJ/mol at 310 K; peptide backbone barriers are tens of kJ/mol).
+  For alanine dipeptide in vacuum (f = 63) at 310 K the window is ≈ 290 kT ≈ 740 kJ/mol;
+  in its TIP3P box (1,288 atoms, 1,278 constraints: f = 2,583) it is ≈ 1,850 kT, while
+  thermal frames lie ≈ 800–950 kT above the minimised reference (measured).
+  Bursts that blew up (energies of 10³–10⁹ kJ/mol) are far beyond it.
 * A bond (every bond of the System's ``HarmonicBondForce`` objects and every constraint) may
   not be longer than ``max(bond_limit, bond_factor·r0)`` with ``bond_limit = 0.25 nm`` and
   ``bond_factor = 1.5``: a covalent bond (0.10–0.20 nm) fluctuates by ~0.004 nm at room
-  temperature; 0.25 nm means it is broken. Systems without such forces (Müller–Brown) have no
-  bond check.
+  temperature; 0.25 nm means it is broken. Constrained bonds (HBonds, the O–H and H–H
+  distances of rigid water, r0 = 0.096/0.151 nm) are held to r0 by SHAKE/SETTLE and get the
+  same limit. Lengths are taken from the raw (unwrapped) coordinates, as OpenMM's bonded forces
+  and constraints see them: a molecule split by per-atom wrapping counts as broken (the
+  sampler makes the selection's molecules whole before bursting). Systems without such forces
+  (Müller–Brown) have no bond check.
 """
 from __future__ import annotations
 
@@ -100,9 +107,12 @@ def system_bonds(system: openmm.System) -> tuple[np.ndarray, np.ndarray]:
 
 
 def degrees_of_freedom(system: openmm.System) -> int:
+    """3 per massive particle, minus one per constraint (HBond constraints, rigid water: 3 per
+    water), minus 3 when a ``CMMotionRemover`` holds the centre of mass still."""
     massive = sum(1 for i in range(system.getNumParticles())
                   if system.getParticleMass(i).value_in_unit(unit.dalton) > 0)
-    return max(1, 3 * massive - system.getNumConstraints())
+    cm = 3 if any(isinstance(f, openmm.CMMotionRemover) for f in system.getForces()) else 0
+    return max(1, 3 * massive - system.getNumConstraints() - cm)
 
 
 class SanityChecker:

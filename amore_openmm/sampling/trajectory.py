@@ -7,9 +7,10 @@ from typing import Any
 import numpy as np
 import openmm
 
-from amore_openmm.systems import MolecularSystem
+from amore_openmm.systems import MolecularSystem, make_whole
 
-from .engine import DEFAULT_MAX_DISPLACEMENT, as_starts, default_platform_properties, positions
+from .engine import (DEFAULT_MAX_DISPLACEMENT, as_starts, box_vectors,
+                     default_platform_properties, read_positions)
 from .pool import choose_platform
 from .seeds import REF_LOCK, TRAJ_TAG, stream_seeds
 
@@ -36,6 +37,11 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
     platform. Returns a float64 array (n_frames, n_atoms, 3) in nm. Raises ``RuntimeError``
     naming the frame if the dynamics blows up. CPU Contexts get the platform's default thread
     count unless ``properties`` says otherwise; GPUs default to mixed precision.
+
+    Periodic systems: ``x0`` is made whole along the bonds of the selection's molecules,
+    positions are read without wrapping into the box, and each frame's selection molecules
+    are made whole (:func:`~amore_openmm.systems.make_whole`, with that frame's box), so a
+    solute that crosses a box face is never split.
     """
     if n_frames < 1 or stride_steps < 1:
         raise ValueError(f"n_frames and stride_steps must be >= 1, got {n_frames}, "
@@ -52,6 +58,9 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
                          props)
     x = np.asarray(system.positions[0] if x0 is None else as_starts(x0, system.n_atoms)[0],
                    dtype=np.float64)
+    periodic = system.is_periodic
+    if periodic:
+        x = make_whole(x, system)
     ctx.setPositions(x)
     if system.integrator != "brownian":
         ctx.setVelocitiesToTemperature(system.temperature, s_vel)
@@ -70,12 +79,13 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
             except openmm.OpenMMException as exc:
                 raise RuntimeError(f"trajectory of {system.name} blew up before frame {i}: "
                                    f"{exc}; minimise x0 or reduce the timestep") from exc
-            pos = positions(ctx, (system.n_atoms, 3))
+            state = ctx.getState(getPositions=True, enforcePeriodicBox=False)
+            pos = read_positions(state, (system.n_atoms, 3))
             if not np.all(np.isfinite(pos)) or np.max(np.abs(pos - prev)) > max_displacement:
                 raise RuntimeError(f"trajectory of {system.name} blew up at frame {i} "
                                    "(non-finite or exploding coordinates); minimise x0 or "
                                    "reduce the timestep")
-            frames[i] = pos
+            frames[i] = make_whole(pos, system, box_vectors(state)) if periodic else pos
             prev = pos
             if bar is not None:
                 bar.update(1)
