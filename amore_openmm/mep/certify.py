@@ -24,10 +24,14 @@ Why these numbers (all in :data:`CERTIFICATE`, the one place they are stated):
   kT = 12.5 kJ/mol and curvatures ~10³, the thermal force is ~100: still ≤ 10 %.)
 * ``chi_error = 1e-3``: a tenth of the default step Δχ = 0.01, so consecutive nodes lie on
   distinct, ordered level sets.
-* ``energy_window_kT = 150``: a barrier of 150 kT has a Boltzmann factor e⁻¹⁵⁰ ≈ 10⁻⁶⁵ — no
-  process sampled at temperature T crosses it, so a node that high is an artefact (a κ at its
-  cap pulling atoms through each other, a torn structure), not a mechanism. At 310 K that is
-  387 kJ/mol; real peptide barriers are tens of kJ/mol.
+* ``energy_window_kT = 60``: χ is learned from MD bursts, so the process it describes is one
+  the dynamics cross on simulation time scales. By Eyring, a barrier ΔE gives a rate
+  (kT/h)·e^(−ΔE/kT) ≈ 6·10¹² s⁻¹·e^(−ΔE/kT): anything the data can show (rates ≥ 1/ms) has
+  ΔE ≲ 23 kT, and 60 kT (rate ~10⁻¹⁴ s⁻¹) leaves more than a factor 2 for the difference
+  between a potential-energy path and a free-energy barrier. A node higher than that is an
+  artefact (a κ at its cap pulling atoms through each other, a torn structure), not a
+  mechanism. At 310 K the window is 155 kJ/mol; alanine dipeptide's χ-MEP barriers are
+  tens of kJ/mol, Müller–Brown's is 8.5 kT.
 
 With constraints (``HBonds``, rigid water) the force along a constrained bond is balanced by
 the constraint, not by the potential, so those directions are projected out (the exact
@@ -59,7 +63,7 @@ class Certificate:
 
     chi_error: float = 1e-3
     orth_force: float = 10.0
-    energy_window_kT: float = 150.0
+    energy_window_kT: float = 60.0
     require_converged: bool = True
 
     def __post_init__(self) -> None:
