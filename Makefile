@@ -10,7 +10,7 @@ STAMP   = $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 OUT    ?= results/alanine_dipeptide
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: run test test-all bench venv systems clean
+.PHONY: run test test-all science bench venv systems clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,12 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q --timeout=3600
+
+# the VGVAPG reproduction (paper Fig. 3): ≤ ~60 min on 2 CPU cores; paper_comparison.md beside
+# the report says where we agree with the paper and where not
+science: $(STAMP)
+	$(PY) -m amore_openmm.cli run vgvapg --out results/vgvapg_science --preset science --resume-if-exists
+	@echo "Results: results/vgvapg_science/report.md and paper_comparison.md"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

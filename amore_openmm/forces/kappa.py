@@ -9,9 +9,12 @@ so the restraint adds a vibration of period T = 2π/ω. Two bounds follow:
 
 * stability/accuracy of the integrator: T ≥ ``steps_per_period`` · Δt, i.e.
   κ ≤ κ_max = (2π / (steps_per_period·Δt))² / max_x Σ_i ‖∇_iχ(x)‖²/m_i, the maximum taken
-  over the given positions (the structures the MD will visit);
+  over the given positions (the structures the MD will visit). Verlet-type integrators are
+  stable for ω·Δt < 2 (T > π·Δt); the default 5 steps per period (ω·Δt = 1.26) keeps a margin
+  of 1.6 at the stiffest of the given structures;
 * holding the level set: in the stiff limit χ fluctuates thermally with standard deviation
-  sqrt(kT/κ), so sqrt(kT/κ) ≤ ``chi_tolerance`` needs κ ≥ κ_min = kT/chi_tolerance².
+  sqrt(kT/κ), so sqrt(kT/κ) ≤ ``chi_tolerance`` needs κ ≥ κ_min = kT/chi_tolerance² (default
+  0.02: a fiftieth of χ's range).
 
 :func:`md_kappa` returns the geometric mean of the window [κ_min, κ_max] (the same safety
 factor on both sides). When κ_min > κ_max no κ does both at this timestep: it raises
@@ -24,7 +27,10 @@ Measured (bundled alanine dipeptide, 310 K, Langevin 2 fs, Reference): with a χ
 std 0.003 (sqrt(kT/κ) = 0.0044), while 10·κ_max (3 steps per period, the Verlet limit) ran
 the potential energy up to ~1e9 kJ/mol within 1000 steps (tests/test_forces.py). Issue 10
 reports the README's κ = 1e5 not holding χ with a trained χ while κ = 3e4 held it to 0.009,
-which is sqrt(kT/3e4): that χ's κ_max lay below 1e5.
+which is sqrt(kT/3e4): that χ's κ_max lay below 1e5. For the README example's trained χ
+(2,000 frames) the window at ±0.01 and 10 steps per period is empty ([2.6e4, 5.8e3]: its
+stiffest frame has Σ‖∇ᵢχ‖²/mᵢ four times the typical one); at the defaults ±0.02 and 5 steps
+it is [6.4e3, 2.3e4].
 """
 from __future__ import annotations
 
@@ -99,8 +105,8 @@ def _positions(positions: Any) -> np.ndarray:
 
 
 def kappa_window(model: ModelLike, positions: Any, temperature: Any, timestep: Any,
-                 masses: Any = None, chi_tolerance: float = 0.01,
-                 steps_per_period: float = 10.0) -> KappaWindow:
+                 masses: Any = None, chi_tolerance: float = 0.02,
+                 steps_per_period: float = 5.0) -> KappaWindow:
     """The κ window for restrained MD (see the module docstring for the physics).
 
     Args:
@@ -111,7 +117,8 @@ def kappa_window(model: ModelLike, positions: Any, temperature: Any, timestep: A
         masses: per-atom masses (amu), an ``openmm.System`` or a MolecularSystem; None uses
             the hydrogen mass for every atom (a conservative bound).
         chi_tolerance: wanted thermal standard deviation of χ about z.
-        steps_per_period: timesteps per period of the restraint's vibration (≥ ~10).
+        steps_per_period: timesteps per period of the restraint's vibration (Verlet-type
+            integrators are unstable below π; default 5).
     """
     temp = as_float(temperature, unit.kelvin, "temperature")
     dt = as_float(timestep, unit.picosecond, "timestep")
@@ -141,7 +148,7 @@ def kappa_window(model: ModelLike, positions: Any, temperature: Any, timestep: A
 
 
 def md_kappa(model: ModelLike, positions: Any, temperature: Any, timestep: Any,
-             masses: Any = None, chi_tolerance: float = 0.01, steps_per_period: float = 10.0,
+             masses: Any = None, chi_tolerance: float = 0.02, steps_per_period: float = 5.0,
              on_empty: str = "raise") -> float:
     """κ (kJ/mol) for ``ChiRestraintForce`` in MD: the geometric mean of the window
     [kT/chi_tolerance², (2π/(steps_per_period·Δt))²/max Σ_i‖∇_iχ‖²/m_i] of
