@@ -110,3 +110,198 @@ class PythonChiRestraint(_ChiRestraintBase, openmm.PythonForce):
         x = context.getState(getPositions=True).getPositions(asNumpy=True)
         return evaluate_chi(self.computation.module, x.value_in_unit(unit.nanometer),
                             gradient=False)[0]
+
+
+class BatchedChiRestraint:
+    """PythonForce callback for P non-interacting packed copies of one molecule (see
+    :func:`~amore_openmm.sampling.pack_replicas`): one batched χ evaluation per call.
+
+    The packed positions (P·n, 3) are reshaped to (P, n, 3), the per-copy ``shifts`` (the
+    packing offsets) are subtracted, and the :class:`~amore_openmm.chi.ChiModel` evaluates χ
+    and ∇χ of all copies in one forward/backward pass (float64). Energy
+    ``Σ_p 0.5·κ_p·(χ_p − z_p)²`` with per-copy levels :attr:`z` and stiffnesses :attr:`kappa`
+    (plain arrays held here, set from Python between calls: OpenMM global parameters are
+    scalars).
+
+    Held copies. A copy with ``held[p]`` set carries no χ restraint but the "hold"
+    ``f_p·(x_p − a_p) + 0.5·k_hold·‖x_p − a_p‖²`` with anchor ``a_p`` = :attr:`hold_x` and
+    ``f_p`` = :attr:`hold_f`. When ``hold_f`` is the copy's physical force at the anchor, the
+    total force on the copy there is zero, so a minimiser (L-BFGS: its steps are built from
+    gradients) leaves it where it is while the other copies move; ``k_hold`` makes the anchor
+    a minimum should it move anyway. That parks a copy without rebuilding the Context.
+
+    χ of a pairwise-distance featurizer followed by a LayerNorm/Linear/Sigmoid network (the
+    default ChiModel) is evaluated with hand-written float64 numpy forward and backward passes
+    (a few times faster than torch autograd at this size; equal to round-off); any other model
+    goes through TorchScript autograd.
+
+    :attr:`count` counts calls (energy/force evaluations). The callable pickles with the
+    model (torch modules pickle), so a System holding it serialises.
+    """
+
+    def __init__(self, model: Any, copies: int, n_atoms: int,
+                 shifts: np.ndarray | None = None, hold_k: float = 1e4) -> None:
+        import copy as _copy
+        self.model = _copy.deepcopy(model).cpu().double()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.copies, self.n_atoms = int(copies), int(n_atoms)
+        shape = (self.copies, self.n_atoms, 3)
+        self.shifts = np.zeros((self.copies, 3)) if shifts is None else \
+            np.asarray(shifts, dtype=np.float64).reshape(self.copies, 3)
+        self.z = np.full(self.copies, 0.5)
+        self.kappa = np.zeros(self.copies)
+        self.held = np.zeros(self.copies, dtype=bool)
+        self.hold_x = np.zeros(shape)
+        self.hold_f = np.zeros(shape)
+        self.hold_k = float(hold_k)
+        self.count = 0
+        self._scripted: Any = None
+        self._fast = _NumpyChi.from_model(self.model)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_scripted"] = state["_fast"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._fast = _NumpyChi.from_model(self.model)
+
+    @property
+    def numpy_path(self) -> bool:
+        """True when χ is evaluated by the hand-written numpy passes (else torch autograd)."""
+        return self._fast is not None
+
+    def _module(self) -> Any:
+        if self._scripted is None:
+            with _LOCK:
+                self._scripted = torch.jit.script(_BatchedChi(self.model))
+        return self._scripted
+
+    def chi_and_grad(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """χ (B,) and ∇χ (B, n, 3) nm⁻¹ of (B, n, 3) unshifted positions, one pass."""
+        if self._fast is not None:
+            return self._fast(np.asarray(x, dtype=np.float64))
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).requires_grad_(True)
+        with torch.enable_grad():
+            c = self._module()(xt)
+            (g,) = torch.autograd.grad(c.sum(), xt, allow_unused=True)
+        grad = np.zeros(x.shape) if g is None else g.numpy()
+        return c.detach().numpy().astype(np.float64), grad
+
+    def __call__(self, state: openmm.State) -> tuple[float, np.ndarray]:
+        self.count += 1
+        x = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        x = np.asarray(x).reshape(self.copies, self.n_atoms, 3)
+        forces = np.zeros_like(x)
+        energy = 0.0
+        free = np.flatnonzero(~self.held)
+        if free.size:
+            chi, grad = self.chi_and_grad(x[free] - self.shifts[free, None, :])
+            dz = chi - self.z[free]
+            k = self.kappa[free]
+            energy += float(0.5 * (k * dz * dz).sum())
+            forces[free] = -(k * dz)[:, None, None] * grad
+        held = np.flatnonzero(self.held)
+        if held.size:
+            d = x[held] - self.hold_x[held]
+            f = self.hold_f[held]
+            energy += float((f * d).sum() + 0.5 * self.hold_k * (d * d).sum())
+            forces[held] = -f - self.hold_k * d
+        return energy, forces.reshape(-1, 3)
+
+    def force(self, force_group: int | None = None) -> openmm.PythonForce:
+        """A new ``openmm.PythonForce`` calling this object (no periodic boundary
+        conditions)."""
+        f = openmm.PythonForce(self, {})
+        f.setUsesPeriodicBoundaryConditions(False)
+        f.setName("AmoreBatchedChiRestraint")
+        if force_group is not None:
+            f.setForceGroup(int(force_group))
+        return f
+
+
+class _BatchedChi(torch.nn.Module):
+    """(B, n, 3) positions → χ (B,), float64: the ChiModel's featurizer and network."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.featurizer = model.featurizer
+        self.network = model.network
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.network(self.featurizer(positions)).reshape(-1)
+
+
+class _NumpyChi:
+    """χ and ∇χ of a ChiModel with a ``PairwiseDistances`` featurizer and an
+    ``nn.Sequential`` of LayerNorm / Linear / Sigmoid layers, in float64 numpy."""
+
+    def __init__(self, pairs: np.ndarray, n_atoms: int, layers: list[tuple]) -> None:
+        f = len(pairs)
+        self.diff = np.zeros((f, n_atoms))          # row k: x_j − x_i of pair k
+        self.diff[np.arange(f), pairs[:, 1]] += 1.0
+        self.diff[np.arange(f), pairs[:, 0]] -= 1.0
+        self.diff_t = np.ascontiguousarray(self.diff.T)
+        self.n_atoms = int(n_atoms)
+        self.layers = layers
+
+    @classmethod
+    def from_model(cls, model: Any) -> "_NumpyChi | None":
+        from ..chi import PairwiseDistances
+        feat, net = getattr(model, "featurizer", None), getattr(model, "network", None)
+        if type(feat) is not PairwiseDistances or not isinstance(net, torch.nn.Sequential):
+            return None
+
+        def arr(t: Any) -> np.ndarray:
+            return t.detach().cpu().double().numpy().copy()
+
+        layers: list[tuple] = []
+        for layer in net:
+            if type(layer) is torch.nn.LayerNorm and layer.weight is not None and \
+                    len(layer.normalized_shape) == 1:
+                layers.append(("norm", arr(layer.weight), arr(layer.bias), float(layer.eps)))
+            elif type(layer) is torch.nn.Linear and layer.bias is not None:
+                layers.append(("linear", arr(layer.weight), arr(layer.bias)))
+            elif type(layer) is torch.nn.Sigmoid:
+                layers.append(("sigmoid",))
+            else:
+                return None
+        return cls(feat.pairs, feat.n_atoms, layers)
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        b = len(x)
+        xs = x[:, :self.n_atoms].transpose(1, 0, 2).reshape(self.n_atoms, -1)
+        d = (self.diff @ xs).reshape(-1, b, 3)                   # (F, B, 3)
+        r = np.sqrt((d * d).sum(-1))                              # (F, B)
+        h, cache = r.T, []
+        for layer in self.layers:
+            if layer[0] == "norm":
+                xc = h - h.mean(-1, keepdims=True)
+                inv = 1.0 / np.sqrt((xc * xc).mean(-1, keepdims=True) + layer[3])
+                cache.append((xc * inv, inv))
+                h = cache[-1][0] * layer[1] + layer[2]
+            elif layer[0] == "linear":
+                cache.append(None)
+                h = h @ layer[1].T + layer[2]
+            else:
+                h = 1.0 / (1.0 + np.exp(-h))
+                cache.append(h)
+        chi = h.reshape(b).copy()
+        g = np.ones_like(h)
+        for layer, c in zip(reversed(self.layers), reversed(cache)):
+            if layer[0] == "linear":
+                g = g @ layer[1]
+            elif layer[0] == "sigmoid":
+                g = g * c * (1.0 - c)
+            else:
+                xh, inv = c
+                gx = g * layer[1]
+                g = inv * (gx - gx.mean(-1, keepdims=True)
+                           - xh * (gx * xh).mean(-1, keepdims=True))
+        gd = (g.T / r)[..., None] * d                             # (F, B, 3)
+        grad = np.zeros(x.shape)
+        grad[:, :self.n_atoms] = (self.diff_t @ gd.reshape(len(d), -1)).reshape(
+            self.n_atoms, b, 3).transpose(1, 0, 2)
+        return chi, grad

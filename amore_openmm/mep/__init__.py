@@ -25,10 +25,15 @@ Constraints. ``LocalEnergyMinimizer`` enforces the System's constraints itself; 
 Euler step the positions are projected back with ``Context.applyConstraints``; the
 certificate projects constrained directions out of the forces.
 
+Many paths at once: :func:`trace_chi_meps_batched` traces P paths in one Context holding P
+packed copies, with one batched χ evaluation per force call (:mod:`.batched`).
+
 Modules: :mod:`.trace` (trace_chi_mep, trace_chi_meps, transition_states),
+:mod:`.batched` (trace_chi_meps_batched),
 :mod:`.tracer` (LevelSetTracer), :mod:`.certify`, :mod:`.path` (ChiPath), :mod:`.pathio`
 (PDB/DCD), :mod:`.geometry`.
 """
+from .batched import trace_chi_meps_batched
 from .certify import CERTIFICATE, Certificate, orthogonal_force_rms
 from .geometry import as_structure, superposed_rmsd
 from .path import NODE_FIELDS, STOP_REASONS, ChiPath
@@ -36,7 +41,8 @@ from .pathio import path_bfactors, write_path_dcd, write_path_pdb
 from .trace import trace_chi_mep, trace_chi_meps, transition_states
 from .tracer import LevelSetNode, LevelSetTracer, RelaxSettings, as_chi_model
 
-__all__ = ["ChiPath", "trace_chi_mep", "trace_chi_meps", "transition_states",
+__all__ = ["ChiPath", "trace_chi_mep", "trace_chi_meps", "trace_chi_meps_batched",
+           "transition_states",
            "write_path_pdb", "write_path_dcd", "path_bfactors", "STOP_REASONS", "NODE_FIELDS",
            "LevelSetTracer", "LevelSetNode", "RelaxSettings", "CERTIFICATE", "Certificate",
            "orthogonal_force_rms", "as_chi_model", "as_structure", "superposed_rmsd"]

@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""χ-MEPs one at a time vs all in one packed Context (``trace_chi_meps_batched``).
+
+Prints JSON lines, in one run:
+  * ``mep_one``: one path alone (``trace_chi_mep`` on its own LevelSetTracer);
+  * ``mep_pool``: the S transition-state paths traced one at a time on the pool's threads
+    (``trace_chi_meps``, ``--threads`` threads);
+  * ``mep_batched``: the same S paths in one Context of S packed copies
+    (``trace_chi_meps_batched``), one batched χ evaluation per force call;
+  * ``mep_batched_summary``: times relative to one path alone (the issue's goal: batched
+    ≤ 3× one path on 2 cores), and how far the batched paths are from the pool's (node
+    counts; energies at matching χ over nodes certified in both).
+
+Each line carries seconds, nodes, certified nodes, seconds per certified node, force
+evaluations and the machine's load average (``os.getloadavg``) before and after: the timings
+are wall-clock times on a possibly shared machine.
+
+χ: ``--model file.pt`` (a saved ChiModel) or, by default, a quick χ trained here (as in
+``mep_cost.py``). ``--quick``: a smoke run (4 paths of 12 nodes, a small χ).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def summary(name: str, paths: list, seconds: float, before: list[float], **extra) -> dict:
+    nodes = int(sum(len(p) for p in paths))
+    cert = int(sum(p.n_certified for p in paths))
+    evals = int(sum(int(np.asarray(p.iterations).clip(0).sum()) for p in paths))
+    return dict({"benchmark": name, "paths": len(paths), "seconds": round(seconds, 2),
+                 "nodes": nodes, "certified": cert,
+                 "seconds_per_certified_node": round(seconds / cert, 5) if cert else None,
+                 "force_evaluations_per_node": round(evals / nodes, 1) if nodes else None,
+                 "loadavg_before": before, "loadavg_after": load()}, **extra)
+
+
+def agreement(reference: list, batched: list) -> dict:
+    """Node-count differences and max |ΔE| (kJ/mol) at matching χ, per path."""
+    dn, de = [], []
+    for a, b in zip(reference, batched):
+        dn.append(abs(len(a) - len(b)))
+        ca, cb = a.certified, b.certified
+        if ca.sum() < 2 or cb.sum() < 1:
+            continue
+        xa, ea = a.chi[ca], a.energy[ca]
+        inside = cb & (b.chi >= xa.min()) & (b.chi <= xa.max())
+        if inside.any():
+            de.append(float(np.abs(np.interp(b.chi[inside], xa, ea) - b.energy[inside]).max()))
+    de_arr = np.array(de) if de else np.array([np.nan])
+    return {"node_count_diff_max": int(max(dn)), "paths_node_count_within_1":
+            int(sum(d <= 1 for d in dn)), "dE_at_matching_chi_median_kJ_mol":
+            round(float(np.median(de_arr)), 3), "dE_at_matching_chi_max_kJ_mol":
+            round(float(np.max(de_arr)), 3), "paths_dE_below_2kJ_mol":
+            int(sum(d <= 2.0 for d in de))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run")
+    ap.add_argument("--model", help="saved ChiModel (ChiModel.load)")
+    ap.add_argument("--paths", type=int, default=34)
+    ap.add_argument("--max-nodes", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="pool threads (trace_chi_meps) and CPU-platform threads (batched)")
+    ap.add_argument("--platform", default="Reference", help="platform of the one-at-a-time "
+                    "tracers")
+    ap.add_argument("--batched-platform", default="CPU",
+                    help="platform of the packed Context (CPU: compiled custom forces)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    from amore_openmm.mep import (LevelSetTracer, trace_chi_mep, trace_chi_meps,
+                                  trace_chi_meps_batched, transition_states)
+    from amore_openmm.sampling import sample_trajectory
+    from amore_openmm.systems import load_system
+    from mep_cost import quick_chi
+
+    ms = load_system("alanine_dipeptide")
+    frames, iters = (1000, 150) if args.quick else (20000, 1000)
+    t0 = time.perf_counter()
+    if args.model:
+        from amore_openmm.chi import ChiModel
+        model = ChiModel.load(args.model)
+        pool_x = sample_trajectory(ms, frames, ms.lag_steps, seed=0, progress=False)
+    else:
+        model, pool_x = quick_chi(ms, frames, iters)
+    t_train = time.perf_counter() - t0
+    n_paths = 4 if args.quick else args.paths
+    max_nodes = 12 if args.quick else args.max_nodes
+    starts = transition_states(model, pool_x, ms, window=(0.45, 0.55), n=n_paths)
+    kw = dict(step=0.01, tolerance=1.0, max_iterations=250, max_node_rmsd=0.05,
+              max_nodes=max_nodes)
+    common = {"system": ms.name, "max_nodes": max_nodes, "train_seconds": round(t_train, 1),
+              "cpu_count": os.cpu_count()}
+
+    before = load()
+    tracer = LevelSetTracer(ms, model, args.platform)
+    t0 = time.perf_counter()
+    one = trace_chi_mep(ms, model, starts[0], tracer=tracer, **kw)
+    t_one = time.perf_counter() - t0
+    print(json.dumps(summary("mep_one", [one], t_one, before, platform=args.platform,
+                             **common)), flush=True)
+
+    before = load()
+    t0 = time.perf_counter()
+    pool = trace_chi_meps(ms, model, starts, pool_size=args.threads, platform=args.platform,
+                          **kw)
+    t_pool = time.perf_counter() - t0
+    print(json.dumps(summary("mep_pool", pool, t_pool, before, threads=args.threads,
+                             platform=args.platform, **common)), flush=True)
+
+    props = {"Threads": str(args.threads)} if args.batched_platform == "CPU" else None
+    before = load()
+    t0 = time.perf_counter()
+    batched = trace_chi_meps_batched(ms, model, starts, platform=args.batched_platform,
+                                     properties=props, **kw)
+    t_bat = time.perf_counter() - t0
+    print(json.dumps(summary("mep_batched", batched, t_bat, before,
+                             platform=args.batched_platform, properties=props, **common)),
+          flush=True)
+
+    print(json.dumps(dict({"benchmark": "mep_batched_summary", "paths": len(starts),
+                           "pool_over_one": round(t_pool / t_one, 2),
+                           "batched_over_one": round(t_bat / t_one, 2),
+                           "goal_batched_over_one": 3.0,
+                           "pool_over_batched": round(t_pool / t_bat, 2)},
+                          **agreement(pool, batched))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""χ-MEPs of P packed copies in one Context (mep.batched) against paths traced one at a time."""
+import copy
+import pickle
+
+import numpy as np
+import openmm
+import pytest
+import torch
+
+from amore_openmm.chi import ChiModel, Coordinates, PairwiseDistances, make_featurizer
+from amore_openmm.forces.pythonforce import BatchedChiRestraint
+from amore_openmm.mep import CERTIFICATE, trace_chi_mep, trace_chi_meps_batched
+from amore_openmm.sampling import pack_replicas
+from amore_openmm.systems import load_system
+
+torch.set_num_threads(1)
+KJ = openmm.unit.kilojoule_per_mole
+KJ_NM = KJ / openmm.unit.nanometer
+
+
+@pytest.fixture(scope="module")
+def ala():
+    return load_system("alanine_dipeptide")
+
+
+def _distance_chi(ms, pair=(5, 17), slope=-20.0):
+    """χ = sigmoid(slope·(d − d0)) of one atom distance, d0 its value in the first structure."""
+    x0 = ms.positions[0]
+    d0 = float(np.linalg.norm(x0[pair[0]] - x0[pair[1]]))
+    net = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.Sigmoid()).double()
+    with torch.no_grad():
+        net[0].weight.fill_(slope)
+        net[0].bias.fill_(-slope * d0)
+    return ChiModel(PairwiseDistances(ms.n_atoms, pairs=[pair]), network=net)
+
+
+def _starts(ms, count, sigma=0.01, seed=0):
+    rng = np.random.default_rng(seed)
+    return ms.positions[0][None] + sigma * rng.standard_normal((count, ms.n_atoms, 3))
+
+
+def _context(system, platform="Reference"):
+    return openmm.Context(system, openmm.VerletIntegrator(0.001),
+                          openmm.Platform.getPlatformByName(platform))
+
+
+def _energy_forces(ctx, groups=-1):
+    st = ctx.getState(getEnergy=True, getForces=True, groups=groups)
+    return (st.getPotentialEnergy().value_in_unit(KJ),
+            st.getForces(asNumpy=True).value_in_unit(KJ_NM))
+
+
+def test_batched_restraint_is_the_sum_of_single_restraints(ala):
+    """Σ_p 0.5 κ_p (χ_p − z_p)² and its forces equal P single-copy PythonForce restraints;
+    the numpy fast path equals torch autograd; the force survives XML serialisation."""
+    from amore_openmm.forces import ChiRestraintForce
+    model = ChiModel(make_featurizer(ala), seed=3)
+    xs = _starts(ala, 3, sigma=0.02)
+    z, kappa = np.array([0.3, 0.5, 0.7]), np.array([1e3, 2e4, 5e5])
+    comp = BatchedChiRestraint(model, 3, ala.n_atoms)
+    assert comp.numpy_path                         # pairwise + pairnet: numpy path
+    chi_np, g_np = comp.chi_and_grad(xs)
+    chi_ref, g_ref = copy.deepcopy(model).double().chi_and_grad(xs)   # the force's float64
+    np.testing.assert_allclose(chi_np, chi_ref, atol=1e-12)
+    np.testing.assert_allclose(g_np, g_ref, atol=1e-10 * np.abs(g_ref).max())
+    comp.z[:], comp.kappa[:] = z, kappa
+    system = openmm.System()
+    for _ in range(3 * ala.n_atoms):
+        system.addParticle(1.0)
+    system.addForce(comp.force())
+    ctx = _context(system)
+    ctx.setPositions(xs.reshape(-1, 3))
+    e, f = _energy_forces(ctx)
+    e_single, f_single = 0.0, []
+    for p in range(3):
+        one = openmm.System()
+        for _ in range(ala.n_atoms):
+            one.addParticle(1.0)
+        one.addForce(ChiRestraintForce(model, z[p], kappa[p], backend="pythonforce"))
+        c1 = _context(one)
+        c1.setPositions(xs[p])
+        ep, fp = _energy_forces(c1)
+        e_single += ep
+        f_single.append(fp)
+    assert e == pytest.approx(e_single, rel=1e-9)
+    np.testing.assert_allclose(f, np.concatenate(f_single), atol=1e-7 * np.abs(f).max())
+    assert comp.count >= 1
+    # pickled (as OpenMM does when serialising the System): same energy
+    again = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))
+    c2 = _context(again)
+    c2.setPositions(xs.reshape(-1, 3))
+    assert _energy_forces(c2)[0] == pytest.approx(e, rel=1e-12)
+    assert pickle.loads(pickle.dumps(comp)).numpy_path
+
+
+def test_generic_model_path_and_shifts():
+    """A model the numpy path does not cover (coordinates featurizer) runs through torch;
+    per-copy shifts are subtracted before χ (χ of absolute coordinates sees the unshifted
+    copy)."""
+    model = ChiModel(Coordinates(1, dims=(0, 1)), seed=1).double()
+    shifts = np.array([[0.0, 0.0, 0.0], [10.0, -5.0, 2.0]])
+    comp = BatchedChiRestraint(model, 2, 1, shifts=shifts)
+    assert not comp.numpy_path
+    x = np.array([[[0.1, 0.2, 0.0]], [[-0.3, 0.5, 0.1]]])
+    chi, grad = comp.chi_and_grad(x)
+    chi_ref, grad_ref = model.chi_and_grad(x)
+    np.testing.assert_allclose(chi, chi_ref, atol=1e-12)
+    np.testing.assert_allclose(grad, grad_ref, atol=1e-12)
+    comp.z[:], comp.kappa[:] = 0.5, 100.0
+    system = openmm.System()
+    system.addParticle(1.0)
+    system.addParticle(1.0)
+    system.addForce(comp.force())
+    ctx = _context(system)
+    ctx.setPositions((x + shifts[:, None, :]).reshape(-1, 3))
+    e, _ = _energy_forces(ctx)
+    assert e == pytest.approx(float((0.5 * 100.0 * (chi_ref - 0.5) ** 2).sum()), rel=1e-10)
+
+
+def test_held_copy_stays_put_while_others_minimise(ala):
+    """A held copy does not move during LocalEnergyMinimizer.minimize; the free copies reach
+    the same restrained minima as when minimised alone."""
+    model = _distance_chi(ala)
+    xs = _starts(ala, 3, sigma=0.01, seed=4)
+    packed = pack_replicas(ala, 3)
+    comp = BatchedChiRestraint(model, 3, ala.n_atoms)
+    comp.z[:], comp.kappa[:] = 0.45, 1e5
+    packed.system.addForce(comp.force(31))
+    ctx = _context(packed.system)
+    ctx.setPositions(xs.reshape(-1, 3))
+    _, f_phys = _energy_forces(ctx, groups=(1 << 31) - 1)
+    comp.held[1] = True
+    comp.hold_x[1] = xs[1]
+    comp.hold_f[1] = f_phys.reshape(3, ala.n_atoms, 3)[1]
+    openmm.LocalEnergyMinimizer.minimize(ctx, 0.1, 2000)
+    after = ctx.getState(getPositions=True).getPositions(asNumpy=True)._value.reshape(3, -1, 3)
+    assert np.abs(after[1] - xs[1]).max() < 1e-9
+    for p in (0, 2):
+        assert np.abs(after[p] - xs[p]).max() > 1e-3     # the free copies did move
+        alone = BatchedChiRestraint(model, 1, ala.n_atoms)
+        alone.z[:], alone.kappa[:] = 0.45, 1e5
+        sys1 = openmm.XmlSerializer.clone(ala.system)
+        sys1.addForce(alone.force(31))
+        one = _context(sys1)
+        one.setPositions(xs[p])
+        openmm.LocalEnergyMinimizer.minimize(one, 0.1, 2000)
+        e_alone = _energy_forces(one, groups=(1 << 31) - 1)[0]
+        ref = _context(ala.system)
+        ref.setPositions(after[p])
+        assert _energy_forces(ref)[0] == pytest.approx(e_alone, abs=0.05)
+
+
+def _compare(single, batched, e_tol=2.0):
+    assert len(single) == len(batched)
+    for a, b in zip(single, batched):
+        assert abs(len(a) - len(b)) <= 1
+        assert b.n_certified >= len(b) - 1 and b.level_error[b.certified].max() <= \
+            CERTIFICATE.chi_error
+        assert np.all(b.orth_force[b.certified] <= CERTIFICATE.orth_force)
+        assert np.all(b.converged[b.certified])
+        # energies at matching levels (interpolated along the single path's χ)
+        inside = (b.chi >= a.chi.min()) & (b.chi <= a.chi.max())
+        assert inside.sum() >= len(b) - 2
+        de = np.interp(b.chi[inside], a.chi, a.energy) - b.energy[inside]
+        assert np.abs(de).max() <= e_tol, de
+        n = min(len(a), len(b))
+        if len(a) == len(b):
+            np.testing.assert_allclose(b.chi[:n], a.chi[:n], atol=5 * CERTIFICATE.chi_error)
+
+
+def test_batched_alanine_paths_equal_single_paths(ala):
+    model = _distance_chi(ala)
+    starts = _starts(ala, 3)
+    kw = dict(step=0.03, max_nodes=7, tolerance=5.0)
+    single = [trace_chi_mep(ala, model, s, **kw) for s in starts]
+    batched = trace_chi_meps_batched(ala, model, starts, **kw)
+    _compare(single, batched)
+    # fewer copies than starts: copies take the next start when their path ends
+    two = trace_chi_meps_batched(ala, model, starts, copies=2, **kw)
+    _compare(single, two)
+
+
+def test_batched_branches_end_at_different_times(ala):
+    """Paths stop at different nodes (chi_range reached at different times): finished copies
+    are parked; the others continue and match their single traces."""
+    model = _distance_chi(ala)
+    starts = _starts(ala, 3, seed=2)
+    chi0 = model.chi(starts)
+    kw = dict(step=0.04, max_nodes=9, tolerance=5.0, direction="forward",
+              chi_range=(0.0, float(np.sort(chi0)[1]) + 0.12))
+    single = [trace_chi_mep(ala, model, s, **kw) for s in starts]
+    assert len({len(p) for p in single}) > 1                    # really different lengths
+    batched = trace_chi_meps_batched(ala, model, starts, **kw)
+    _compare(single, batched)
+    assert [p.stop_reasons for p in batched] == [p.stop_reasons for p in single]
+
+
+def test_batched_muller_brown_matches_single():
+    """Müller–Brown packs too (1 particle, CustomExternalForce, copies overlap); χ of the
+    coordinates goes through the torch path of the batched force. χ = sigmoid(4 u·(r − s))
+    with u the unstable direction of the Hessian at the saddle s: its level sets cross the
+    saddle region once."""
+    from amore_openmm.systems import muller_brown_energy
+    mb = load_system("muller_brown")
+    saddle, h = np.array([-0.822, 0.624]), 1e-4
+    hess = np.array([[(muller_brown_energy(saddle + (ei + ej) * h)
+                       - muller_brown_energy(saddle + (ei - ej) * h)
+                       - muller_brown_energy(saddle + (ej - ei) * h)
+                       + muller_brown_energy(saddle - (ei + ej) * h)) / (4 * h * h)
+                      for ej in np.eye(2)] for ei in np.eye(2)])
+    _, vec = np.linalg.eigh(hess)
+    u, stable = vec[:, 0], vec[:, 1]
+    net = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Sigmoid()).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.from_numpy(4 * u[None, :]))
+        net[0].bias.fill_(float(-4 * u @ saddle))
+    model = ChiModel(Coordinates(1, dims=(0, 1)), network=net)
+    starts = np.zeros((3, 1, 3))
+    starts[:, 0, :2] = saddle + np.array([-0.1, 0.05, 0.1])[:, None] * stable \
+        + np.array([0.0, 0.02, -0.03])[:, None] * u
+    # within χ ∈ [0.4, 0.57] the level-set minimum is unique; beyond ~0.58 a second, lower
+    # minimum (towards basin B) appears on the level line, and which of the two a minimiser
+    # lands in depends on its steps (joint or single): that would be a jump, not a mismatch
+    kw = dict(step=0.02, max_nodes=7)
+    single = [trace_chi_mep(mb, model, s, **kw) for s in starts]
+    batched = trace_chi_meps_batched(mb, model, starts, **kw)
+    _compare(single, batched, e_tol=0.5)
+    for b in batched:                         # every path runs through the saddle
+        assert np.linalg.norm(b.positions[:, 0, :2] - saddle, axis=1).min() < 0.02
+
+
+def test_batched_implicit_solvent():
+    """VGVAPG in implicit solvent (packed CustomGBForce on a grid, per-copy shifts)."""
+    ms = load_system("vgvapg")
+    model = _distance_chi(ms, pair=(25, 41), slope=-10.0)
+    starts = _starts(ms, 2, sigma=0.005, seed=1)
+    kw = dict(step=0.03, max_nodes=2, tolerance=5.0, direction="forward")
+    single = [trace_chi_mep(ms, model, s, **kw) for s in starts]
+    batched = trace_chi_meps_batched(ms, model, starts, **kw)
+    _compare(single, batched)
+
+
+def test_bad_arguments(ala):
+    model = _distance_chi(ala)
+    with pytest.raises(ValueError, match="starts must be"):
+        trace_chi_meps_batched(ala, model, np.zeros((2, 5, 3)))
+    with pytest.raises(TypeError, match="MolecularSystem"):
+        trace_chi_meps_batched(ala.system, model, _starts(ala, 1))
+    with pytest.raises(ValueError, match="copies"):
+        trace_chi_meps_batched(ala, model, _starts(ala, 1), copies=0)
+    with pytest.raises(ValueError, match="step_mode"):
+        trace_chi_meps_batched(ala, model, _starts(ala, 2), step_mode="big")
