@@ -89,7 +89,8 @@ class RunConfig:
         "help": "integrator steps per burst (auto: the system's)"})
     # -- χ training -------------------------------------------------------------------------
     featurizer: str = field(default="auto", metadata={
-        "help": "auto, pairwise_all, pairwise_heavy, pairwise_polar, dihedrals, coordinates"})
+        "help": "auto, pairwise_sym, pairwise_all, pairwise_heavy, pairwise_polar, dihedrals, "
+                "coordinates (auto: pairwise_sym for bundled peptides)"})
     iterations: int = field(default=500, metadata={"help": "ISOKANN iterations, first fit"})
     iterations_per_generation: int = field(default=200, metadata={
         "help": "ISOKANN iterations per adaptive generation (continuing from the weights)"})
@@ -237,7 +238,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                     "paths_per_generation": 2, "starts_per_path": 20, "path_step": 0.025,
                     "path_max_nodes": 80, "final_paths": 4, "sensitivity_bins": 50,
                     "sensitivity_samples": 3000},
-        "quick": {"n_starts": 500, "n_koopman": 1, "iterations": 150,
+        # 300 first-fit iterations: with 150 the first fit of some seeds stalls at a flat χ
+        "quick": {"n_starts": 500, "n_koopman": 1, "iterations": 300,
                   "iterations_per_generation": 50, "generations": 1, "paths_per_generation": 1,
                   "starts_per_path": 10, "path_step": 0.05, "path_max_nodes": 40,
                   "final_paths": 2, "sensitivity_bins": 20, "sensitivity_samples": 500},

@@ -90,6 +90,15 @@ def test_help_version_and_missing_command(capsys):
         assert flag in out
 
 
+def test_featurizer_help_names_every_featurizer():
+    """The --featurizer help lists exactly the kinds make_featurizer accepts."""
+    from amore_openmm.chi import FEATURIZER_KINDS
+    from amore_openmm.config import RunConfig
+    help_text = RunConfig.__dataclass_fields__["featurizer"].metadata["help"]
+    named = {w.strip(" ,():") for w in help_text.split("(")[0].split(",")}
+    assert named == set(FEATURIZER_KINDS)
+
+
 def test_info_lists_platforms_and_versions(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
