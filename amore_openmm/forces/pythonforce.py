@@ -235,10 +235,14 @@ class _BatchedChi(torch.nn.Module):
 
 
 class _NumpyChi:
-    """χ and ∇χ of a ChiModel with a ``PairwiseDistances`` featurizer and an
-    ``nn.Sequential`` of LayerNorm / Linear / Sigmoid layers, in float64 numpy."""
+    """χ and ∇χ of a ChiModel with a ``PairwiseDistances`` or ``SymmetricPairwiseDistances``
+    featurizer and an ``nn.Sequential`` of LayerNorm / Linear / Sigmoid layers, in float64
+    numpy. For the symmetric featurizer each sorted block is argsorted per structure and the
+    feature gradients are scattered back to the pairs they came from."""
 
-    def __init__(self, pairs: np.ndarray, n_atoms: int, layers: list[tuple]) -> None:
+    def __init__(self, pairs: np.ndarray, n_atoms: int, layers: list[tuple],
+                 sorted_blocks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                 ) -> None:
         f = len(pairs)
         self.diff = np.zeros((f, n_atoms))          # row k: x_j − x_i of pair k
         self.diff[np.arange(f), pairs[:, 1]] += 1.0
@@ -246,12 +250,21 @@ class _NumpyChi:
         self.diff_t = np.ascontiguousarray(self.diff.T)
         self.n_atoms = int(n_atoms)
         self.layers = layers
+        self.sorted_blocks = sorted_blocks          # (plain, blocks, keep) pair indices
 
     @classmethod
     def from_model(cls, model: Any) -> "_NumpyChi | None":
-        from ..chi import PairwiseDistances
+        from ..chi import PairwiseDistances, SymmetricPairwiseDistances
         feat, net = getattr(model, "featurizer", None), getattr(model, "network", None)
-        if type(feat) is not PairwiseDistances or not isinstance(net, torch.nn.Sequential):
+        if not isinstance(net, torch.nn.Sequential):
+            return None
+        if type(feat) is PairwiseDistances:
+            pairs, sorted_blocks = feat.pairs, None
+        elif type(feat) is SymmetricPairwiseDistances:
+            pairs = np.stack([feat.i.cpu().numpy(), feat.j.cpu().numpy()], axis=1)
+            sorted_blocks = tuple(t.cpu().numpy().copy() for t in
+                                  (feat.plain, feat.blocks, feat.keep))
+        else:
             return None
 
         def arr(t: Any) -> np.ndarray:
@@ -268,14 +281,39 @@ class _NumpyChi:
                 layers.append(("sigmoid",))
             else:
                 return None
-        return cls(feat.pairs, feat.n_atoms, layers)
+        return cls(np.asarray(pairs), feat.n_atoms, layers, sorted_blocks)
+
+    def _features(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Features (F, B) of the pair distances r (P, B), and for sorted blocks the pair
+        index (F_sorted, B) behind each sorted feature."""
+        if self.sorted_blocks is None:
+            return r, None
+        plain, blocks, keep = self.sorted_blocks
+        b = r.shape[1]
+        rp = np.vstack([r, np.full((1, b), np.inf)])              # pad index = P
+        blk = rp[blocks]                                          # (nb, w, B)
+        order = np.argsort(blk, axis=1, kind="stable")
+        src = np.take_along_axis(np.broadcast_to(blocks[:, :, None], blk.shape), order, axis=1)
+        src = src.reshape(-1, b)[keep]                            # (F_sorted, B)
+        return np.vstack([r[plain], np.take_along_axis(rp, src, axis=0)]), src
+
+    def _pair_grad(self, g: np.ndarray, src: np.ndarray | None, n_pairs: int) -> np.ndarray:
+        """∂χ/∂r (P, B) from ∂χ/∂features g (B, F): every pair is one feature."""
+        if src is None:
+            return g.T
+        plain = self.sorted_blocks[0]
+        gr = np.zeros((n_pairs, g.shape[0]))
+        gr[plain] = g[:, :len(plain)].T
+        gr[src, np.arange(g.shape[0])[None, :]] = g[:, len(plain):].T
+        return gr
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         b = len(x)
         xs = x[:, :self.n_atoms].transpose(1, 0, 2).reshape(self.n_atoms, -1)
         d = (self.diff @ xs).reshape(-1, b, 3)                   # (F, B, 3)
-        r = np.sqrt((d * d).sum(-1))                              # (F, B)
-        h, cache = r.T, []
+        r = np.sqrt((d * d).sum(-1))                              # (P, B)
+        feats, src = self._features(r)
+        h, cache = feats.T, []
         for layer in self.layers:
             if layer[0] == "norm":
                 xc = h - h.mean(-1, keepdims=True)
@@ -300,7 +338,7 @@ class _NumpyChi:
                 gx = g * layer[1]
                 g = inv * (gx - gx.mean(-1, keepdims=True)
                            - xh * (gx * xh).mean(-1, keepdims=True))
-        gd = (g.T / r)[..., None] * d                             # (F, B, 3)
+        gd = (self._pair_grad(g, src, len(r)) / r)[..., None] * d  # (P, B, 3)
         grad = np.zeros(x.shape)
         grad[:, :self.n_atoms] = (self.diff_t @ gd.reshape(len(d), -1)).reshape(
             self.n_atoms, b, 3).transpose(1, 0, 2)
