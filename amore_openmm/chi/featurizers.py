@@ -18,7 +18,7 @@ from torch import nn
 __all__ = ["PairwiseDistances", "BackboneDihedrals", "Coordinates", "backbone_quads"]
 
 
-def _as_batch(x: torch.Tensor) -> torch.Tensor:
+def as_batch(x: torch.Tensor) -> torch.Tensor:
     """(n, 3) -> (1, n, 3); (B, n, 3) unchanged."""
     if x.dim() == 2:
         return x.unsqueeze(0)
@@ -114,7 +114,7 @@ class PairwiseDistances(nn.Module):
         return np.unique(self.pairs)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        x = _as_batch(positions)
+        x = as_batch(positions)
         d = x[:, self.j] - x[:, self.i]
         return torch.sqrt((d * d).sum(-1))
 
@@ -175,7 +175,7 @@ class BackboneDihedrals(nn.Module):
 
     def angles(self, positions: torch.Tensor) -> torch.Tensor:
         """Dihedral angles (B, D) in radians, (−π, π]."""
-        x = _as_batch(positions)
+        x = as_batch(positions)
         p0, p1 = x[:, self.quads[:, 0]], x[:, self.quads[:, 1]]
         p2, p3 = x[:, self.quads[:, 2]], x[:, self.quads[:, 3]]
         b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
@@ -232,7 +232,7 @@ class Coordinates(nn.Module):
         return np.unique(self.atoms.cpu().numpy())
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        x = _as_batch(positions)
+        x = as_batch(positions)
         return x[:, self.atoms][:, :, self.dims].reshape(x.shape[0], -1)
 
     def spec(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .featurizers import _as_batch
+from .featurizers import as_batch
 
 __all__ = ["SymmetricPairwiseDistances", "equivalent_atom_groups", "group_label"]
 
@@ -197,7 +197,7 @@ class SymmetricPairwiseDistances(nn.Module):
         return np.asarray(self.atoms_sel, dtype=np.int64)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        x = _as_batch(positions)
+        x = as_batch(positions)
         diff = x[:, self.j] - x[:, self.i]
         d = torch.sqrt((diff * diff).sum(-1))
         pad = torch.full((d.shape[0], 1), float("inf"), dtype=d.dtype, device=d.device)

@@ -25,7 +25,7 @@ KAPPA_PARAM = "amore_chi_kappa"
 CV_NAME = "amore_chi"
 
 
-def _existing_file(model: str | os.PathLike) -> Path:
+def existing_file(model: str | os.PathLike) -> Path:
     path = Path(model)
     if not path.is_file():
         raise FileNotFoundError(f"χ TorchScript file {path} does not exist; write it with "
@@ -39,7 +39,7 @@ def load_chi_module(model: ModelLike) -> torch.jit.ScriptModule:
     if isinstance(model, torch.jit.ScriptModule):
         return model
     if isinstance(model, (str, os.PathLike)):
-        return torch.jit.load(str(_existing_file(model)), map_location="cpu")
+        return torch.jit.load(str(existing_file(model)), map_location="cpu")
     if hasattr(model, "scripted"):
         return model.scripted()
     raise TypeError(f"model must be a ChiModel, a TorchScript module or a file path, got "
@@ -50,7 +50,7 @@ def chi_module_bytes(model: ModelLike) -> bytes:
     """The TorchScript χ as the bytes of a ``torch.jit.save`` file (a file's own bytes for a
     path), so a force can carry the model inside a pickle or an XML System."""
     if isinstance(model, (str, os.PathLike)):
-        return _existing_file(model).read_bytes()
+        return existing_file(model).read_bytes()
     buf = io.BytesIO()
     torch.jit.save(load_chi_module(model), buf)
     return buf.getvalue()
@@ -91,7 +91,7 @@ def kj(value: Any) -> float:
     return as_float(value, unit.kilojoule_per_mole, "kappa")
 
 
-class _ChiRestraintBase:
+class ChiRestraintBase:
     """The interface every backend's restraint 0.5·κ·(χ − z)² offers (see ChiRestraintForce)."""
 
     Z_PARAM = Z_PARAM

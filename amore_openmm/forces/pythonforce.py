@@ -19,7 +19,7 @@ import openmm
 import torch
 from openmm import unit
 
-from .common import KAPPA_PARAM, Z_PARAM, ModelLike, _ChiRestraintBase, chi_module_bytes, \
+from .common import KAPPA_PARAM, Z_PARAM, ModelLike, ChiRestraintBase, chi_module_bytes, \
     evaluate_chi, kj
 
 NAME = "pythonforce"
@@ -90,7 +90,7 @@ def python_chi_force(model: ModelLike, force_group: int | None = None) -> openmm
     return force
 
 
-class PythonChiRestraint(_ChiRestraintBase, openmm.PythonForce):
+class PythonChiRestraint(ChiRestraintBase, openmm.PythonForce):
     """0.5·κ·(χ − z)² as one ``openmm.PythonForce`` (see ChiRestraintForce)."""
 
     backend = NAME

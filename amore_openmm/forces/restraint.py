@@ -8,7 +8,7 @@ from typing import Any
 import openmm
 
 from .backend import resolve_backend
-from .common import CV_NAME, KAPPA_PARAM, Z_PARAM, ModelLike, _ChiRestraintBase
+from .common import CV_NAME, KAPPA_PARAM, Z_PARAM, ModelLike, ChiRestraintBase
 from .pythonforce import PythonChiRestraint, python_chi_force
 from .torchforce import TorchChiRestraint, torch_chi_force
 
@@ -36,7 +36,7 @@ def chi_force(model: ModelLike, force_group: int | None = None, backend: str = "
     return factory(model, force_group)
 
 
-class ChiRestraintForce(_ChiRestraintBase, metaclass=abc.ABCMeta):
+class ChiRestraintForce(ChiRestraintBase, metaclass=abc.ABCMeta):
     """Harmonic restraint on χ: E = 0.5·κ·(χ − z)² (kJ/mol).
 
     Args:

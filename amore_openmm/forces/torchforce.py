@@ -12,8 +12,8 @@ from typing import Any
 
 import openmm
 
-from .common import (CV_NAME, KAPPA_PARAM, Z_PARAM, ModelLike, _ChiRestraintBase,
-                     _existing_file, kj, load_chi_module)
+from .common import (CV_NAME, KAPPA_PARAM, Z_PARAM, ModelLike, ChiRestraintBase,
+                     existing_file, kj, load_chi_module)
 
 NAME = "torchforce"
 _CACHE: dict[str, Any] = {}
@@ -48,7 +48,7 @@ def torch_chi_force(model: ModelLike, force_group: int | None = None) -> openmm.
     """
     openmmtorch = import_openmmtorch()
     if isinstance(model, (str, os.PathLike)):
-        force = openmmtorch.TorchForce(str(_existing_file(model)))
+        force = openmmtorch.TorchForce(str(existing_file(model)))
     else:
         force = openmmtorch.TorchForce(load_chi_module(model))
     force.setUsesPeriodicBoundaryConditions(False)
@@ -59,7 +59,7 @@ def torch_chi_force(model: ModelLike, force_group: int | None = None) -> openmm.
     return force
 
 
-class TorchChiRestraint(_ChiRestraintBase, openmm.CustomCVForce):
+class TorchChiRestraint(ChiRestraintBase, openmm.CustomCVForce):
     """0.5·κ·(χ − z)² as a ``CustomCVForce`` over the TorchForce χ (see ChiRestraintForce)."""
 
     backend = NAME

@@ -52,7 +52,7 @@ from ..systems import MolecularSystem
 from .certify import ConstraintProjector, rms
 from .path import ChiPath
 from .trace import trace_chi_mep
-from .tracer import LevelSetTracer, RelaxSettings, _free_group, as_chi_model
+from .tracer import LevelSetTracer, RelaxSettings, free_force_group, as_chi_model
 
 __all__ = ["trace_chi_meps_batched"]
 
@@ -105,7 +105,7 @@ class _PackedLevelSets:
         self.passes, self.joint_factor = int(passes), float(joint_factor)
         self.packed = pack_replicas(system, self.copies, gb_cutoff=gb_cutoff)
         omm = self.packed.system          # built fresh by pack_replicas: ours to extend
-        group = _free_group(omm)
+        group = free_force_group(omm)
         if group is None:
             raise ValueError("all 32 force groups of the System are in use; free one so the "
                              "batched χ restraint can be evaluated separately")

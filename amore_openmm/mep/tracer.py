@@ -119,7 +119,7 @@ class _EvaluationCounter:
         return f
 
 
-def _free_group(system: openmm.System) -> int | None:
+def free_force_group(system: openmm.System) -> int | None:
     used = {system.getForce(i).getForceGroup() for i in range(system.getNumForces())}
     free = [g for g in range(31, -1, -1) if g not in used]
     return free[0] if free else None
@@ -155,7 +155,7 @@ class LevelSetTracer:
         self.n_atoms = system.n_atoms
         self.kT = float(system.kT)
         omm = openmm.XmlSerializer.clone(system.system)  # never modify the user's System
-        group = _free_group(omm)
+        group = free_force_group(omm)
         if group is None:
             raise ValueError("all 32 force groups of the System are in use; free one so the "
                              "χ restraint can be evaluated separately")

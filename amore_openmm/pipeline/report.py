@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .runio import load_chipaths
-from .state import _stage_seed
+from .state import stage_seed
 
 __all__ = ["build_report", "report_markdown", "default_figures"]
 
@@ -185,7 +185,7 @@ def default_figures(run: Any) -> list[Path]:
     data = run.load_data()
     paths = load_chipaths(run.paths["paths"]) if run.paths["paths"].is_file() else []
     sens = Sensitivity.load(run.paths["levelset"]) if run.paths["levelset"].is_file() else None
-    rng = np.random.default_rng(_stage_seed(run.config.seed, "figures"))
+    rng = np.random.default_rng(stage_seed(run.config.seed, "figures"))
     x = data.x[np.sort(rng.choice(len(data), size=min(len(data), 5000), replace=False))]
     starts = np.stack([p.positions[p.start_index] for p in paths]) if paths else None
     jobs: list[tuple[str, Callable[[Path], Path]]] = []

@@ -40,8 +40,8 @@ from ..config import ConfigError, RunConfig, apply_settings, load_config_file, r
 from ..data import KoopmanData, write_json
 from . import run_stages
 from .runio import read_data, read_model
-from .state import (LOGGER_NAME, STATE_VERSION, RunDirError, RunLock, _check_writable,
-                    _stage_generation, _system_identity, check_out_dir, run_layout,
+from .state import (LOGGER_NAME, STATE_VERSION, RunDirError, RunLock, check_writable,
+                    stage_generation, system_identity, check_out_dir, run_layout,
                     sweep_temp_files)
 
 __all__ = ["AmoreRun"]
@@ -155,7 +155,7 @@ class AmoreRun:
         """The same system may be named differently (bundled name vs folder): compare."""
         from ..systems import load_system
         ident = state.get("system") if state else None
-        theirs = _system_identity(load_system(str(system), **stored.system_kwargs()))
+        theirs = system_identity(load_system(str(system), **stored.system_kwargs()))
         if ident is None or (theirs["name"], theirs["n_atoms"], theirs["atoms"]) != \
                 (ident["name"], ident["n_atoms"], ident["atoms"]):
             what = f" ({ident['name']}, {ident['n_atoms']} atoms)" if ident else ""
@@ -273,14 +273,14 @@ class AmoreRun:
 
     # -- state -------------------------------------------------------------------------------
     def _init_state(self) -> None:
-        _check_writable(self.out)
+        check_writable(self.out)
         if not self._lock.held:
             self._lock.acquire()
             self._refuse_non_empty(self._holds_run())  # another process may have been first
         self.paths["checkpoint"].mkdir(parents=True, exist_ok=True)
         self._record_defaults()
         self.config.write(self.paths["config"])
-        self.state = {"version": STATE_VERSION, "system": _system_identity(self.system),
+        self.state = {"version": STATE_VERSION, "system": system_identity(self.system),
                       "config_digest": self.config.digest(), "completed": [], "n_data": 0,
                       "generations": {}, "timings": {}, "created": time.time(),
                       "platform": None}
@@ -313,7 +313,7 @@ class AmoreRun:
             self.state["completed"].append(stage)
         self.state["timings"][stage] = round(float(seconds), 3)
         self.state.update(info)
-        g = _stage_generation(stage)
+        g = stage_generation(stage)
         if g is not None:
             gen_stages = (["trajectory", "initial_bursts", "train_0"] if g == 0 else
                           [f"paths_{g}", f"bursts_{g}", f"train_{g}"])
@@ -335,7 +335,7 @@ class AmoreRun:
             self.log.info("new run of %s (%d atoms) in %s, preset %s", self.system.name,
                           self.system.n_atoms, self.out, self.config.preset)
         else:
-            _check_writable(self.out)
+            check_writable(self.out)
             for p in sweep_temp_files(self.out):
                 self.log.info("removed %s left by a killed writer", p.relative_to(self.out))
             self.config.write(self.paths["config"])

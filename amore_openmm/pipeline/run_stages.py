@@ -11,7 +11,7 @@ from ..data import KoopmanData, atomic_save_npz, atomic_write_text, write_json
 from .report import build_report, default_figures, report_markdown
 from .runio import load_chipaths, load_paths, read_data, read_npz, save_paths
 from .stages import burst_starts, train_chi, trace_paths, trajectory_frames, write_sensitivity
-from .state import _stage_seed
+from .state import stage_seed
 
 __all__ = ["dispatch", "summary_line"]
 
@@ -105,7 +105,7 @@ def initial_bursts(run: Any) -> dict[str, Any]:
     """K bursts from every trajectory frame, saved in chunks (resumable)."""
     frames = read_npz(run.paths["trajectory"])["frames"]
     partial = run.paths["checkpoint"] / "initial_bursts.partial.npz"
-    data = _sample(run, frames, _stage_seed(run.config.seed, "initial_bursts"), 0,
+    data = _sample(run, frames, stage_seed(run.config.seed, "initial_bursts"), 0,
                    "trajectory", partial)
     data.save(run.paths["data"])
     _drop_file(partial)
@@ -124,7 +124,7 @@ def train(run: Any, g: int) -> dict[str, Any]:
     model, losses = train_chi(data, run.system, iters, model=prev, featurizer=cfg.featurizer,
                               minibatch=cfg.minibatch, optimizer=cfg.optimizer, lr=cfg.lr,
                               weight_decay=cfg.weight_decay,
-                              seed=_stage_seed(cfg.seed, f"train/{g}"), progress=run.progress)
+                              seed=stage_seed(cfg.seed, f"train/{g}"), progress=run.progress)
     rates = exit_rates(model, data, data.lag_time)
     val_loss = _last(model.metadata["training"]["val_loss"])
     model.metadata.update(system=run.system.name, generation=g, n_data=len(data),
@@ -165,7 +165,7 @@ def paths(run: Any, g: int) -> dict[str, Any]:
     """χ-MEPs from transition states of χ after generation g-1."""
     model = run.load_model(g - 1)
     chipaths = _trace(run, model, run.config.paths_per_generation,
-                      _stage_seed(run.config.seed, f"ts/{g}"))
+                      stage_seed(run.config.seed, f"ts/{g}"))
     save_paths(run.paths["checkpoint"] / f"paths_g{g:03d}.npz", chipaths)
     chis = np.concatenate([p.chi for p in chipaths]) if chipaths else np.zeros(0)
     run.gen_record(g).update(
@@ -188,7 +188,7 @@ def bursts(run: Any, g: int) -> dict[str, Any]:
                               cfg.starts_per_path)
         partial = run.paths["checkpoint"] / f"bursts_g{g:03d}.partial.npz"
         if len(starts):
-            new = _sample(run, starts, _stage_seed(cfg.seed, f"bursts/{g}"), g, "mep", partial)
+            new = _sample(run, starts, stage_seed(cfg.seed, f"bursts/{g}"), g, "mep", partial)
         else:
             run.log.warning("generation %d: no certified path node, no new bursts", g)
             new = KoopmanData.empty(data.n_atoms, data.n_koopman, lag_steps=data.lag_steps,
@@ -223,7 +223,7 @@ def _ensemble(run: Any) -> tuple[np.ndarray, np.ndarray]:
                          "needs ensemble samples (trajectory frames)")
     n = run.config.sensitivity_samples
     if len(idx) > n:
-        rng = np.random.default_rng(_stage_seed(run.config.seed, "sensitivity"))
+        rng = np.random.default_rng(stage_seed(run.config.seed, "sensitivity"))
         idx = np.sort(rng.choice(idx, n, replace=False))
     return data.x[idx], w[idx]
 

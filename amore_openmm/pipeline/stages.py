@@ -14,7 +14,7 @@ import numpy as np
 from ..config import RunConfig, check_settings
 from ..data import KoopmanData
 from .runio import write_features_csv
-from .state import _stage_seed, check_out_dir
+from .state import stage_seed, check_out_dir
 
 __all__ = ["sample_data", "train_chi", "trace_paths", "write_sensitivity", "burst_starts",
            "trajectory_frames", "top_atoms", "TOP_FREQUENCY_K"]
@@ -38,7 +38,7 @@ def sample_data(system: Any, n_starts: int = _D.n_starts, n_koopman: int = _D.n_
     stride = int(stride_steps or lag)
     frames = trajectory_frames(ms, n_starts, stride, seed, platform, progress)
     with ContextPool(ms, size=workers, platform=platform) as pool:
-        data = BurstSampler(pool).run(frames, n_koopman, lag, seed=_stage_seed(seed, "bursts"),
+        data = BurstSampler(pool).run(frames, n_koopman, lag, seed=stage_seed(seed, "bursts"),
                                       generation=0, origin="trajectory", progress=progress)
     data.system_name = ms.name
     return data
@@ -55,7 +55,7 @@ def trajectory_frames(ms: Any, n_starts: int, stride: int, seed: int, platform: 
     for i, (x0, n) in enumerate(zip(ms.positions, counts)):
         if n:
             frames.append(np.asarray(sample_trajectory(
-                ms, n, stride, _stage_seed(seed, f"trajectory/{i}"), x0=x0, platform=platform,
+                ms, n, stride, stage_seed(seed, f"trajectory/{i}"), x0=x0, platform=platform,
                 progress=progress), dtype=np.float32))
     return np.concatenate(frames)
 

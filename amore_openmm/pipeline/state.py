@@ -47,12 +47,12 @@ def run_layout(out: str | os.PathLike) -> dict[str, Path]:
     }
 
 
-def _stage_seed(seed: int, stage: str) -> int:
+def stage_seed(seed: int, stage: str) -> int:
     """A stable per-stage seed (independent of Python's hash randomisation)."""
     return (int(seed) * 1_000_003 + zlib.crc32(stage.encode())) % (2**31 - 1)
 
 
-def _stage_generation(stage: str) -> int | None:
+def stage_generation(stage: str) -> int | None:
     """The generation a stage belongs to (None for the final stages)."""
     if stage in ("trajectory", "initial_bursts"):
         return 0
@@ -69,7 +69,7 @@ def check_out_dir(out: Path, what: str = "--out") -> Path:
     return out
 
 
-def _check_writable(out: Path) -> None:
+def check_writable(out: Path) -> None:
     check_out_dir(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ def _check_writable(out: Path) -> None:
                           "choose a writable --out folder") from exc
 
 
-def _system_identity(ms: Any) -> dict[str, Any]:
+def system_identity(ms: Any) -> dict[str, Any]:
     return {"name": ms.name, "n_atoms": int(ms.n_atoms), "source": str(ms.source),
             "atoms": ms.atom_labels()[:200] if ms.n_atoms <= 200 else ms.n_atoms}
 
@@ -100,7 +100,7 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         import fcntl
-        _check_writable(self.path.parent)
+        check_writable(self.path.parent)
         fh = open(self.path, "a+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

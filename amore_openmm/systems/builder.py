@@ -26,7 +26,7 @@ from openmm import app, unit
 
 from ..data import atomic_write_text
 from .common import load_forcefield
-from .nerf import CAPS, _per_residue, build_heavy_atoms, parse_sequence
+from .nerf import CAPS, per_residue_values, build_heavy_atoms, parse_sequence
 
 __all__ = ["BuiltPeptide", "add_hydrogens", "create_system", "minimize_structure",
            "build_peptide", "write_pdb", "write_amber"]
@@ -127,8 +127,8 @@ def build_peptide(sequence: str | Sequence[str], phi: float | Sequence[float] | 
     """
     names = parse_sequence(sequence)
     n_aa = len([n for n in names if n not in CAPS])
-    phis = _per_residue(phi, n_aa, -120.0, "phi")
-    psis = _per_residue(psi, n_aa, 130.0, "psi")
+    phis = per_residue_values(phi, n_aa, -120.0, "phi")
+    psis = per_residue_values(psi, n_aa, 130.0, "psi")
     top, pos = build_heavy_atoms(names, phis, psis, omega, chi)
     top, pos = add_hydrogens(top, pos, forcefield, pH=pH, seed=seed)
     energy = None

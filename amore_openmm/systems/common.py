@@ -21,7 +21,7 @@ class SystemLoadError(ValueError):
     """A system could not be loaded; the message names the file or parameter and the fix."""
 
 
-def _strip(value: Any, target: unit.Unit) -> Any:
+def strip_units(value: Any, target: unit.Unit) -> Any:
     """Return ``value`` in ``target`` units as plain numbers (numbers pass through)."""
     if unit.is_quantity(value):
         return value.value_in_unit(target)

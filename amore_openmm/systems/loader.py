@@ -18,7 +18,7 @@ from .common import SystemLoadError, as_positions_nm, load_forcefield
 from .manifest import read_manifest
 from .molecular import MolecularSystem
 from .muller_brown import muller_brown_system
-from .selection import _is_water
+from .selection import is_water_residue
 
 __all__ = ["load_system", "systems_root", "bundled_systems", "NONBONDED", "CONSTRAINTS",
            "SETTING_OVERRIDES", "BUILD_OVERRIDES"]
@@ -132,7 +132,7 @@ def _lookup(table: dict[str, Any], key: str, param: str, where: str) -> Any:
 def _is_solvated(topology: app.Topology) -> bool:
     """A periodic box (CRYST1 / prmtop box) that holds water: explicit solvent."""
     return topology.getPeriodicBoxVectors() is not None and \
-        any(_is_water(r) for r in topology.residues())
+        any(is_water_residue(r) for r in topology.residues())
 
 
 def _system_kwargs(opts: dict[str, Any], where: str, topology: app.Topology

@@ -14,7 +14,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from .common import BOLTZ, SystemLoadError, _strip, as_positions_nm
+from .common import BOLTZ, SystemLoadError, strip_units, as_positions_nm
 from .selection import check_selection, default_selection, select_atoms
 
 __all__ = ["MolecularSystem", "INTEGRATORS"]
@@ -63,9 +63,9 @@ class MolecularSystem:
     selection: Any = None
 
     def __post_init__(self) -> None:
-        self.temperature = float(_strip(self.temperature, unit.kelvin))
-        self.timestep = float(_strip(self.timestep, unit.picosecond))
-        self.friction = float(_strip(self.friction, unit.picosecond**-1))
+        self.temperature = float(strip_units(self.temperature, unit.kelvin))
+        self.timestep = float(strip_units(self.timestep, unit.picosecond))
+        self.friction = float(strip_units(self.friction, unit.picosecond**-1))
         self.lag_steps = int(self.lag_steps)
         self.positions = [as_positions_nm(p) for p in (self.positions if isinstance(
             self.positions, (list, tuple)) else [self.positions])]

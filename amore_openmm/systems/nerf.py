@@ -162,7 +162,7 @@ def place_atom(a: np.ndarray, b: np.ndarray, c: np.ndarray, bond: float, angle_d
     return c + d2[0] * bc + d2[1] * m + d2[2] * n
 
 
-def _per_residue(values: float | Sequence[float] | None, n: int, default: float,
+def per_residue_values(values: float | Sequence[float] | None, n: int, default: float,
                  name: str) -> list[float]:
     if values is None:
         return [default] * n
@@ -196,9 +196,9 @@ def build_heavy_atoms(sequence: str | Sequence[str], phi: float | Sequence[float
     """
     names = parse_sequence(sequence)
     aa = [n for n in names if n not in CAPS]
-    phis = _per_residue(phi, len(aa), -120.0, "phi")
-    psis = _per_residue(psi, len(aa), 130.0, "psi")
-    omegas = _per_residue(omega, len(names) - 1, 180.0, "omega")
+    phis = per_residue_values(phi, len(aa), -120.0, "phi")
+    psis = per_residue_values(psi, len(aa), 130.0, "psi")
+    omegas = per_residue_values(omega, len(names) - 1, 180.0, "omega")
     chi = dict(chi or {})
     for i, res in enumerate(aa):
         if res == "PRO" and (i > 0 or names[0] == "ACE") and \

@@ -40,7 +40,7 @@ SELECTION_HELP = ("give an mdtraj selection string such as 'not water', 'protein
                   "(see mdtraj's atom selection syntax)")
 
 
-def _is_water(residue: app.topology.Residue) -> bool:
+def is_water_residue(residue: app.topology.Residue) -> bool:
     if residue.name.upper() in WATER_RESIDUES:
         return True
     symbols = sorted(a.element.symbol if a.element is not None else "" for a in residue.atoms())
@@ -61,7 +61,7 @@ def default_selection(topology: app.Topology) -> np.ndarray:
 
     A system made only of water and ions (nothing would be left) gets every atom.
     """
-    keep = [a.index for r in topology.residues() if not (_is_water(r) or _is_ion(r))
+    keep = [a.index for r in topology.residues() if not (is_water_residue(r) or _is_ion(r))
             for a in r.atoms()]
     if not keep:
         keep = [a.index for a in topology.atoms()]
