@@ -92,6 +92,25 @@ def test_chi_mep_muller_brown_crosses_saddle(mb_paths, mb_string):
         assert 0 < p.barrier() < E_SADDLE - E_MIN_B + 1.0
 
 
+def test_jumps_split_a_path_and_bound_its_barrier(mb_paths):
+    """A continuous χ-MEP has no jump; nodes of a far valley appended to it (as when the
+    level-set minimum switches branch) are a jump, and the barrier ignores them."""
+    _, paths = mb_paths
+    p = paths[0]
+    assert not p.jumps().any() and p.continuous().all()
+    far = p.node_arrays()
+    k = len(p) // 3
+    shifted = {name: np.asarray(v).copy() for name, v in far.items()}
+    shifted["positions"][:k, 0, :2] += np.array([-0.8, 1.0])      # the first k nodes jump
+    shifted["energy"][:k] = p.energy.max() + 200.0                 # ... to a high valley
+    q = ChiPath.from_node_arrays(shifted, p.start_index, p.stop_reasons, p.certificate)
+    assert q.start_index >= k
+    assert np.flatnonzero(q.jumps()).tolist() == [k - 1]
+    assert not q.continuous()[:k].any() and q.continuous()[k:].all()
+    e = p.energy[k:][p.certified[k:]]
+    assert q.barrier() == pytest.approx(e.max() - e.min())
+
+
 def test_kappa_too_soft_gives_uncertified_nodes(mb, mb_trained, mb_paths):
     # the measured failure mode: with a soft restraint the minimizer slides down in χ; the
     # node is kept but marked, the branch ends, and no barrier comes from it

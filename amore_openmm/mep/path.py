@@ -11,7 +11,13 @@ import numpy as np
 
 from .geometry import superposed_rmsd
 
-__all__ = ["ChiPath", "STOP_REASONS", "NODE_FIELDS"]
+__all__ = ["ChiPath", "STOP_REASONS", "NODE_FIELDS", "JUMP_FACTOR"]
+
+#: consecutive nodes farther apart (RMSD) than this many times the path's median node
+#: distance mark a jump: the level-set minimum switched to another valley, so the nodes on
+#: either side are not joined by a path and no barrier may be read across them. Node steps
+#: of a continuous χ-MEP vary by a few-fold (Δχ/‖∇χ‖ with ‖∇χ‖ changing along the path).
+JUMP_FACTOR = 10.0
 
 #: why a branch of a path ended
 STOP_REASONS = {
@@ -120,9 +126,30 @@ class ChiPath:
     def highest_node(self) -> int:
         return int(np.argmax(self.energy))
 
+    def jumps(self) -> np.ndarray:
+        """(M−1,) bool: True where nodes k and k+1 are more than :data:`JUMP_FACTOR` times
+        the median node distance apart (a discontinuity of the χ-MEP)."""
+        d = self.node_rmsd()
+        if len(d) < 3:
+            return np.zeros(len(d), dtype=bool)
+        return d > JUMP_FACTOR * max(float(np.median(d)), 1e-9)
+
+    def continuous(self) -> np.ndarray:
+        """(M,) bool: the nodes joined to the start node without crossing a jump."""
+        mask = np.zeros(len(self), dtype=bool)
+        if len(self) == 0:
+            return mask
+        cut = np.concatenate([[True], self.jumps(), [True]])   # cut[k]: jump before node k
+        i = min(max(self.start_index, 0), len(self) - 1)
+        lo = max(k for k in range(i + 1) if cut[k])
+        hi = min(k for k in range(i + 1, len(self) + 1) if cut[k])
+        mask[lo:hi] = True
+        return mask
+
     def barrier(self) -> float:
-        """Highest minus lowest energy over the *certified* nodes (kJ/mol); NaN if none."""
-        e = self.energy[self.certified]
+        """Highest minus lowest energy over the *certified* nodes joined to the start node
+        without a jump (:meth:`continuous`), kJ/mol; NaN if none."""
+        e = self.energy[self.certified & self.continuous()]
         return float(e.max() - e.min()) if e.size else float("nan")
 
     def node_rmsd(self, superpose: bool = True) -> np.ndarray:
