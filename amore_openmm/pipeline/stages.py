@@ -60,6 +60,13 @@ def trajectory_frames(ms: Any, n_starts: int, stride: int, seed: int, platform: 
     return np.concatenate(frames)
 
 
+#: a first fit whose χ spans less than this over the data found no slow process (a flat χ:
+#: the first ISOKANN iterations can collapse onto a constant from some initial weights)
+MIN_CHI_SPAN = 0.1
+#: fits of a fresh χ tried (other seeds) before a flat χ is reported as an error
+FIRST_FIT_TRIES = 3
+
+
 def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *,
               model: Any = None, featurizer: str = _D.featurizer,
               minibatch: int = _D.minibatch, optimizer: str = _D.optimizer, lr: float = _D.lr,
@@ -67,13 +74,50 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
               progress: bool = False) -> tuple[Any, list[float]]:
     """ISOKANN χ on ``data`` (continuing from ``model``'s weights when given), oriented so
     that χ ≈ 0 at the system's first initial structure. Returns (model, loss history); the
-    model's ``training`` dict holds the validation loss."""
-    from ..chi import ChiModel, make_featurizer
-    from ..isokann import Isokann, orient
-    from ..systems import load_system
+    model's ``training`` dict holds the validation loss.
+
+    A fresh χ (``model=None``) that collapses to a constant (an ``IsokannError`` or a χ
+    spanning less than :data:`MIN_CHI_SPAN` over the data) is refitted from other initial
+    weights, up to :data:`FIRST_FIT_TRIES` fits in all; each retry is logged. A continued fit
+    is never retried: its weights carry the previous generations."""
+    import logging
+
+    from ..isokann import IsokannError
+    from .state import LOGGER_NAME
     check_settings({"iterations": iterations, "minibatch": minibatch, "optimizer": optimizer,
                     "lr": lr, "weight_decay": weight_decay, "featurizer": featurizer},
                    "train_chi")
+    tries = FIRST_FIT_TRIES if model is None else 1
+    for attempt in range(tries):
+        fit_seed = seed if attempt == 0 else \
+            int(np.random.SeedSequence([int(seed), attempt]).generate_state(1)[0])
+        try:
+            fitted, losses = _fit_once(data, system, iterations, model, featurizer, minibatch,
+                                       optimizer, lr, weight_decay, fit_seed, progress)
+        except IsokannError as exc:
+            problem, last = str(exc), exc
+        else:
+            chi = fitted.chi(np.asarray(data.x[:: max(1, len(data.x) // 2000)]))
+            if model is not None or float(np.ptp(chi)) >= MIN_CHI_SPAN:
+                fitted.metadata.setdefault("training", {})["first_fit_attempt"] = attempt + 1
+                return fitted, losses
+            problem, last = (f"χ spans only {float(np.min(chi)):.3f}..{float(np.max(chi)):.3f}"
+                             " over the data"), None
+        if attempt + 1 < tries:
+            logging.getLogger(LOGGER_NAME).warning(
+                "ISOKANN fit %d of %d collapsed (%s); refitting from other initial weights "
+                "(seed %d)", attempt + 1, tries, problem, fit_seed)
+    if last is not None:
+        raise last
+    return fitted, losses   # flat after every try: the caller reports it (no slow process)
+
+
+def _fit_once(data: KoopmanData, system: Any, iterations: int, model: Any, featurizer: str,
+              minibatch: int, optimizer: str, lr: float, weight_decay: float, seed: int,
+              progress: bool) -> tuple[Any, list[float]]:
+    from ..chi import ChiModel, make_featurizer
+    from ..isokann import Isokann, orient
+    from ..systems import load_system
     ms = load_system(system)
     est = Isokann(iterations=int(iterations), minibatch=minibatch, optimizer=optimizer, lr=lr,
                   weight_decay=weight_decay, seed=seed, progress=progress)
