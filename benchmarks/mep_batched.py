@@ -2,7 +2,8 @@
 """χ-MEPs one at a time vs all in one packed Context (``trace_chi_meps_batched``).
 
 Prints JSON lines, in one run:
-  * ``mep_one``: one path alone (``trace_chi_mep`` on its own LevelSetTracer);
+  * ``mep_one``: one path alone (``trace_chi_mep`` on its own LevelSetTracer), from the
+    transition state whose pool path has the median node count among certified paths;
   * ``mep_pool``: the S transition-state paths traced one at a time on the pool's threads
     (``trace_chi_meps``, ``--threads`` threads);
   * ``mep_batched``: the same S paths in one Context of S packed copies
@@ -108,18 +109,21 @@ def main() -> None:
               "cpu_count": os.cpu_count()}
 
     before = load()
-    tracer = LevelSetTracer(ms, model, args.platform)
-    t0 = time.perf_counter()
-    one = trace_chi_mep(ms, model, starts[0], tracer=tracer, **kw)
-    t_one = time.perf_counter() - t0
-    print(json.dumps(summary("mep_one", [one], t_one, before, platform=args.platform,
-                             **common)), flush=True)
-
-    before = load()
     t0 = time.perf_counter()
     pool = trace_chi_meps(ms, model, starts, pool_size=args.threads, platform=args.platform,
                           **kw)
     t_pool = time.perf_counter() - t0
+    # "one path alone": the transition state whose path has the median node count among the
+    # certified pool paths (the lowest-energy start can be one whose start node fails)
+    good = [i for i, p in enumerate(pool) if p.n_certified > 1] or list(range(len(pool)))
+    pick = sorted(good, key=lambda i: len(pool[i]))[len(good) // 2]
+    before_one = load()
+    tracer = LevelSetTracer(ms, model, args.platform)
+    t0 = time.perf_counter()
+    one = trace_chi_mep(ms, model, starts[pick], tracer=tracer, **kw)
+    t_one = time.perf_counter() - t0
+    print(json.dumps(summary("mep_one", [one], t_one, before_one, platform=args.platform,
+                             start=int(pick), **common)), flush=True)
     print(json.dumps(summary("mep_pool", pool, t_pool, before, threads=args.threads,
                              platform=args.platform, **common)), flush=True)
 
