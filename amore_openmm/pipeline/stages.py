@@ -69,7 +69,9 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
     that χ ≈ 0 at the system's first initial structure. Returns (model, loss history); the
     model's ``training`` dict holds the validation loss."""
     from ..chi import ChiModel, make_featurizer
+    from ..chi.network import default_network_spec
     from ..isokann import Isokann, orient
+    from ..isokann_memory import check_training_memory
     from ..systems import load_system
     check_settings({"iterations": iterations, "minibatch": minibatch, "optimizer": optimizer,
                     "lr": lr, "weight_decay": weight_decay, "featurizer": featurizer},
@@ -79,7 +81,11 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
                   weight_decay=weight_decay, seed=seed, progress=progress)
     if model is None:
         kind = ms.featurizer if featurizer == "auto" else featurizer
-        model = ChiModel(make_featurizer(ms, kind), seed=seed)
+        feat = make_featurizer(ms, kind)
+        # before the network is built: a pairnet over 10⁵ features alone is ~10⁹ weights
+        check_training_memory(data.n_starts, data.n_koopman, feat, default_network_spec(feat),
+                              minibatch, data.nbytes, where="train_chi")
+        model = ChiModel(feat, seed=seed)
     fitted = est.fit(data, model=model)
     fitted = orient(fitted, ms.positions[0])
     return fitted, [float(v) for v in est.loss_history]
