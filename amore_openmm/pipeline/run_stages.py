@@ -48,13 +48,16 @@ def _sample(run: Any, starts: np.ndarray, seed: int, generation: int, origin: st
     come, so a killed stage resumes where it stopped (same seeds, same data)."""
     from ..sampling import BurstSampler, ContextPool
     cfg = run.config
+    # periodic boxes on the CPU: re-seeding is about one step there, and per-burst seeds let
+    # the few starts of a generation spread over every slot (a reseed block is one task)
+    reseed = "burst" if run.system.is_periodic and run.platform == "CPU" else "auto"
     with ContextPool(run.system, size=cfg.workers, platform=run.platform) as pool:
         sampler = BurstSampler(pool, executor=run.executor(), replicas=cfg.replicas)
 
         def go() -> KoopmanData:
             return sampler.run(starts, cfg.n_koopman, run.lag_steps, seed=seed,
                                generation=generation, origin=origin, progress=run.progress,
-                               checkpoint=partial)
+                               checkpoint=partial, reseed=reseed)
         try:
             data = go()
         except ValueError as exc:

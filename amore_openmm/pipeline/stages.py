@@ -221,7 +221,7 @@ def write_sensitivity(out: str | os.PathLike, model: Any, system: Any, positions
     out = check_out_dir(Path(out))
     ms = load_system(system)
     sens = chi_sensitivity(model, positions, bins=bins, labels=ms, weights=weights)
-    sens.write_ranking_csv(out / "atoms.csv", k=TOP_FREQUENCY_K)
+    sens.write_ranking_csv(out / "atoms.csv", k=TOP_FREQUENCY_K, atoms=ms.selection)
     sens.save(out / "levelset.npz")
     sal = feature_saliency(model, positions)
     write_features_csv(out / "features.csv", sal)
@@ -233,6 +233,6 @@ def write_sensitivity(out: str | os.PathLike, model: Any, system: Any, positions
             mses.append(float("nan"))
         if mep_dir is not None:
             write_path_pdb(Path(mep_dir) / f"path_{i:03d}.pdb", p, ms.topology,
-                           sensitivity=sens)
+                           sensitivity=sens, atoms=ms.selection)
     return {"path_mse": mses, "sensitivity": sens, "saliency": sal,
             "top_atoms": top_atoms(sens, top_k)}
