@@ -80,3 +80,26 @@ def test_chi_mep_in_water_is_certified_with_loose_settings(water_box):
         a, b, d = ms.system.getConstraintParameters(k)
         r = np.linalg.norm(path.positions[:, a] - path.positions[:, b], axis=-1)
         np.testing.assert_allclose(r, d._value, rtol=1e-3)
+
+
+def test_path_pdb_of_the_selection(water_box, tmp_path):
+    """write_path_pdb(atoms=selection): 22 solute atoms per MODEL, no water, B-factors
+    normalised over the solute."""
+    from amore_openmm.mep import ChiPath, write_path_pdb
+    ms = water_box
+    x = np.stack([ms.positions[0], ms.positions[0] + 0.01])
+    g2 = np.zeros((2, ms.n_atoms))
+    g2[:, ms.selection] = np.linspace(1, 2, len(ms.selection))
+    p = ChiPath(positions=x, chi=np.array([0.4, 0.6]), energy=np.zeros(2),
+                grad_norm=np.ones(2), atom_grad_sq=g2, z=np.array([0.4, 0.6]),
+                kappa=np.ones(2), start_index=0)
+    text = write_path_pdb(tmp_path / "p.pdb", p, ms.topology, atoms=ms.selection).read_text()
+    models = text.split("ENDMDL")[:-1]
+    assert len(models) == 2
+    for m in models:
+        atoms = [ln for ln in m.splitlines() if ln.startswith(("ATOM", "HETATM"))]
+        assert len(atoms) == 22 and not any("HOH" in ln for ln in atoms)
+        assert max(float(ln[60:66]) for ln in atoms) == pytest.approx(100.0)
+    full = write_path_pdb(tmp_path / "f.pdb", p, ms.topology).read_text()
+    assert sum(ln.startswith("ATOM") for ln in full.split("ENDMDL")[0].splitlines()) == \
+        ms.n_atoms
