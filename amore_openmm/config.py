@@ -266,17 +266,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "sensitivity_samples": 100},
     },
     "chignolin": {
-        # 138 atoms in OBC2 implicit solvent, lag 250 steps (0.5 ps). lr 1e-4: pairwise_sym
-        # gives 9,453 features, and Adam's first steps at 1e-3 move every one of the ~4·10⁶
-        # first-layer weights by ~lr at once, saturating the sigmoids: χ collapsed to a
-        # constant (range 6e-8) after one iteration on the quick data; 1e-4 keeps it
+        # 138 atoms, OBC2, lag 0.5 ps. lr 1e-4: over 9,453 pairwise_sym features Adam's first
+        # steps at 1e-3 saturate the pairnet (χ constant after one iteration, measured)
         "default": {"n_starts": 1000, "n_koopman": 1, "iterations": 1000, "lr": 1e-4,
                     "iterations_per_generation": 200, "minibatch": 100, "generations": 2,
                     "paths_per_generation": 1, "starts_per_path": 10, "path_step": 0.025,
                     "path_max_nodes": 40, "final_paths": 2, "sensitivity_bins": 30,
                     "sensitivity_samples": 1000},
-        # quick with 10-node paths: 1,013 s, 1.31 GB on 2 shared cores, each χ-MEP ~300 s
-        # (Reference platform, OBC2); 5 nodes halve that
+        # quick, 10-node paths: 1,013 s, 1.31 GB on 2 shared cores (χ-MEPs ~300 s each)
         "quick": {"n_starts": 100, "n_koopman": 1, "iterations": 300, "lr": 1e-4,
                   "iterations_per_generation": 50, "minibatch": 50, "generations": 1,
                   "paths_per_generation": 1, "starts_per_path": 4, "path_step": 0.05,
