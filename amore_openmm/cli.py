@@ -235,7 +235,7 @@ def cmd_mep(args: argparse.Namespace) -> int:
     paths = trace_paths(ms, model, data, args.final_paths, window=(args.ts_low, args.ts_high),
                         step=args.path_step, kappa=args.kappa, max_nodes=args.path_max_nodes,
                         platform=args.platform, workers=args.workers, progress=not args.quiet)
-    out = write_path_files(args.out, paths, ms.topology)
+    out = write_path_files(args.out, paths, ms.topology, atoms=ms.selection)
     cert = ", ".join(f"{p.n_certified}/{len(p)}" for p in paths)
     print(f"{len(paths)} χ-MEP(s) -> {out / 'paths.npz'}; certified nodes per path: {cert}")
     return EXIT_OK

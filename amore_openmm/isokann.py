@@ -28,7 +28,10 @@ import torch
 from torch import nn
 
 from .chi import ChiModel, make_featurizer
+from .chi.network import default_network_spec
 from .data import KoopmanData
+from .isokann_memory import check_training_memory, chi_of_ends, chunk_rows, featurize
+from .orientation import orient
 
 __all__ = ["Isokann", "IsokannError", "orient", "exit_rates", "koopman_chi", "koopman_targets",
            "validation_split"]
@@ -47,18 +50,6 @@ def _device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-@torch.no_grad()
-def _featurize(featurizer: nn.Module, x: np.ndarray, dtype: torch.dtype, device: torch.device,
-               chunk: int = 4096) -> torch.Tensor:
-    """Features of (M, n, 3) positions, computed in chunks, as an (M, F) tensor on device."""
-    out = []
-    for s in range(0, len(x), chunk):
-        xb = torch.as_tensor(np.asarray(x[s:s + chunk]), device=device).to(dtype)
-        out.append(featurizer(xb))
-    return torch.cat(out) if out else torch.zeros((0, featurizer.n_features), dtype=dtype,
-                                                    device=device)
 
 
 def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +81,9 @@ def _targets(net: nn.Module, fy: torch.Tensor, n: int, k: int, train: torch.Tens
              mode: str, q: float) -> torch.Tensor:
     """ISOKANN targets t = S(Kχ) for all n starts, S fitted on the training starts."""
     with torch.no_grad():
-        kchi = net(fy).reshape(n, k).mean(dim=1)
+        rows = chunk_rows(fy.shape[1], 65536)
+        kchi = torch.cat([net(fy[s:s + rows]).reshape(-1) for s in range(0, len(fy), rows)]
+                         ).reshape(n, k).mean(dim=1)
         lo, hi = _shift_scale(kchi[train], mode, q)
         span = hi - lo
         if not math.isfinite(span):
@@ -111,6 +104,7 @@ def _mse(net: nn.Module, f: torch.Tensor, t: torch.Tensor, chunk: int = 65536) -
     if len(f) == 0:
         return float("nan")
     total = 0.0
+    chunk = chunk_rows(f.shape[1], chunk)
     for s in range(0, len(f), chunk):
         total += float(((net(f[s:s + chunk]).reshape(-1) - t[s:s + chunk]) ** 2).sum())
     return total / len(f)
@@ -167,6 +161,10 @@ class Isokann:
         shift_scale: "minmax" (default) or "quantile" (lo, hi = the ``shift_quantile`` and
             1 − ``shift_quantile`` quantiles of Kχ; targets clipped to [0, 1]).
         shift_quantile: the lower quantile for ``shift_scale="quantile"`` (default 0.005).
+        memory_budget_gb: refuse training that would need more (GB; None: the environment
+            variable ``AMORE_MEMORY_BUDGET_GB``, else 4) with
+            :class:`~amore_openmm.data.MemoryBudgetError`, before anything large is built
+            (see :mod:`amore_openmm.isokann_memory`).
 
     After :meth:`fit`: ``model_`` (the ChiModel), ``loss_history`` (mean minibatch MSE per
     outer iteration, over all fits of this estimator), ``records_`` (train/validation loss
@@ -181,7 +179,8 @@ class Isokann:
                  network: dict[str, Any] | nn.Module | None = None,
                  dtype: torch.dtype = torch.float32, progress: bool = False,
                  validation_fraction: float = 0.1, shift_scale: str = "minmax",
-                 shift_quantile: float = 0.005) -> None:
+                 shift_quantile: float = 0.005, memory_budget_gb: float | None = None
+                 ) -> None:
         checks = [
             (optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}"),
             (shift_scale in SHIFT_SCALES,
@@ -206,6 +205,7 @@ class Isokann:
         self.featurizer, self.network = featurizer, network
         self.validation_fraction = float(validation_fraction)
         self.shift_scale, self.shift_quantile = shift_scale, float(shift_quantile)
+        self.memory_budget_gb = memory_budget_gb
         self.loss_history: list[float] = []
         self.records_: list[dict[str, Any]] = []
         self.model_: ChiModel | None = None
@@ -249,8 +249,15 @@ class Isokann:
             raise ValueError(f"system {getattr(system, 'name', '')!r} has {system.n_atoms} "
                              f"atoms but the data have {data.n_atoms}")
         feat = make_featurizer(system, self.featurizer)
+        net = self.network if self.network is not None else default_network_spec(feat)
+        self._check_memory(data, feat, net)
         return ChiModel(feat, self.network, seed=self.seed,
                         metadata={"system_name": getattr(system, "name", "")})
+
+    def _check_memory(self, data: KoopmanData, featurizer: nn.Module, network: Any) -> None:
+        """Refuse (MemoryBudgetError) training that would exceed the memory budget."""
+        check_training_memory(data.n_starts, data.n_koopman, featurizer, network,
+                              self.minibatch, data.nbytes, self.dtype, self.memory_budget_gb)
 
     def fit(self, data: KoopmanData, model: ChiModel | None = None, system: Any = None,
             iterations: int | None = None) -> ChiModel:
@@ -278,14 +285,15 @@ class Isokann:
         if data.n_atoms < model.n_atoms:
             raise ValueError(f"the χ model needs {model.n_atoms} atoms but the data have "
                              f"{data.n_atoms}; data and model belong to different systems")
+        self._check_memory(data, model.featurizer, model.network)
         dev = _device(self.device)
         model.to(device=dev, dtype=self.dtype)
         opt, source = self._optimizer_for(model)
         t0 = time.perf_counter()
         n, k = data.n_starts, data.n_koopman
-        fx = _featurize(model.featurizer, data.x, self.dtype, dev)
-        fy = _featurize(model.featurizer, data.y.reshape(n * k, data.n_atoms, 3),
-                        self.dtype, dev)
+        fx = featurize(model.featurizer, data.x, self.dtype, dev)
+        fy = featurize(model.featurizer, data.y.reshape(n * k, data.n_selected, 3),
+                       self.dtype, dev, data.atoms)
         t_feat = time.perf_counter() - t0
         train, val = validation_split(n, self.validation_fraction, self.seed)
         run = self._train(model.network, opt, fx, fy, (n, k), train, val, iters, dev)
@@ -387,23 +395,9 @@ def koopman_chi(model: ChiModel, data: KoopmanData) -> tuple[np.ndarray, np.ndar
     """(χ(x) (N,), Kχ(x) = mean_k χ(y_k) (N,)) as float64 arrays."""
     chi_x = model.chi(data.x)
     n, k = data.n_starts, data.n_koopman
-    chi_y = model.chi(data.y.reshape(n * k, data.n_atoms, 3)).reshape(n, k)
+    chi_y = chi_of_ends(model, data.y.reshape(n * k, data.n_selected, 3),
+                        data.atoms).reshape(n, k)
     return chi_x, chi_y.mean(axis=1)
-
-
-def _flip_momentum(model: ChiModel) -> None:
-    """After w ← −w, b ← 1 − b of the last layer, the loss gradient with respect to w and b
-    changes sign (hidden layers are unchanged): negate their first-moment/momentum buffers in
-    ``model.optimizer_state`` so continued training does not start against its momentum."""
-    saved = model.optimizer_state
-    if not saved:
-        return
-    n_params = len(list(model.network.parameters()))
-    for i, st in saved["state"].get("state", {}).items():
-        if int(i) >= n_params - 2:
-            for key in ("exp_avg", "momentum_buffer"):
-                if st.get(key) is not None:
-                    st[key] = -st[key]
 
 
 def koopman_targets(model: ChiModel, data: KoopmanData, shift_scale: str = "minmax",
@@ -413,47 +407,11 @@ def koopman_targets(model: ChiModel, data: KoopmanData, shift_scale: str = "minm
     if shift_scale not in SHIFT_SCALES:
         raise ValueError(f"shift_scale must be one of {SHIFT_SCALES}, got {shift_scale!r}")
     n, k = data.n_starts, data.n_koopman
-    fy = _featurize(model.featurizer, data.y.reshape(n * k, data.n_atoms, 3), model.dtype,
-                    model.device)
+    fy = featurize(model.featurizer, data.y.reshape(n * k, data.n_selected, 3), model.dtype,
+                   model.device, data.atoms)
     t = _targets(model.network, fy, n, k, torch.arange(n, device=model.device), shift_scale,
                  float(shift_quantile))
     return t.double().cpu().numpy()
-
-
-class _Flip(nn.Module):
-    """χ ↦ 1 − χ for networks whose last layer is not Linear."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 1.0 - x
-
-
-def orient(model: ChiModel, reference_positions: Any, target: float = 0.0) -> ChiModel:
-    """A copy of ``model`` whose χ at ``reference_positions`` is near ``target`` (0 or 1).
-
-    χ's orientation is arbitrary after training. If the mean χ over the reference structures
-    ((n, 3) or (B, n, 3) nm) lies on the other side of 0.5, χ is replaced by 1 − χ by negating
-    the last linear layer (w ← −w, b ← 1 − b), so the result is still a plain network; the
-    saved optimizer state (``optimizer_state``) is flipped to match.
-    """
-    if target not in (0.0, 1.0, 0, 1):
-        raise ValueError(f"target must be 0 or 1, got {target}")
-    out = copy.deepcopy(model)
-    mean = float(np.mean(out.chi(reference_positions)))
-    flip = (mean > 0.5) if float(target) == 0.0 else (mean < 0.5)
-    if flip:
-        last = out.network[-1] if isinstance(out.network, nn.Sequential) else None
-        with torch.no_grad():
-            if isinstance(last, nn.Linear):
-                last.weight.neg_()
-                last.bias.copy_(1.0 - last.bias)
-                _flip_momentum(out)
-            else:
-                out.network = nn.Sequential(out.network, _Flip())
-                out.network_spec = None
-    out.metadata["orientation"] = {"flipped": bool(flip), "target": float(target),
-                                   "reference_chi_before": mean,
-                                   "reference_chi": float(np.mean(out.chi(reference_positions)))}
-    return out
 
 
 def exit_rates(model: ChiModel, data: KoopmanData, lag_time: float | None = None

@@ -198,6 +198,17 @@ def test_a_file_name_never_selects_a_bundled_preset(tmp_path):
         PRESETS["alanine_dipeptide"]["default"]["n_starts"] != RunConfig().n_starts
     quick = resolve_config(str(pdb), "quick")
     assert quick.n_starts != PRESETS["alanine_dipeptide"]["quick"]["n_starts"]
+    assert quick.to_dict() == resolve_config(str(tmp_path / "x.pdb"), "quick").to_dict() | {
+        "system": str(pdb)}
+    # nor a file named like the bundled water box (or a file in a folder of that name)
+    box = tmp_path / "alanine_dipeptide_tip3p"
+    box.mkdir()
+    prmtop = box / "alanine_dipeptide_tip3p.prmtop"
+    prmtop.write_text((REPO / "systems" / "alanine_dipeptide_tip3p" / prmtop.name).read_text())
+    assert resolve_config(str(prmtop), "quick").n_starts == \
+        resolve_config(str(tmp_path / "x.pdb"), "quick").n_starts
+    assert resolve_config("alanine_dipeptide_tip3p", "quick").n_starts == \
+        PRESETS["alanine_dipeptide_tip3p"]["quick"]["n_starts"]
 
 
 def test_file_input_settings_from_flags_and_defaults_are_recorded(tmp_path, capsys):
@@ -213,9 +224,13 @@ def test_file_input_settings_from_flags_and_defaults_are_recorded(tmp_path, caps
     assert main(["run", str(pdb), "--out", str(out), "--temperature", "310", *small]) == 0
     cfg = RunConfig.read(out / "config.toml")
     assert cfg.temperature == 310.0 and cfg.lag_steps is not None
+    # "auto" is resolved for the file's atoms and written down (22 atoms: pairwise_sym)
+    assert cfg.featurizer == "pairwise_sym"
     log = (out / "run.log").read_text()
     line = next(x for x in log.splitlines() if "settings from the system's defaults" in x)
-    assert "lag_steps=" in line and "temperature" not in line
+    assert "lag_steps=" in line and "featurizer=pairwise_sym" in line
+    assert "temperature" not in line
+    assert "featurizer auto -> pairwise_sym" in log
     out2 = tmp_path / "r2"
     assert main(["run", str(pdb), "--out", str(out2), *small]) == 0
     assert RunConfig.read(out2 / "config.toml").temperature == 300.0

@@ -16,7 +16,7 @@ Modules: :mod:`.featurizers` (PairwiseDistances, BackboneDihedrals, Coordinates)
 Units: positions in nm, ∇χ in nm⁻¹. Atom indices are 0-based.
 """
 from .export import METADATA_FILE, ExportedChi, read_torchscript_metadata
-from .factory import FEATURIZER_KINDS, featurizer_from_spec, make_featurizer
+from .factory import FEATURIZER_KINDS, featurizer_from_spec, featurizer_kind, make_featurizer
 from .featurizers import BackboneDihedrals, Coordinates, PairwiseDistances
 from .model import ChiModel
 from .network import build_network
@@ -28,7 +28,7 @@ __all__ = [
     "BackboneDihedrals",
     "Coordinates",
     "equivalent_atom_groups",
-    "make_featurizer",
+    "make_featurizer", "featurizer_kind",
     "featurizer_from_spec",
     "build_network",
     "ChiModel",

@@ -9,7 +9,7 @@ from torch import nn
 from .featurizers import BackboneDihedrals, Coordinates, PairwiseDistances
 from .symmetry import SymmetricPairwiseDistances, equivalent_atom_groups
 
-__all__ = ["make_featurizer", "featurizer_from_spec", "FEATURIZER_KINDS", "AUTO_ALL_ATOMS_BELOW",
+__all__ = ["make_featurizer", "featurizer_kind", "featurizer_from_spec", "FEATURIZER_KINDS", "AUTO_ALL_ATOMS_BELOW",
            "AUTO_SYM_HEAVY_BELOW"]
 
 FEATURIZER_KINDS = ("auto", "pairwise_sym", "pairwise_all", "pairwise_heavy", "pairwise_polar",
@@ -64,6 +64,19 @@ def _auto_kind(system: Any, sel: np.ndarray) -> str:
     return "pairwise_heavy"
 
 
+def featurizer_kind(system: Any, kind: str | None = "auto") -> str:
+    """The concrete featurizer kind :func:`make_featurizer` builds for ``kind`` ("auto" and
+    None resolved for this system; "pairwise" spelled "pairwise_all")."""
+    if kind is None:
+        kind = getattr(system, "featurizer", "auto") or "auto"
+    if kind == "pairwise":
+        kind = "pairwise_all"
+    if kind not in FEATURIZER_KINDS:
+        raise ValueError(f"featurizer kind {kind!r} is not known; use one of "
+                         f"{', '.join(FEATURIZER_KINDS)}")
+    return _auto_kind(system, _selection(system)) if kind == "auto" else kind
+
+
 def make_featurizer(system: Any, kind: str | None = "auto") -> nn.Module:
     """The featurizer for a :class:`~amore_openmm.systems.MolecularSystem`.
 
@@ -88,17 +101,9 @@ def make_featurizer(system: Any, kind: str | None = "auto") -> nn.Module:
 
             None: the system's own default (``system.featurizer``).
     """
-    if kind is None:
-        kind = getattr(system, "featurizer", "auto") or "auto"
-    if kind == "pairwise":
-        kind = "pairwise_all"
-    if kind not in FEATURIZER_KINDS:
-        raise ValueError(f"featurizer kind {kind!r} is not known; use one of "
-                         f"{', '.join(FEATURIZER_KINDS)}")
+    kind = featurizer_kind(system, kind)
     n = int(system.n_atoms)
     sel = _selection(system)
-    if kind == "auto":
-        kind = _auto_kind(system, sel)
     try:
         labels = system.atom_labels()
     except AttributeError:

@@ -70,8 +70,13 @@ def _model_remark(chipath: ChiPath, m: int, bin_: int, sensitivity: Any) -> list
 
 
 def write_path_pdb(path: str | os.PathLike, chipath: ChiPath, topology: Any,
-                   sensitivity: Any = None, bfactor_scale: float = 100.0) -> Path:
+                   sensitivity: Any = None, bfactor_scale: float = 100.0,
+                   atoms: Any = None) -> Path:
     """Multi-model PDB of the path (one MODEL per node), χ-sensitivity in the B-factor.
+
+    ``atoms``: 0-based indices of the atoms to write (e.g. ``MolecularSystem.selection``:
+    the solute without its water box); default every atom. Atom serial numbers count the
+    written atoms; B-factors are normalised over them.
 
     What the B-factor holds is decided by ``sensitivity`` and written in REMARK 1:
 
@@ -86,16 +91,26 @@ def write_path_pdb(path: str | os.PathLike, chipath: ChiPath, topology: Any,
     (and, with ``sensitivity``, the bin and its sample count).
     """
     top = getattr(topology, "topology", topology)
-    atoms = list(top.atoms())
-    if len(atoms) != chipath.n_atoms:
-        raise ValueError(f"topology has {len(atoms)} atoms but the path has {chipath.n_atoms}")
+    all_atoms = list(top.atoms())
+    if len(all_atoms) != chipath.n_atoms:
+        raise ValueError(f"topology has {len(all_atoms)} atoms but the path has "
+                         f"{chipath.n_atoms}")
+    keep = np.arange(len(all_atoms)) if atoms is None else np.asarray(atoms, dtype=np.int64)
+    if keep.ndim != 1 or keep.size == 0 or keep.min() < 0 or keep.max() >= chipath.n_atoms:
+        raise ValueError(f"atoms must be 0-based indices in 0..{chipath.n_atoms - 1}")
     bf, bins = path_bfactors(chipath, sensitivity, bfactor_scale)
+    if atoms is not None:   # normalised over the written atoms
+        bf = bf[:, keep]
+        top = bf.max(axis=1, keepdims=True)
+        bf = bfactor_scale * np.divide(bf, top, out=np.zeros_like(bf), where=top > 0)
     lines = _header(chipath, sensitivity, bfactor_scale)
+    if atoms is not None:
+        lines.append(f"REMARK   1 {keep.size} of {chipath.n_atoms} atoms (the selection)")
     for m in range(len(chipath)):
         lines.append(f"MODEL     {m + 1:4d}")
         lines.extend(_model_remark(chipath, m, int(bins[m]), sensitivity))
-        xyz = chipath.positions[m] * 10.0  # nm -> Å
-        for i, a in enumerate(atoms):
+        xyz = chipath.positions[m][keep] * 10.0  # nm -> Å
+        for i, a in enumerate(all_atoms[k] for k in keep):
             name = a.name if len(a.name) >= 4 else f" {a.name:<3s}"
             chain = (a.residue.chain.id or "A")[:1]
             elem = a.element.symbol if a.element is not None else ""

@@ -204,8 +204,10 @@ def default_figures(run: Any) -> list[Path]:
     if paths:
         jobs.append(("path_profiles.png", lambda f: plots.plot_path_profile(f, paths)))
     if sens is not None:
+        sel = run.system.selection   # the molecule of interest, not its water box
+        shown = sel if len(sel) <= 60 else None
         jobs.append(("levelset_sensitivity.png",
-                     lambda f: plots.plot_levelset_heatmap(f, sens)))
+                     lambda f: plots.plot_levelset_heatmap(f, sens, atoms=shown)))
         jobs.append(("atom_ranking.png", lambda f: plots.plot_atom_ranking(
             f, sens, k=min(20, sens.n_atoms))))
     written = []

@@ -295,14 +295,17 @@ class AmoreRun:
             chosen["temperature"] = float(ms.temperature)
         if cfg.lag_steps is None:
             chosen["lag_steps"] = int(ms.lag_steps)
-        if cfg.featurizer == "auto" and ms.featurizer != "auto":
-            chosen["featurizer"] = ms.featurizer
+        if cfg.featurizer == "auto":
+            # the system's own default, or what "auto" gives for its selection's atom count
+            from ..chi import featurizer_kind
+            chosen["featurizer"] = featurizer_kind(ms, ms.featurizer)
+            if ms.featurizer == "auto":
+                self.log.info("featurizer auto -> %s (from the %d atoms of the selection)",
+                              chosen["featurizer"], ms.n_selected)
         if chosen:
             self.config = apply_settings(cfg, chosen, "system defaults")
             self.log.info("settings from the system's defaults (no file or flag set them): %s",
                           ", ".join(f"{k}={v}" for k, v in chosen.items()))
-        if self.config.featurizer == "auto":
-            self.log.info("featurizer auto: chosen by make_featurizer from the atom count")
 
     def _save_state(self) -> None:
         write_json(self.paths["state"], self.state)

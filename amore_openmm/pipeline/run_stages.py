@@ -2,12 +2,13 @@
 reads only files of completed stages and returns the entries to record in the checkpoint."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data import KoopmanData, atomic_save_npz, atomic_write_text, write_json
+from ..data import KoopmanData, atomic_save_npz, atomic_write_text, to_jsonable, write_json
 from .report import build_report, default_figures, report_markdown
 from .runio import load_chipaths, load_paths, read_data, read_npz, save_paths
 from .stages import burst_starts, train_chi, trace_paths, trajectory_frames, write_sensitivity
@@ -48,13 +49,20 @@ def _sample(run: Any, starts: np.ndarray, seed: int, generation: int, origin: st
     come, so a killed stage resumes where it stopped (same seeds, same data)."""
     from ..sampling import BurstSampler, ContextPool
     cfg = run.config
+    # periodic boxes on the CPU: re-seeding is about one step there, and per-burst seeds let
+    # the few starts of a generation spread over every slot (a reseed block is one task)
+    reseed = "burst" if run.system.is_periodic and run.platform == "CPU" else "auto"
     with ContextPool(run.system, size=cfg.workers, platform=run.platform) as pool:
+        report = getattr(pool, "layout_report", None)
+        if report:   # the measured (or given) Contexts × threads choice, into run.log
+            run.log.info("burst pool layout on %s (reseed %s): %s", run.platform, reseed,
+                         json.dumps(to_jsonable(report), sort_keys=True))
         sampler = BurstSampler(pool, executor=run.executor(), replicas=cfg.replicas)
 
         def go() -> KoopmanData:
             return sampler.run(starts, cfg.n_koopman, run.lag_steps, seed=seed,
                                generation=generation, origin=origin, progress=run.progress,
-                               checkpoint=partial)
+                               checkpoint=partial, reseed=reseed)
         try:
             data = go()
         except ValueError as exc:

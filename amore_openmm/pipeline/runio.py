@@ -116,15 +116,17 @@ def load_chipaths(path: str | os.PathLike) -> list[Any]:
 
 
 def write_path_files(out: str | os.PathLike, paths: list[Any], topology: Any,
-                     sensitivity: Any = None) -> Path:
-    """``out/paths.npz`` (:func:`save_paths`) and one multi-model ``out/path_XXX.pdb`` per
-    path; returns the folder."""
+                     sensitivity: Any = None, atoms: Any = None) -> Path:
+    """``out/paths.npz`` (:func:`save_paths`, every atom) and one multi-model
+    ``out/path_XXX.pdb`` per path (of ``atoms``, e.g. the selection; default every atom);
+    returns the folder."""
     from ..mep import write_path_pdb
     from .state import check_out_dir
     out = check_out_dir(Path(out))
     save_paths(out / "paths.npz", paths)
     for i, p in enumerate(paths):
-        write_path_pdb(out / f"path_{i:03d}.pdb", p, topology, sensitivity=sensitivity)
+        write_path_pdb(out / f"path_{i:03d}.pdb", p, topology, sensitivity=sensitivity,
+                       atoms=atoms)
     return out
 
 

@@ -140,22 +140,27 @@ class Sensitivity:
                        n_samples=int(z["n_samples"]), chi_min=float(z["chi_min"]),
                        chi_max=float(z["chi_max"]), **opt, **ints)
 
-    def write_ranking_csv(self, path: str | os.PathLike, k: int = 5) -> Path:
+    def write_ranking_csv(self, path: str | os.PathLike, k: int = 5,
+                          atoms: Any = None) -> Path:
         """The atoms CSV (atomic write), ranked by ⟨‖∇ᵢχ‖²⟩_ρ.
 
         Columns: rank, atom_index_0based, atom_index_1based, label, mean_grad_sq_nm-2,
         stderr_nm-2 (bootstrap), fraction (of the total over featurized atoms),
         top{k}_frequency (share of bootstrap resamples with the atom in the top ``k``),
         status. Atoms χ does not featurize come last with an empty rank, "nan" values and
-        status "not featurized".
+        status "not featurized". ``atoms`` (0-based indices, e.g. the system's selection)
+        limits the rows to those atoms (the solvent of a water box is left out).
         """
         frac, freq = self.fraction, self.top_frequency(k)
+        listed = None if atoms is None else set(np.asarray(atoms, dtype=np.int64).tolist())
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["rank", "atom_index_0based", "atom_index_1based", "label",
                         "mean_grad_sq_nm-2", "stderr_nm-2", "fraction", f"top{k}_frequency",
                         "status"])
             for r, i in enumerate(self.ranking, start=1):
+                if listed is not None and int(i) not in listed:
+                    continue
                 ok = bool(self.featurized[i])
                 w.writerow([r if ok else "", int(i), int(i) + 1,
                             self.labels[i] if self.labels else f"atom{i}",
