@@ -24,8 +24,8 @@ STOP_REASONS = {
     "chi_range": "χ left chi_range (reached the basin)",
     "stalled": "χ stopped advancing (flat χ or the minimizer pulled back)",
     "max_nodes": "max_nodes reached",
-    "uncertified": "a node failed its certificate (mep.CERTIFICATE: level error, minimiser "
-                   "convergence, orthogonal force or energy window) even after the retries "
+    "uncertified": "a node failed its certificate (mep.CERTIFICATE: level error, stationarity, "
+                   "orthogonal force or energy window) even after the retries "
                    "(more iterations, a stiffer κ, the step halved); the node is kept, marked "
                    "certified=False, and the branch ends there",
     "nonfinite": "non-finite energy or ∇χ",

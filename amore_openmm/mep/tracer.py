@@ -233,15 +233,15 @@ class LevelSetTracer:
         x = self.positions()
         e, f = self.physical()
         chi, g = self.chi_grad(x)
-        total = self.projector(x, self.total_force()[None])[0]
-        converged = rms(total) <= s.tolerance * (1 + 1e-9)
+        total = rms(self.projector(x, self.total_force()[None])[0])
+        converged = total <= s.tolerance * (1 + 1e-9)
         finite = math.isfinite(e) and math.isfinite(chi) and bool(np.all(np.isfinite(g)))
         orth = orthogonal_force_rms(f, g, x, self.projector) if finite else math.nan
         if self._counter is None:
             iterations = -1
         node = LevelSetNode(x, chi, e, g, z, kappa, iterations, bool(converged), orth)
-        node.local_ok = s.certificate.local_ok(node.level_error, node.converged, orth,
-                                               e if finite else math.nan)
+        node.local_ok = s.certificate.local_ok(node.level_error, total, orth,
+                                               e if finite else math.nan, s.tolerance)
         return node
 
     def relax(self, x: np.ndarray, z: float, kappa: float | None = None) -> LevelSetNode:

@@ -115,7 +115,7 @@ def _md_generations(rep: dict[str, Any]) -> list[str]:
 
 def _md_paths(rep: dict[str, Any]) -> list[str]:
     lines = ["## χ-minimum-energy paths", "",
-             "Barriers and energies come from certified nodes only (converged level-set "
+             "Barriers and energies come from certified nodes only (stationary level-set "
              "minima inside the energy window); a path without certified nodes is marked "
              "UNCERTIFIED and gives no barrier. A jump is a step between consecutive "
              f"nodes more than {JUMP_FACTOR:g}× the path's median step (the level-set minimum switched "
