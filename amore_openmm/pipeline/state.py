@@ -52,6 +52,12 @@ def _stage_seed(seed: int, stage: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(stage.encode())) % (2**31 - 1)
 
 
+def stage_seed(seed: int, stage: str) -> int:
+    """The public name of the per-stage seed (for stage modules outside this package's
+    core)."""
+    return _stage_seed(seed, stage)
+
+
 def _stage_generation(stage: str) -> int | None:
     """The generation a stage belongs to (None for the final stages)."""
     if stage in ("trajectory", "initial_bursts"):
