@@ -115,3 +115,37 @@ def test_science_preset_only_for_vgvapg_and_consistent():
         resolve_config("alanine_dipeptide", "science")
     with pytest.raises(ConfigError, match="n_koopman"):
         resolve_config("vgvapg", "science", overrides={"n_koopman": 2})
+
+
+@pytest.mark.slow
+def test_science_pipeline_smoke(tmp_path):
+    """The science stages end to end at tiny size (a few minutes on 2 cores): equilibrium
+    ensemble of packed replicas, generations with transitions, dihedral χ, channels,
+    paper_comparison.md beside report.md."""
+    import json
+
+    from amore_openmm.pipeline import AmoreRun
+    ov = dict(equilibrium_replicas=10, equilibrium_steps=3250, equilibration_steps=250,
+              n_starts=120, iterations=600, iterations_per_generation=20, generations=2,
+              paths_per_generation=1, starts_per_path=3, path_max_nodes=10, path_step=0.1,
+              final_paths=3, sensitivity_bins=10, sensitivity_samples=120, minibatch=100)
+    out = tmp_path / "run"
+    with AmoreRun(out, "vgvapg", preset="science", overrides=ov, quiet=True) as run:
+        rep = run.run()
+        assert run.is_complete()
+    sci = rep["science"]
+    eq = sci["equilibrium"]
+    assert eq["replicas"] == 10 and eq["ns_sampled"] == pytest.approx(10 * 3250 * 0.002 / 1000)
+    assert set(eq["halves"]["tv"]) == {r["dihedral"] for r in sci["dihedral_saliency"]}
+    assert len(sci["dihedral_saliency"]) == 10
+    assert all(r["sin"] is not None and r["cos"] is not None for r in sci["dihedral_saliency"])
+    assert rep["generations"][0]["new_transitions"] is not None
+    assert "channels" in sci and sci["channels"]["n_paths"] == 3
+    data = np.load(out / "data" / "koopman.npz")
+    w, gen = data["weights"], data["generation"]
+    assert np.all(w[gen == 0] == 1.0) and np.all(w[gen > 0] == 0.0)
+    md = (out / "report.md").read_text()
+    assert "Dihedral χ: saliency per backbone dihedral" in md and "Transition channels" in md
+    comp = (out / "paper_comparison.md").read_text()
+    assert "| quantity | paper | ours | agreement |" in comp and "VAL3 ψ" in comp
+    assert json.loads((out / "sensitivity" / "channels.json").read_text())["n_paths"] == 3

@@ -124,6 +124,27 @@ def initial_bursts(run: Any) -> dict[str, Any]:
     return {"n_data": len(data)}
 
 
+def _fit(run: Any, data: KoopmanData, iters: int, prev: Any, g: int) -> tuple[Any, list]:
+    """train_chi with the stage's seed; a science run's first fit that collapses to a
+    constant χ (IsokannError) is retried, logged, with up to two other seeds."""
+    from ..isokann import IsokannError
+    cfg = run.config
+    tries = 3 if cfg.science and prev is None else 1
+    for attempt in range(tries):
+        name = f"train/{g}" if attempt == 0 else f"train/{g}/retry{attempt}"
+        try:
+            return train_chi(data, run.system, iters, model=prev, featurizer=cfg.featurizer,
+                             minibatch=cfg.minibatch, optimizer=cfg.optimizer, lr=cfg.lr,
+                             weight_decay=cfg.weight_decay, seed=_stage_seed(cfg.seed, name),
+                             progress=run.progress)
+        except IsokannError as exc:
+            if attempt + 1 == tries:
+                raise
+            run.log.warning("train_%d: %s; retrying with seed %r", g, exc,
+                            f"train/{g}/retry{attempt + 1}")
+    raise AssertionError("unreachable")
+
+
 def train(run: Any, g: int) -> dict[str, Any]:
     """ISOKANN on the data so far (continuing from generation g-1's weights), orient."""
     from ..isokann import exit_rates
@@ -131,10 +152,7 @@ def train(run: Any, g: int) -> dict[str, Any]:
     data = run.load_data()
     prev = None if g == 0 else run.load_model(g - 1)
     iters = cfg.iterations if g == 0 else cfg.iterations_per_generation
-    model, losses = train_chi(data, run.system, iters, model=prev, featurizer=cfg.featurizer,
-                              minibatch=cfg.minibatch, optimizer=cfg.optimizer, lr=cfg.lr,
-                              weight_decay=cfg.weight_decay,
-                              seed=_stage_seed(cfg.seed, f"train/{g}"), progress=run.progress)
+    model, losses = _fit(run, data, iters, prev, g)
     rates = exit_rates(model, data, data.lag_time)
     val_loss = _last(model.metadata["training"]["val_loss"])
     model.metadata.update(system=run.system.name, generation=g, n_data=len(data),

@@ -127,10 +127,20 @@ def dihedral_chi(run: Any) -> dict[str, Any]:
     from ..sensitivity import angle_saliency, feature_saliency
     from .stages import train_chi
     cfg = run.config
-    model, _ = train_chi(run.load_data(), run.system, cfg.iterations, featurizer="dihedrals",
-                         minibatch=cfg.minibatch, optimizer=cfg.optimizer, lr=cfg.lr,
-                         weight_decay=cfg.weight_decay,
-                         seed=stage_seed(cfg.seed, "dihedral_chi"), progress=run.progress)
+    from ..isokann import IsokannError
+    data = run.load_data()
+    for attempt in range(3):  # a fit that collapses to a constant χ is retried (logged)
+        name = "dihedral_chi" if attempt == 0 else f"dihedral_chi/retry{attempt}"
+        try:
+            model, _ = train_chi(data, run.system, cfg.iterations, featurizer="dihedrals",
+                                 minibatch=cfg.minibatch, optimizer=cfg.optimizer, lr=cfg.lr,
+                                 weight_decay=cfg.weight_decay,
+                                 seed=stage_seed(cfg.seed, name), progress=run.progress)
+            break
+        except IsokannError as exc:
+            if attempt == 2:
+                raise
+            run.log.warning("dihedral χ: %s; retrying with another seed", exc)
     files = science_paths(run)
     files["dihedral_model"].parent.mkdir(parents=True, exist_ok=True)
     model.save(files["dihedral_model"])
@@ -256,7 +266,8 @@ def paper_comparison(run: Any) -> Path:
     ctx.append(f"adaptive loop: {stop}" if stop else
                f"adaptive loop: ran to the generation limit ({run.config.generations})")
     total = sum((st.get("timings") or {}).values())
-    ctx.append(f"total time {total / 60:.1f} min on platform {st.get('platform')}")
+    ctx.append(f"total time {total / 60:.1f} min on platform "
+               f"{st.get('platform') or run.config.platform}")
     text = science.comparison_markdown(rows, ctx)
     path = science_paths(run)["comparison"]
     atomic_write_text(path, text)
