@@ -266,12 +266,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # `make science` (≤ 60 min on 2 CPU cores): an equilibrium ensemble of 10 packed
         # replicas, one per bundled conformation (benchmarks/vgvapg_packing.py: 8, 10 and 16
         # copies per Context give the same ~900 replica-steps/s within the noise of a shared
-        # 2-core machine, 2.5× one copy), 10 ps equilibration discarded and 200 ps kept per
-        # replica (2 ns); Koopman pairs of consecutive frames (lag 0.5 ps), 3000 of them;
+        # 2-core machine, 2.5× one copy), 10 ps equilibration discarded and 100 ps kept per
+        # replica (1 ns); Koopman pairs of consecutive frames (lag 0.5 ps), 3000 of them;
         # 2 generations of 2 χ-MEPs with the stopping rule of pipeline.science; 6 final paths
         # from distinct transition states in the paper's wide window χ ∈ [0.49, 0.51]; a
         # second χ on the 10 backbone dihedrals. Measured stage times: see the report.
-        "science": {"science": True, "equilibrium_replicas": 10, "equilibrium_steps": 100000,
+        "science": {"science": True, "equilibrium_replicas": 10, "equilibrium_steps": 50000,
                     "equilibration_steps": 5000, "n_starts": 3000, "n_koopman": 1,
                     "iterations": 1000, "iterations_per_generation": 200, "minibatch": 1000,
                     "generations": 2, "paths_per_generation": 2, "starts_per_path": 15,
