@@ -273,10 +273,11 @@ def plot_path_profile(path: str | os.PathLike, chi_paths: Sequence[Any], *,
 def plot_channels_phi_psi(path: str | os.PathLike, ensemble: np.ndarray,
                           weights: np.ndarray | None, channels: Sequence[Sequence[np.ndarray]],
                           shares: Sequence[float] = (), *, residue: str = "",
-                          bins: int = 72) -> Path:
+                          others: Sequence[np.ndarray] = (), bins: int = 72) -> Path:
     """Transition channels in one residue's (φ, ψ) plane: the weighted equilibrium density
     of ``ensemble`` (N, 2) radians as a grey histogram (log scale), and each channel's paths
-    (lists of (M, 2) radians) as coloured nodes joined by lines, labelled with its share."""
+    (lists of (M, 2) radians) as coloured nodes joined by lines, labelled with its share;
+    ``others``: paths in no channel (too short to compare), drawn in black."""
     from matplotlib.colors import LogNorm
     deg = np.degrees(np.asarray(ensemble, dtype=float).reshape(-1, 2))
     fig = _figure(6.4, 5.4)
@@ -288,9 +289,12 @@ def plot_channels_phi_psi(path: str | os.PathLike, ensemble: np.ndarray,
         ax.pcolormesh(edges, edges, h.T, cmap="Greys", norm=LogNorm(), alpha=0.8)
     colours = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:cyan",
                "tab:olive", "tab:brown"]
-    for c, members in enumerate(channels):
-        col = colours[c % len(colours)]
-        share = f" ({shares[c]:.0%})" if c < len(shares) else ""
+    groups = [(colours[c % len(colours)], f"channel {c + 1}"
+               + (f" ({shares[c]:.0%})" if c < len(shares) else ""), m)
+              for c, m in enumerate(channels)]
+    if len(others):
+        groups.append(("k", "paths in no channel", others))
+    for col, label, members in groups:
         for j, a in enumerate(members):
             a = np.degrees(np.asarray(a, dtype=float).reshape(-1, 2))
             if not len(a):
@@ -299,7 +303,7 @@ def plot_channels_phi_psi(path: str | os.PathLike, ensemble: np.ndarray,
             for seg in np.split(a, jump):
                 ax.plot(seg[:, 0], seg[:, 1], "-", color=col, lw=1.0, zorder=4)
             ax.plot(a[:, 0], a[:, 1], "o", ms=3, color=col, zorder=5,
-                    label=f"channel {c + 1}{share}" if j == 0 else None)
+                    label=label if j == 0 else None)
     ax.set_xlim(-180, 180)
     ax.set_ylim(-180, 180)
     ax.set_xticks(range(-180, 181, 60))

@@ -149,3 +149,13 @@ def test_science_pipeline_smoke(tmp_path):
     comp = (out / "paper_comparison.md").read_text()
     assert "| quantity | paper | ours | agreement |" in comp and "VAL3 ψ" in comp
     assert json.loads((out / "sensitivity" / "channels.json").read_text())["n_paths"] == 3
+
+
+def test_channel_figure_is_written(tmp_path):
+    from amore_openmm.plots import plot_channels_phi_psi
+    rng = np.random.default_rng(0)
+    ens = rng.uniform(-3, 3, (300, 2))
+    chans = [[rng.uniform(-3, 3, (8, 2)) for _ in range(2)], [rng.uniform(-3, 3, (8, 2))]]
+    out = plot_channels_phi_psi(tmp_path / "f.png", ens, np.ones(300), chans, [2 / 3, 1 / 3],
+                                residue="VAL3", others=[rng.uniform(-3, 3, (4, 2))])
+    assert out.is_file() and out.stat().st_size > 1000

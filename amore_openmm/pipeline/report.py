@@ -168,6 +168,11 @@ def report_markdown(rep: dict[str, Any]) -> str:
                   "timescale change < 10 %): " + (f"fired: {stop}." if stop else
                                                   "did not fire; ran to the generation "
                                                   "limit."), ""] + science_markdown(sci)
+        times = rep.get("timings_s") or {}
+        if times:
+            lines += ["## Time per stage", "", "| stage | s |", "|---|---|"] + [
+                f"| {k} | {v:.1f} |" for k, v in times.items()] + [
+                f"| total | {sum(times.values()):.1f} |"]
     rates = rep.get("exit_rates")
     if rates:
         lines += ["", "## Exit rates (final χ)", ""]

@@ -209,10 +209,12 @@ def _channel_figure(run: Any, chans: list[Any], angs: list[np.ndarray], ens_ang:
                for r in (run.state or {}).get("dihedral_saliency", [])]
         res, i_phi, i_psi = science.choose_residue(sal, names)
         groups = [[angs[m] for m in ch.members] for ch in chans]
+        inside = {m for ch in chans for m in ch.members}
+        others = [a[:, [i_phi, i_psi]] for i, a in enumerate(angs) if i not in inside]
         path = science_paths(run)["figure"]
         plot_channels_phi_psi(path, ens_ang[:, [i_phi, i_psi]], weights,
                               [[a[:, [i_phi, i_psi]] for a in g] for g in groups],
-                              [ch.share for ch in chans], residue=res)
+                              [ch.share for ch in chans], residue=res, others=others)
         return str(path.relative_to(run.out))
     except Exception as exc:  # noqa: BLE001 - a figure must never lose a finished run
         run.log.warning("channel figure not written: %s: %s", type(exc).__name__, exc)
