@@ -290,7 +290,9 @@ def science_markdown(st: dict[str, Any]) -> list[str]:
                   f"histogram): largest {h['max_tv']:.3f} at {h['worst']}, "
                   f"{'converged' if h['converged'] else 'NOT converged'} (tolerance "
                   f"{h['tolerance']}). These frames carry Boltzmann weight 1; path-node "
-                  "starts carry weight 0.", ""]
+                  "starts carry weight 0.", "",
+                  "Halves distance per dihedral: " + ", ".join(
+                      f"{k} {v:.3f}" for k, v in h["tv"].items()) + ".", ""]
     rows = st.get("dihedral_saliency")
     if rows:
         lines += ["## Dihedral χ: saliency per backbone dihedral", "",
