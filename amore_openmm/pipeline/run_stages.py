@@ -125,23 +125,30 @@ def initial_bursts(run: Any) -> dict[str, Any]:
 
 
 def _fit(run: Any, data: KoopmanData, iters: int, prev: Any, g: int) -> tuple[Any, list]:
-    """train_chi with the stage's seed; a science run's first fit that collapses to a
-    constant χ (IsokannError) is retried, logged, with up to two other seeds."""
+    """train_chi with the stage's seed. A science run's first fit that collapses to a
+    constant χ (IsokannError, or χ spanning < 0.1 over the data) is retried, logged, with up
+    to three other seeds; the last attempt's result stands."""
     from ..isokann import IsokannError
     cfg = run.config
-    tries = 3 if cfg.science and prev is None else 1
+    tries = 4 if cfg.science and prev is None else 1
     for attempt in range(tries):
         name = f"train/{g}" if attempt == 0 else f"train/{g}/retry{attempt}"
         try:
-            return train_chi(data, run.system, iters, model=prev, featurizer=cfg.featurizer,
-                             minibatch=cfg.minibatch, optimizer=cfg.optimizer, lr=cfg.lr,
-                             weight_decay=cfg.weight_decay, seed=_stage_seed(cfg.seed, name),
-                             progress=run.progress)
+            model, losses = train_chi(
+                data, run.system, iters, model=prev, featurizer=cfg.featurizer,
+                minibatch=cfg.minibatch, optimizer=cfg.optimizer, lr=cfg.lr,
+                weight_decay=cfg.weight_decay, seed=_stage_seed(cfg.seed, name),
+                progress=run.progress)
         except IsokannError as exc:
             if attempt + 1 == tries:
                 raise
-            run.log.warning("train_%d: %s; retrying with seed %r", g, exc,
-                            f"train/{g}/retry{attempt + 1}")
+            run.log.warning("train_%d (seed %r): %s; retrying with another seed", g, name, exc)
+            continue
+        chi = model.chi(data.x)
+        if attempt + 1 == tries or float(chi.max() - chi.min()) >= 0.1:
+            return model, losses
+        run.log.warning("train_%d (seed %r): χ collapsed to %.3f..%.3f over the data; "
+                        "retrying with another seed", g, name, chi.min(), chi.max())
     raise AssertionError("unreachable")
 
 
