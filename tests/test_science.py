@@ -159,3 +159,39 @@ def test_channel_figure_is_written(tmp_path):
     out = plot_channels_phi_psi(tmp_path / "f.png", ens, np.ones(300), chans, [2 / 3, 1 / 3],
                                 residue="VAL3", others=[rng.uniform(-3, 3, (4, 2))])
     assert out.is_file() and out.stat().st_size > 1000
+
+
+def test_science_first_fit_retries_a_collapsed_chi(monkeypatch):
+    """A first fit whose χ is constant over the data is retried with another seed (logged);
+    a plain run never retries."""
+    import logging
+
+    from amore_openmm.isokann import IsokannError
+    from amore_openmm.pipeline import run_stages
+
+    calls = []
+
+    class Fake:
+        def __init__(self, span):
+            self.span = span
+
+        def chi(self, x):
+            return np.linspace(0.3, 0.3 + self.span, len(x))
+
+    def fake_train(data, system, iters, **kw):
+        calls.append(kw["seed"])
+        if len(calls) == 1:
+            raise IsokannError("Kχ is constant")
+        return Fake(0.0 if len(calls) == 2 else 0.8), [0.1]
+
+    monkeypatch.setattr(run_stages, "train_chi", fake_train)
+    data = SimpleNamespace(x=np.zeros((5, 2, 3)))
+    cfg = resolve_config("vgvapg", "science")
+    run = SimpleNamespace(config=cfg, system=None, progress=False,
+                          log=logging.getLogger("test_science"))
+    model, _ = run_stages.fit_stage_chi(run, data, 10, None, 0)
+    assert model.span == 0.8 and len(calls) == 3 and len(set(calls)) == 3
+    calls.clear()
+    run.config = resolve_config("vgvapg", "quick")
+    with pytest.raises(IsokannError):
+        run_stages.fit_stage_chi(run, data, 10, None, 0)

@@ -13,7 +13,7 @@ from .runio import load_chipaths, load_paths, read_data, read_npz, save_paths
 from .stages import burst_starts, train_chi, trace_paths, trajectory_frames, write_sensitivity
 from .state import _stage_seed
 
-__all__ = ["dispatch", "summary_line"]
+__all__ = ["dispatch", "summary_line", "fit_stage_chi"]
 
 
 def dispatch(run: Any, stage: str) -> dict[str, Any] | None:
@@ -124,7 +124,7 @@ def initial_bursts(run: Any) -> dict[str, Any]:
     return {"n_data": len(data)}
 
 
-def _fit(run: Any, data: KoopmanData, iters: int, prev: Any, g: int) -> tuple[Any, list]:
+def fit_stage_chi(run: Any, data: KoopmanData, iters: int, prev: Any, g: int) -> tuple[Any, list]:
     """train_chi with the stage's seed. A science run's first fit that collapses to a
     constant χ (IsokannError, or χ spanning < 0.1 over the data) is retried, logged, with up
     to three other seeds; the last attempt's result stands."""
@@ -159,7 +159,7 @@ def train(run: Any, g: int) -> dict[str, Any]:
     data = run.load_data()
     prev = None if g == 0 else run.load_model(g - 1)
     iters = cfg.iterations if g == 0 else cfg.iterations_per_generation
-    model, losses = _fit(run, data, iters, prev, g)
+    model, losses = fit_stage_chi(run, data, iters, prev, g)
     rates = exit_rates(model, data, data.lag_time)
     val_loss = _last(model.metadata["training"]["val_loss"])
     model.metadata.update(system=run.system.name, generation=g, n_data=len(data),
