@@ -124,7 +124,8 @@ def initial_bursts(run: Any) -> dict[str, Any]:
     return {"n_data": len(data)}
 
 
-def fit_stage_chi(run: Any, data: KoopmanData, iters: int, prev: Any, g: int) -> tuple[Any, list]:
+def fit_stage_chi(run: Any, data: KoopmanData, iters: int, prev: Any, g: int
+                  ) -> tuple[Any, list]:
     """train_chi with the stage's seed. A science run's first fit that collapses to a
     constant χ (IsokannError, or χ spanning < 0.1 over the data) is retried, logged, with up
     to three other seeds; the last attempt's result stands."""
