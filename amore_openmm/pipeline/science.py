@@ -22,12 +22,17 @@ import numpy as np
 
 __all__ = ["equilibrium_trajectories", "koopman_pairs", "halves_check", "count_transitions",
            "stop_decision", "channel_summaries", "choose_residue", "comparison_rows",
-           "comparison_markdown", "PAPER", "HALVES_TOLERANCE", "TIMESCALE_TOLERANCE"]
+           "comparison_markdown", "PAPER", "HALVES_TOLERANCE", "TIMESCALE_TOLERANCE",
+           "CHANNEL_LEVELS"]
 
 #: largest total-variation distance between the halves' dihedral histograms called converged
 HALVES_TOLERANCE = 0.1
 #: relative change of the χ timescale below which a generation adds nothing (stopping rule)
 TIMESCALE_TOLERANCE = 0.1
+
+#: χ levels at which final paths are compared for channels: the transition region (paths
+#: capped at path_max_nodes often stop short of χ = 0.1 or 0.9 on one side)
+CHANNEL_LEVELS = np.linspace(0.2, 0.8, 13)
 
 #: the paper's VGVAPG numbers (seeds/001, "VGVAPG" and Fig. 3); atoms 0-based here
 PAPER = {"top_dihedral": "VAL3 ψ", "top_saliency": 0.0162, "ratio": 10.0,

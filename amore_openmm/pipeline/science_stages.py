@@ -184,13 +184,15 @@ def channels(run: Any) -> dict[str, Any]:
     ens = data.x[w > 0]
     ens_ang = _angles(run, ens)
     chis, angs = _certified_angles(run, paths)
-    chans, info = find_channels(chis, angs, ens_ang, w[w > 0]) if paths else ([], {})
+    levels = science.CHANNEL_LEVELS
+    chans, info = (find_channels(chis, angs, ens_ang, w[w > 0], levels=levels) if paths
+                   else ([], {}))
     sens = Sensitivity.load(run.paths["levelset"]) if run.paths["levelset"].is_file() else None
     labels = [f"{a.residue.name}{a.residue.id}-{a.name}" for a in run.system.topology.atoms()]
     summ = science.channel_summaries(chans, paths, sens, labels)
     result = {"channels": summ, "silhouette": info.get("silhouette"),
               "criterion": info.get("criterion"), "skipped_paths": info.get("skipped", []),
-              "n_paths": len(paths)}
+              "n_paths": len(paths), "levels": [float(levels[0]), float(levels[-1])]}
     write_json(science_paths(run)["channels_json"], result)
     fig = _channel_figure(run, chans, angs, ens_ang, w[w > 0])
     return {"channels": result, "channel_figure": fig}
@@ -235,7 +237,7 @@ def _notes(rows: list[dict[str, Any]], st: dict[str, Any]) -> None:
         1: f"{short}; with few transitions several dihedrals correlate with χ",
         2: "the Cartesian χ (pairwise distances) spreads its gradient over the atoms of "
            "every correlated motion in a short ensemble",
-        3: "too few certified final paths span χ 0.1–0.9, or their routes differ by "
+        3: "too few certified final paths span the compared χ levels, or their routes differ by "
            "< 0.5 rad (one channel with thermal width)",
         4: "the MSE of ‖∇ᵢχ‖² profiles (nm⁻⁴) scales with ‖∇χ‖⁴, so it depends on how "
            "steep our χ is, not only on the agreement of the shapes (see the normalised "
@@ -314,9 +316,11 @@ def _num(v: Any) -> str:
 
 
 def _channel_lines(ch: dict[str, Any]) -> list[str]:
+    lo, hi = ch.get("levels", (0.1, 0.9))
     lines = ["## Transition channels", "",
              f"{ch['n_paths']} final paths, {len(ch['skipped_paths'])} left out (certified "
-             f"nodes do not span χ 0.1–0.9). Criterion: {ch['criterion']}; silhouette "
+             f"nodes do not span χ {lo:.1f}–{hi:.1f}, the levels where paths are compared). "
+             f"Criterion: {ch['criterion']}; silhouette "
              f"{_num(ch['silhouette'])}. Ranked by the stationary density around them. "
              "Barrier: mean (max) over member paths, certified nodes only. MSE: path vs "
              "level-set ‖∇ᵢχ‖² profiles, nm⁻⁴ (the paper's \"nm⁻²\"), and scale-free.", "",
