@@ -185,8 +185,14 @@ def channels(run: Any) -> dict[str, Any]:
     ens_ang = _angles(run, ens)
     chis, angs = _certified_angles(run, paths)
     levels = science.CHANNEL_LEVELS
-    chans, info = (find_channels(chis, angs, ens_ang, w[w > 0], levels=levels) if paths
-                   else ([], {}))
+    usable = [i for i, c in enumerate(chis) if len(c) >= 2]  # ≥ 2 certified nodes
+    chans, info = (find_channels([chis[i] for i in usable], [angs[i] for i in usable],
+                                 ens_ang, w[w > 0], levels=levels) if usable else ([], {}))
+    for ch in chans:  # back to indices of all final paths
+        ch.members = [usable[m] for m in ch.members]
+        ch.representative = usable[ch.representative]
+    info["skipped"] = sorted(set(range(len(paths))) - set(usable)
+                             | {usable[m] for m in info.get("skipped", [])})
     sens = Sensitivity.load(run.paths["levelset"]) if run.paths["levelset"].is_file() else None
     labels = [f"{a.residue.name}{a.residue.id}-{a.name}" for a in run.system.topology.atoms()]
     summ = science.channel_summaries(chans, paths, sens, labels)
@@ -232,13 +238,16 @@ def _notes(rows: list[dict[str, Any]], st: dict[str, Any]) -> None:
     short = (f"the ensemble is {ns:.2g} ns, not the paper's 1 µs" if ns is not None
              else "the data are not an equilibrium ensemble")
     conv = (eq.get("halves") or {}).get("converged")
+    ch = st.get("channels") or {}
+    n_p, n_skip = ch.get("n_paths", 0), len(ch.get("skipped_paths", []))
     reasons = {
         0: f"{short}; a χ trained on few Val3 ψ rotations can follow another slow dihedral",
         1: f"{short}; with few transitions several dihedrals correlate with χ",
         2: "the Cartesian χ (pairwise distances) spreads its gradient over the atoms of "
            "every correlated motion in a short ensemble",
-        3: "too few certified final paths span the compared χ levels, or their routes differ by "
-           "< 0.5 rad (one channel with thermal width)",
+        3: f"{n_skip} of {n_p} final paths have too few certified nodes across the compared "
+           "χ levels (capped at path_max_nodes, or uncertified), and clustering needs ≥ 3 "
+           "comparable paths whose routes differ by ≥ 0.5 rad",
         4: "the MSE of ‖∇ᵢχ‖² profiles (nm⁻⁴) scales with ‖∇χ‖⁴, so it depends on how "
            "steep our χ is, not only on the agreement of the shapes (see the normalised "
            "value)"}
