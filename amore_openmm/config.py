@@ -272,12 +272,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # from distinct transition states in the paper's wide window χ ∈ [0.49, 0.51]; a
         # second χ on the 10 backbone dihedrals. 300 first-fit iterations: on the 1 ns
         # ensemble the pairwise_sym χ collapsed to a constant within 1000 iterations for 3 of
-        # 3 seeds (and is retried with other seeds when it does). Stage times: the report.
+        # 3 seeds (and is retried with other seeds when it does). 60 nodes per path: with
+        # 30, 4 of 6 final paths stopped short of χ 0.2 or 0.8 and no channel split was
+        # possible; with 60 all 6 spanned χ 0–1 (final_paths 11.4 min on the shared machine).
+        # Measured there (load 5-7): sampling 22.7 min, total ≈ 40 min with 1 generation.
         "science": {"science": True, "equilibrium_replicas": 10, "equilibrium_steps": 50000,
                     "equilibration_steps": 5000, "n_starts": 3000, "n_koopman": 1,
                     "iterations": 300, "iterations_per_generation": 100, "minibatch": 1000,
                     "generations": 2, "paths_per_generation": 2, "starts_per_path": 15,
-                    "path_step": 0.05, "path_max_nodes": 30, "ts_low": 0.49,
+                    "path_step": 0.05, "path_max_nodes": 60, "ts_low": 0.49,
                     "ts_high": 0.51, "final_paths": 6, "sensitivity_bins": 40,
                     "sensitivity_samples": 3000, "platform": "CPU"},
         # OBC2 on 73 atoms is slow on CPU: the default is a reduced run from the bundled
