@@ -1,6 +1,6 @@
 """The ``amore`` command: the AMORE pipeline and its single stages.
 
-    amore run SYSTEM --out RUN [--preset quick|default|paper] [--config FILE] [--SETTING V ...]
+    amore run SYSTEM --out RUN [--preset quick|default|paper|science] [--config FILE] [--SETTING V ...]
     amore run --out RUN --resume          # continue after the last completed stage
     amore sample SYSTEM --out data.npz    # trajectory frames + Koopman bursts
     amore train DATA --system SYSTEM --out chi_state.pt [--script chi.pt] [--init MODEL]
@@ -109,7 +109,7 @@ def _add_run(sub: Any) -> None:
                    help="bundled name (muller_brown, alanine_dipeptide, vgvapg), system folder, "
                         ".pdb, .prmtop or System .xml (with --pdb); optional with --resume")
     r.add_argument("--out", required=True, help="run directory")
-    r.add_argument("--preset", choices=("default", "quick", "paper"), default=None)
+    r.add_argument("--preset", choices=("default", "quick", "paper", "science"), default=None)
     r.add_argument("--config", dest="config_file", help="TOML file with settings")
     r.add_argument("--resume", action="store_true", help="continue the run in --out")
     r.add_argument("--resume-if-exists", action="store_true",

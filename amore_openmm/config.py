@@ -53,8 +53,8 @@ class RunConfig:
 
     system: str = field(default="", metadata={"help": "system: bundled name, folder, .pdb, "
                                               ".prmtop or System .xml"})
-    preset: str = field(default="default", metadata={"help": "size preset: default, quick "
-                                                     "or paper"})
+    preset: str = field(default="default", metadata={"help": "size preset: default, quick, "
+                                                     "paper or science (vgvapg)"})
     seed: int = field(default=0, metadata={"help": "master seed (bursts, training, choices)"})
     platform: str = field(default="auto", metadata={"help": "OpenMM platform for bursts: "
                                                     "auto, Reference, CPU, CUDA, OpenCL"})
@@ -79,6 +79,18 @@ class RunConfig:
                 "water or a monatomic ion)"})
     pdb: str = field(default="", metadata={
         "help": "structure (.pdb) for a System .xml input"})
+    # -- the science reproduction (vgvapg preset `science`) ----------------------------------
+    science: bool = field(default=False, metadata={
+        "help": "science run: per-generation transitions and stopping rule, a second χ on "
+                "the backbone dihedrals, transition channels, paper_comparison.md"})
+    equilibrium_replicas: int = field(default=0, metadata={
+        "help": "> 0: the initial data are an equilibrium ensemble of this many packed "
+                "replicas (frames every lag, Koopman pairs of consecutive frames, n_koopman "
+                "= 1); 0: frames from the initial structures"})
+    equilibrium_steps: int = field(default=0, metadata={
+        "help": "integrator steps per replica kept for the equilibrium ensemble"})
+    equilibration_steps: int = field(default=0, metadata={
+        "help": "integrator steps per replica run first and discarded (equilibration)"})
     # -- initial data -----------------------------------------------------------------------
     n_starts: int = field(default=1000, metadata={"help": "trajectory frames used as "
                                                   "initial starts (over all structures)"})
@@ -189,12 +201,13 @@ SYSTEM_SETTINGS = ("temperature", "forcefield", "implicit_solvent", "atoms", "pd
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 _CHOICES = {"optimizer": ("adam", "nesterov"),
             "platform": ("auto", "Reference", "CPU", "CUDA", "OpenCL", "HIP"),
-            "preset": ("default", "quick", "paper")}
+            "preset": ("default", "quick", "paper", "science")}
 _MIN = {"n_starts": 2, "n_koopman": 1, "lag_steps": 1, "stride_steps": 1, "iterations": 1,
         "iterations_per_generation": 0, "minibatch": 1, "generations": 0,
         "paths_per_generation": 1, "starts_per_path": 1, "path_max_nodes": 3,
         "final_paths": 0, "sensitivity_bins": 1, "sensitivity_samples": 1, "top_k": 1,
-        "workers": 1}
+        "workers": 1, "equilibrium_replicas": 0, "equilibrium_steps": 0,
+        "equilibration_steps": 0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,6 +294,26 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "sensitivity_samples": 100},
     },
     "vgvapg": {
+        # `make science` (≤ 60 min on 2 CPU cores): an equilibrium ensemble of 10 packed
+        # replicas, one per bundled conformation (benchmarks/vgvapg_packing.py: 8, 10 and 16
+        # copies per Context give the same ~900 replica-steps/s within the noise of a shared
+        # 2-core machine, 2.5× one copy), 10 ps equilibration discarded and 100 ps kept per
+        # replica (1 ns); Koopman pairs of consecutive frames (lag 0.5 ps), 3000 of them;
+        # 2 generations of 2 χ-MEPs with the stopping rule of pipeline.science; 6 final paths
+        # from distinct transition states in the paper's wide window χ ∈ [0.49, 0.51]; a
+        # second χ on the 10 backbone dihedrals. 300 first-fit iterations: on the 1 ns
+        # ensemble the pairwise_sym χ collapsed to a constant within 1000 iterations for 3 of
+        # 3 seeds (and is retried with other seeds when it does). 60 nodes per path: with
+        # 30, 4 of 6 final paths stopped short of χ 0.2 or 0.8 and no channel split was
+        # possible; with 60 all 6 spanned χ 0–1 (final_paths 11.4 min on the shared machine).
+        # Measured there (load 5-7): sampling 22.7 min, total ≈ 40 min with 1 generation.
+        "science": {"science": True, "equilibrium_replicas": 10, "equilibrium_steps": 50000,
+                    "equilibration_steps": 5000, "n_starts": 3000, "n_koopman": 1,
+                    "iterations": 300, "iterations_per_generation": 100, "minibatch": 1000,
+                    "generations": 2, "paths_per_generation": 2, "starts_per_path": 15,
+                    "path_step": 0.05, "path_max_nodes": 60, "ts_low": 0.49,
+                    "ts_high": 0.51, "final_paths": 6, "sensitivity_bins": 40,
+                    "sensitivity_samples": 3000, "platform": "CPU"},
         # OBC2 on 73 atoms is slow on CPU: the default is a reduced run from the bundled
         # conformations; `paper` is for GPUs (50,000 starts, 20,000 iterations, 100 gens)
         "default": {"n_starts": 600, "n_koopman": 1, "iterations": 1500,
@@ -411,6 +444,11 @@ def apply_settings(cfg: RunConfig, settings: Mapping[str, Any], where: str) -> R
 
 
 def _check_consistency(cfg: RunConfig) -> None:
+    if cfg.equilibrium_replicas and (cfg.n_koopman != 1 or cfg.equilibrium_steps < 2 * (
+            cfg.lag_steps or 1)):
+        raise ConfigError(f"equilibrium_replicas = {cfg.equilibrium_replicas} needs n_koopman = "
+                          f"1 (got {cfg.n_koopman}) and equilibrium_steps >= 2 lags (got "
+                          f"{cfg.equilibrium_steps}); set them or equilibrium_replicas = 0")
     if not 0.0 <= cfg.ts_low < cfg.ts_high <= 1.0:
         raise ConfigError(f"transition-state window ts_low={cfg.ts_low}, ts_high={cfg.ts_high}"
                           ": need 0 <= ts_low < ts_high <= 1")
@@ -466,6 +504,10 @@ def resolve_config(system: str, preset: str = "default",
         raise ConfigError(f"preset {preset!r} is not known; use one of "
                           f"{', '.join(_CHOICES['preset'])}")
     name, run_table = system_key(system)
+    if preset == "science" and "science" not in PRESETS.get(name or "", {}):
+        raise ConfigError(f"preset 'science' is the VGVAPG reproduction (system vgvapg); "
+                          f"{system!r} has none: use --preset default, quick or paper, or set "
+                          "science = true and the equilibrium_* settings in a --config file")
     where_manifest = run_table.pop("__where__", "system.toml")
     cfg = RunConfig(system=str(system), preset=preset)
     builtin = PRESETS.get(name or "", _GENERIC_PRESETS)
@@ -478,7 +520,7 @@ def resolve_config(system: str, preset: str = "default",
                               f"[run.quick], [run.paper] or [run.default]")
     cfg = apply_settings(cfg, top, f"{where_manifest} [run]")
     if preset != "default":
-        cfg = apply_settings(cfg, builtin.get(preset, _GENERIC_PRESETS[preset]),
+        cfg = apply_settings(cfg, builtin.get(preset, _GENERIC_PRESETS.get(preset, {})),
                              f"built-in preset {name}/{preset}")
     cfg = apply_settings(cfg, sub.get(preset, {}), f"{where_manifest} [run.{preset}]")
     if config_file is not None:

@@ -16,7 +16,7 @@ import numpy as np
 from .data import atomic_path
 
 __all__ = ["plot_muller_brown", "plot_ramachandran", "plot_levelset_heatmap",
-           "plot_atom_ranking", "plot_path_profile"]
+           "plot_atom_ranking", "plot_path_profile", "plot_channels_phi_psi"]
 
 
 def _figure(width: float, height: float):
@@ -267,4 +267,51 @@ def plot_path_profile(path: str | os.PathLike, chi_paths: Sequence[Any], *,
     ax2.set_ylabel("‖∇χ‖ (nm⁻¹)")
     ax2.set_xlabel("χ")
     ax1.set_title(title)
+    return _save(fig, path)
+
+
+def plot_channels_phi_psi(path: str | os.PathLike, ensemble: np.ndarray,
+                          weights: np.ndarray | None, channels: Sequence[Sequence[np.ndarray]],
+                          shares: Sequence[float] = (), *, residue: str = "",
+                          others: Sequence[np.ndarray] = (), bins: int = 72) -> Path:
+    """Transition channels in one residue's (φ, ψ) plane: the weighted equilibrium density
+    of ``ensemble`` (N, 2) radians as a grey histogram (log scale), and each channel's paths
+    (lists of (M, 2) radians) as coloured nodes joined by lines, labelled with its share;
+    ``others``: paths in no channel (too short to compare), drawn in black."""
+    from matplotlib.colors import LogNorm
+    deg = np.degrees(np.asarray(ensemble, dtype=float).reshape(-1, 2))
+    fig = _figure(6.4, 5.4)
+    ax = fig.add_subplot()
+    edges = np.linspace(-180, 180, bins + 1)
+    h, _, _ = np.histogram2d(deg[:, 0], deg[:, 1], bins=[edges, edges], weights=weights)
+    if h.sum() > 0:
+        h = np.where(h > 0, h / h.sum(), np.nan)
+        ax.pcolormesh(edges, edges, h.T, cmap="Greys", norm=LogNorm(), alpha=0.8)
+    colours = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:cyan",
+               "tab:olive", "tab:brown"]
+    groups = [(colours[c % len(colours)], f"channel {c + 1}"
+               + (f" ({shares[c]:.0%})" if c < len(shares) else ""), m)
+              for c, m in enumerate(channels)]
+    if len(others):
+        groups.append(("k", "paths in no channel", others))
+    for col, label, members in groups:
+        for j, a in enumerate(members):
+            a = np.degrees(np.asarray(a, dtype=float).reshape(-1, 2))
+            if not len(a):
+                continue
+            jump = np.flatnonzero(np.any(np.abs(np.diff(a, axis=0)) > 180, axis=1)) + 1
+            for seg in np.split(a, jump):
+                ax.plot(seg[:, 0], seg[:, 1], "-", color=col, lw=1.0, zorder=4)
+            ax.plot(a[:, 0], a[:, 1], "o", ms=3, color=col, zorder=5,
+                    label=label if j == 0 else None)
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-180, 180)
+    ax.set_xticks(range(-180, 181, 60))
+    ax.set_yticks(range(-180, 181, 60))
+    ax.set_xlabel(f"φ {residue} (degrees)")
+    ax.set_ylabel(f"ψ {residue} (degrees)")
+    ax.set_title(f"Transition channels in the (φ, ψ) plane of {residue}")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)

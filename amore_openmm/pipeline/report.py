@@ -52,8 +52,9 @@ def build_report(run: Any) -> dict[str, Any]:
     """The report dictionary of a finished (or partly finished) run."""
     st = run.state or {}
     cfg = run.config
+    skipped = set(st.get("skipped", []))
     gens = [st.get("generations", {}).get(str(g), {"generation": g})
-            for g in range(0, cfg.generations + 1)]
+            for g in range(0, cfg.generations + 1) if f"train_{g}" not in skipped]
     last = gens[-1] if gens else {}
     mses = st.get("path_mse", [])
     finite = [m for m in mses if m is not None and math.isfinite(m)]
@@ -77,7 +78,11 @@ def build_report(run: Any) -> dict[str, Any]:
         "path_vs_ensemble_mse_mean": float(np.mean(finite)) if finite else None,
         "timings_s": timings,
         "total_time_s": round(sum(timings.values()), 2),
-        "figures": st.get("figures", []),
+        "figures": st.get("figures", []) + ([st["channel_figure"]]
+                                            if st.get("channel_figure") else []),
+        "science": {k: st[k] for k in ("equilibrium", "dihedral_saliency", "channels",
+                                       "stopped", "stopped_after", "dihedral_val_loss")
+                    if k in st},
         "files": {k: str(v.relative_to(run.out)) for k, v in run.paths.items()
                   if k not in ("checkpoint", "state", "trajectory", "mep_dir", "figures",
                                "lock")},
@@ -94,8 +99,9 @@ def _fmt(v: Any, spec: str) -> str:
 def _md_generations(rep: dict[str, Any]) -> list[str]:
     lines = ["## Generations", "",
              "| gen | starts | new | dropped | iterations | loss | validation loss | "
-             "χ timescale (ps) | paths | certified nodes | path χ range | time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "χ timescale (ps) | new transitions | paths | certified nodes | path χ range | "
+             "time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in rep["generations"]:
         rng = g.get("path_chi_range")
         cert = g.get("path_certified") or []
@@ -103,7 +109,8 @@ def _md_generations(rep: dict[str, Any]) -> list[str]:
             f"| {g.get('generation')} | {g.get('n_data', '')} | {g.get('new_starts', '')} | "
             f"{sum((g.get('drop_counts') or {}).values())} | {g.get('iterations', '')} | "
             f"{_fmt(g.get('loss'), '.3g')} | {_fmt(g.get('val_loss'), '.3g')} | "
-            f"{_fmt(g.get('timescale_ps'), '.4g')} | {g.get('n_paths', '')} | "
+            f"{_fmt(g.get('timescale_ps'), '.4g')} | {g.get('new_transitions', '')} | "
+            f"{g.get('n_paths', '')} | "
             f"{', '.join(f'{c}/{n}' for c, n in cert)} | "
             f"{'' if not rng else f'{rng[0]:.2f}–{rng[1]:.2f}'} | {g.get('seconds', 0):.1f} |")
     drops = rep.get("dropped_bursts") or {}
@@ -158,6 +165,19 @@ def report_markdown(rep: dict[str, Any]) -> str:
              f"preset `{rep['settings'].get('preset')}`, platform {rep.get('platform')}, "
              f"total {rep.get('total_time_s', 0):.0f} s.", ""]
     lines += _md_generations(rep)
+    sci = rep.get("science")
+    if sci:
+        from .science_stages import science_markdown
+        stop = sci.get("stopped")
+        lines += ["", "Stopping rule (no new transition in a generation's starts and χ "
+                  "timescale change < 10 %): " + (f"fired: {stop}." if stop else
+                                                  "did not fire; ran to the generation "
+                                                  "limit."), ""] + science_markdown(sci)
+        times = rep.get("timings_s") or {}
+        if times:
+            lines += ["## Time per stage", "", "| stage | s |", "|---|---|"] + [
+                f"| {k} | {v:.1f} |" for k, v in times.items()] + [
+                f"| total | {sum(times.values()):.1f} |"]
     rates = rep.get("exit_rates")
     if rates:
         lines += ["", "## Exit rates (final χ)", ""]

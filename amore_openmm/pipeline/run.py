@@ -216,7 +216,30 @@ class AmoreRun:
         s = ["trajectory", "initial_bursts", "train_0"]
         for g in range(1, self.config.generations + 1):
             s += [f"paths_{g}", f"bursts_{g}", f"train_{g}"]
+        if self.config.science:
+            return s + ["dihedral_chi", "final_paths", "sensitivity", "channels", "figures",
+                        "report"]
         return s + ["final_paths", "sensitivity", "figures", "report"]
+
+    @property
+    def skipped(self) -> list[str]:
+        """Generation stages left out by the stopping rule (recorded as completed)."""
+        return list(self.state.get("skipped", [])) if self.state else []
+
+    def _skip_by_stop_rule(self, stage: str) -> bool:
+        """After the stopping rule fired (``state["stopped_after"]``), the stages of later
+        generations are recorded as completed and skipped."""
+        assert self.state is not None
+        after = self.state.get("stopped_after")
+        g = stage_generation(stage)
+        if after is None or g is None or g <= int(after):
+            return False
+        if stage not in self.state["completed"]:
+            self.state["completed"].append(stage)
+        self.state.setdefault("skipped", []).append(stage)
+        self._save_state()
+        self.log.info("stage %s skipped (stopping rule: %s)", stage, self.state.get("stopped"))
+        return True
 
     @property
     def completed(self) -> list[str]:
@@ -347,7 +370,7 @@ class AmoreRun:
                           self.completed[-1] if self.completed else "nothing")
         t_run = time.perf_counter()
         for stage in self.stages():
-            if stage in self.completed:
+            if stage in self.completed or self._skip_by_stop_rule(stage):
                 continue
             self._run_stage(stage)
             if until is not None and stage == until:
@@ -391,7 +414,8 @@ class AmoreRun:
                               f"generations = {gens} cannot undo them (start a new run)")
         # more generations than before: the final stages belong to the old last χ
         expected = set(self.stages())
-        finals = {"final_paths", "sensitivity", "figures", "report"}
+        finals = {"final_paths", "sensitivity", "figures", "report", "dihedral_chi",
+                  "channels"}
         if any(s not in expected for s in done) or (
                 finals & set(done) and last_train < gens):
             self.state["completed"] = [s for s in done if s not in finals and s in expected]
@@ -416,7 +440,8 @@ class AmoreRun:
     def load_model(self, g: int | None = None) -> Any:
         """χ after generation ``g`` (default: the latest trained)."""
         if g is None:
-            trained = [int(s.split("_")[1]) for s in self.completed if s.startswith("train_")]
+            trained = [int(s.split("_")[1]) for s in self.completed
+                       if s.startswith("train_") and s not in self.skipped]
             if not trained:
                 raise RunDirError(f"{self.out}: no χ trained yet; run `amore train` first")
             g = max(trained)

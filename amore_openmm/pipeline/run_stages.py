@@ -19,9 +19,11 @@ __all__ = ["dispatch", "summary_line"]
 
 def dispatch(run: Any, stage: str) -> dict[str, Any] | None:
     """Run one stage of ``run`` by name."""
+    from . import science_stages
     simple = {"trajectory": trajectory, "initial_bursts": initial_bursts,
               "final_paths": final_paths, "sensitivity": sensitivity, "figures": figures,
-              "report": report}
+              "report": report, "dihedral_chi": science_stages.dihedral_chi,
+              "channels": science_stages.channels}
     if stage in simple:
         return simple[stage](run)
     kind, _, g = stage.partition("_")
@@ -102,6 +104,9 @@ def _last(value: Any) -> float | None:
 def trajectory(run: Any) -> dict[str, Any]:
     """Frames from each initial structure (split evenly), saved to the checkpoint."""
     cfg = run.config
+    if cfg.equilibrium_replicas:
+        from .science_stages import equilibrium
+        return equilibrium(run)
     stride = int(cfg.stride_steps or run.lag_steps)
     frames = trajectory_frames(run.system, cfg.n_starts, stride, cfg.seed, run.platform,
                                run.progress)
@@ -111,12 +116,17 @@ def trajectory(run: Any) -> dict[str, Any]:
 
 def initial_bursts(run: Any) -> dict[str, Any]:
     """K bursts from every trajectory frame, saved in chunks (resumable)."""
-    frames = read_npz(run.paths["trajectory"])["frames"]
-    partial = run.paths["checkpoint"] / "initial_bursts.partial.npz"
-    data = _sample(run, frames, stage_seed(run.config.seed, "initial_bursts"), 0,
-                   "trajectory", partial)
-    data.save(run.paths["data"])
-    _drop_file(partial)
+    if run.config.equilibrium_replicas:
+        from .science_stages import equilibrium_data
+        data = equilibrium_data(run)
+        data.save(run.paths["data"])
+    else:
+        frames = read_npz(run.paths["trajectory"])["frames"]
+        partial = run.paths["checkpoint"] / "initial_bursts.partial.npz"
+        data = _sample(run, frames, stage_seed(run.config.seed, "initial_bursts"), 0,
+                       "trajectory", partial)
+        data.save(run.paths["data"])
+        _drop_file(partial)
     run.gen_record(0).update(n_data=len(data), new_starts=len(data), n_paths=0,
                              drop_counts=_drops(run, data, "initial bursts"))
     return {"n_data": len(data)}
@@ -149,6 +159,25 @@ def train(run: Any, g: int) -> dict[str, Any]:
                              loss_first=float(losses[0]) if losses else None,
                              val_loss=val_loss, timescale_ps=rates["timescale_ps"],
                              exit_rates=rates, chi_range=[float(chi.min()), float(chi.max())])
+    if cfg.science:
+        return _stop_rule(run, model, data, g)
+    return {}
+
+
+def _stop_rule(run: Any, model: Any, data: KoopmanData, g: int) -> dict[str, Any]:
+    """Science runs: the new transitions of generation g and the stopping rule."""
+    from .science import stop_decision
+    from .science_stages import generation_transitions
+    rec = run.gen_record(g)
+    rec["new_transitions"] = generation_transitions(model, data, g)
+    if g == 0:
+        return {}
+    stop, why = stop_decision([run.gen_record(g - 1), rec])
+    rec["stop_rule"] = why
+    if stop and g < run.config.generations:
+        run.log.info("stopping rule: %s; generations %d..%d are skipped", why, g + 1,
+                     run.config.generations)
+        return {"stopped_after": g, "stopped": why}
     return {}
 
 
@@ -215,7 +244,9 @@ def bursts(run: Any, g: int) -> dict[str, Any]:
 def final_paths(run: Any) -> dict[str, Any]:
     """χ-MEPs of the final χ → ``mep/paths.npz``."""
     n = run.config.final_paths
-    chipaths = _trace(run, run.load_model(), n, None) if n else []
+    # science runs: random distinct transition states (the lowest-energy ones crowd together)
+    seed = stage_seed(run.config.seed, "final_ts") if run.config.science else None
+    chipaths = _trace(run, run.load_model(), n, seed) if n else []
     save_paths(run.paths["paths"], chipaths)
     return {"final_path_certified": _log_certificates(run, chipaths, "final")}
 
@@ -258,6 +289,9 @@ def report(run: Any) -> dict[str, Any]:
     rep = build_report(run)
     write_json(run.paths["report_json"], rep)
     atomic_write_text(run.paths["report_md"], report_markdown(rep))
+    if run.config.science:
+        from .science_stages import paper_comparison
+        paper_comparison(run)
     return {}
 
 
@@ -274,6 +308,8 @@ def summary_line(run: Any, g: int) -> str:
         parts.append(f"validation loss {rec['val_loss']:.3g}")
     if rec.get("timescale_ps") is not None and np.isfinite(rec["timescale_ps"]):
         parts.append(f"χ timescale {rec['timescale_ps']:.3g} ps")
+    if rec.get("new_transitions") is not None:
+        parts.append(f"new transitions {rec['new_transitions']}")
     if rec.get("path_chi_range"):
         lo, hi = rec["path_chi_range"]
         parts.append(f"paths χ {lo:.2f}→{hi:.2f}")

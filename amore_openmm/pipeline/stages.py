@@ -63,8 +63,9 @@ def trajectory_frames(ms: Any, n_starts: int, stride: int, seed: int, platform: 
 #: a first fit whose χ spans less than this over the data found no slow process (a flat χ:
 #: the first ISOKANN iterations can collapse onto a constant from some initial weights)
 MIN_CHI_SPAN = 0.1
-#: fits of a fresh χ tried (other seeds) before a flat χ is reported as an error
-FIRST_FIT_TRIES = 3
+#: fits of a fresh χ tried (other seeds) before a flat χ is reported as an error (on the 1 ns
+#: VGVAPG ensemble the pairwise_sym χ collapsed for three seeds and not the fourth)
+FIRST_FIT_TRIES = 4
 
 
 def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *,
