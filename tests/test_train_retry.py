@@ -48,6 +48,7 @@ def test_continued_fit_is_not_retried_and_last_error_is_raised(monkeypatch):
     seeds = _fits(monkeypatch, [0.001])
     model, _ = stages.train_chi(_Data(), "muller_brown", 10, model=object(), seed=1)
     assert model.span == 0.001 and len(seeds) == 1
-    _fits(monkeypatch, [IsokannError("a"), IsokannError("b"), IsokannError("c")])
-    with pytest.raises(IsokannError, match="c"):
+    n = stages.FIRST_FIT_TRIES
+    _fits(monkeypatch, [IsokannError(f"try {k}") for k in range(n)])
+    with pytest.raises(IsokannError, match=f"try {n - 1}"):
         stages.train_chi(_Data(), "muller_brown", 10, seed=1)
