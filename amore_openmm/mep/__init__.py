@@ -36,12 +36,12 @@ Modules: :mod:`.trace` (trace_chi_mep, trace_chi_meps, transition_states),
 from .batched import trace_chi_meps_batched
 from .certify import CERTIFICATE, Certificate, orthogonal_force_rms
 from .geometry import as_structure, superposed_rmsd
-from .path import JUMP_FACTOR, NODE_FIELDS, STOP_REASONS, ChiPath
+from .path import JUMP_FACTOR, JUMP_MIN_RMSD, NODE_FIELDS, STOP_REASONS, ChiPath
 from .pathio import path_bfactors, write_path_dcd, write_path_pdb
 from .trace import default_tolerance, trace_chi_mep, trace_chi_meps, transition_states
 from .tracer import LevelSetNode, LevelSetTracer, RelaxSettings, as_chi_model
 
-__all__ = ["ChiPath", "JUMP_FACTOR", "trace_chi_mep", "trace_chi_meps",
+__all__ = ["ChiPath", "JUMP_FACTOR", "JUMP_MIN_RMSD", "trace_chi_mep", "trace_chi_meps",
            "trace_chi_meps_batched", "transition_states", "default_tolerance",
            "write_path_pdb", "write_path_dcd", "path_bfactors", "STOP_REASONS", "NODE_FIELDS",
            "LevelSetTracer", "LevelSetNode", "RelaxSettings", "CERTIFICATE", "Certificate",

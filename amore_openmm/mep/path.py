@@ -11,13 +11,18 @@ import numpy as np
 
 from .geometry import superposed_rmsd
 
-__all__ = ["ChiPath", "STOP_REASONS", "NODE_FIELDS", "JUMP_FACTOR"]
+__all__ = ["ChiPath", "STOP_REASONS", "NODE_FIELDS", "JUMP_FACTOR", "JUMP_MIN_RMSD"]
 
 #: consecutive nodes farther apart (RMSD) than this many times the path's median node
 #: distance mark a jump: the level-set minimum switched to another valley, so the nodes on
 #: either side are not joined by a path and no barrier may be read across them. Node steps
 #: of a continuous χ-MEP vary by a few-fold (Δχ/‖∇χ‖ with ‖∇χ‖ changing along the path).
 JUMP_FACTOR = 10.0
+#: ... and farther than this (nm RMSD): steps below a thermal displacement amplitude (~0.05 nm
+#: for atoms at 300 K) are part of one valley even where the median step is tiny (alanine
+#: dipeptide's χ-MEPs step ~0.003 nm; their 0.03–0.04 nm relaxations of side groups at χ ≈
+#: 0.65 and 0.9 are not valley switches)
+JUMP_MIN_RMSD = 0.05
 
 #: why a branch of a path ended
 STOP_REASONS = {
@@ -128,11 +133,12 @@ class ChiPath:
 
     def jumps(self) -> np.ndarray:
         """(M−1,) bool: True where nodes k and k+1 are more than :data:`JUMP_FACTOR` times
-        the median node distance apart (a discontinuity of the χ-MEP)."""
+        the median node distance and more than :data:`JUMP_MIN_RMSD` apart (a discontinuity
+        of the χ-MEP)."""
         d = self.node_rmsd()
         if len(d) < 3:
             return np.zeros(len(d), dtype=bool)
-        return d > JUMP_FACTOR * max(float(np.median(d)), 1e-9)
+        return d > max(JUMP_FACTOR * float(np.median(d)), JUMP_MIN_RMSD)
 
     def continuous(self) -> np.ndarray:
         """(M,) bool: the nodes joined to the start node without crossing a jump."""

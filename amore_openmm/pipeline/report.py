@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..mep import JUMP_FACTOR
+from ..mep import JUMP_FACTOR, JUMP_MIN_RMSD
 from .runio import load_chipaths
 from .state import stage_seed
 
@@ -125,7 +125,8 @@ def _md_paths(rep: dict[str, Any]) -> list[str]:
              "Barriers and energies come from certified nodes only (stationary level-set "
              "minima inside the energy window); a path without certified nodes is marked "
              "UNCERTIFIED and gives no barrier. A jump is a step between consecutive "
-             f"nodes more than {JUMP_FACTOR:g}× the path's median step (the level-set minimum switched "
+             f"nodes more than {JUMP_FACTOR:g}× the path's median step and "
+             f"{JUMP_MIN_RMSD:g} nm (the level-set minimum switched "
              "valleys); the barrier is read only on the jump-free stretch around the "
              "transition state.", "",
              "| path | certified / nodes | jumps | χ range | max energy, certified (kJ/mol) | "
