@@ -153,10 +153,21 @@ class ChiPath:
         return mask
 
     def barrier(self) -> float:
-        """Highest minus lowest energy over the *certified* nodes joined to the start node
-        without a jump (:meth:`continuous`), kJ/mol; NaN if none."""
-        e = self.energy[self.certified & self.continuous()]
-        return float(e.max() - e.min()) if e.size else float("nan")
+        """The transition's barrier, kJ/mol, from the *certified* nodes joined to the start node
+        without a jump (:meth:`continuous`): the highest of them between the lowest one on
+        each side of the start, minus the lower of those two. Nodes beyond a side's lowest
+        node climb the wall where χ saturates past a basin and are not part of the transition.
+        NaN if no node qualifies."""
+        idx = np.flatnonzero(self.certified & self.continuous())
+        if idx.size == 0:
+            return float("nan")
+        e = self.energy
+        left, right = idx[idx <= self.start_index], idx[idx >= self.start_index]
+        if left.size == 0 or right.size == 0:
+            return float(e[idx].max() - e[idx].min())
+        i, j = left[np.argmin(e[left])], right[np.argmin(e[right])]
+        between = idx[(idx >= i) & (idx <= j)]
+        return float(e[between].max() - min(e[i], e[j]))
 
     def node_rmsd(self, superpose: bool = True) -> np.ndarray:
         """(M−1,) RMSD (nm) between consecutive nodes.

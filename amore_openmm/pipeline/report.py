@@ -128,7 +128,9 @@ def _md_paths(rep: dict[str, Any]) -> list[str]:
              f"nodes more than {JUMP_FACTOR:g}× the path's median step and "
              f"{JUMP_MIN_RMSD:g} nm (the level-set minimum switched "
              "valleys); the barrier is read only on the jump-free stretch around the "
-             "transition state.", "",
+             "transition state, as the highest node between the lowest node on each side "
+             "of it, above the lower of the two (nodes past a basin, where χ saturates and "
+             "the path climbs a wall, are not part of the transition).", "",
              "| path | certified / nodes | jumps | χ range | max energy, certified (kJ/mol) | "
              "barrier, certified (kJ/mol) | MSE vs ensemble (nm⁻⁴) |",
              "|---|---|---|---|---|---|---|"]
