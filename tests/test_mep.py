@@ -111,6 +111,21 @@ def test_jumps_split_a_path_and_bound_its_barrier(mb_paths):
     assert q.barrier() == pytest.approx(e.max() - e.min())
 
 
+def test_barrier_is_read_between_the_basins_not_on_the_walls_past_them():
+    """Past a basin's lowest node a path can climb where χ saturates; those walls are not a
+    barrier: it is the highest node between the two sides' lowest nodes, above the lower."""
+    energy = np.array([50.0, 0.0, 10.0, 30.0, 5.0, -20.0, 40.0])   # wall, A, TS, B, wall
+    m = len(energy)
+    x = np.zeros((m, 1, 3))
+    x[:, 0, 0] = 0.01 * np.arange(m)                 # evenly spaced: no jump
+    p = ChiPath(positions=x, chi=np.linspace(0.05, 0.95, m), energy=energy,
+                grad_norm=np.ones(m), atom_grad_sq=np.ones((m, 1)), z=np.linspace(0.05, 0.95, m),
+                kappa=np.full(m, 1e4), start_index=3, certified=np.ones(m, bool))
+    assert p.barrier() == pytest.approx(30.0 - (-20.0))
+    p.certified[5] = False                           # B's lowest node uncertified: next lowest
+    assert p.barrier() == pytest.approx(30.0 - 0.0)
+
+
 def test_kappa_too_soft_gives_uncertified_nodes(mb, mb_trained, mb_paths):
     # the measured failure mode: with a soft restraint the minimizer slides down in χ; the
     # node is kept but marked, the branch ends, and no barrier comes from it
