@@ -101,8 +101,8 @@ def write_path_pdb(path: str | os.PathLike, chipath: ChiPath, topology: Any,
     bf, bins = path_bfactors(chipath, sensitivity, bfactor_scale)
     if atoms is not None:   # normalised over the written atoms
         bf = bf[:, keep]
-        top = bf.max(axis=1, keepdims=True)
-        bf = bfactor_scale * np.divide(bf, top, out=np.zeros_like(bf), where=top > 0)
+        peak = bf.max(axis=1, keepdims=True)
+        bf = bfactor_scale * np.divide(bf, peak, out=np.zeros_like(bf), where=peak > 0)
     lines = _header(chipath, sensitivity, bfactor_scale)
     if atoms is not None:
         lines.append(f"REMARK   1 {keep.size} of {chipath.n_atoms} atoms (the selection)")

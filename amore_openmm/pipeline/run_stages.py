@@ -116,17 +116,16 @@ def trajectory(run: Any) -> dict[str, Any]:
 
 def initial_bursts(run: Any) -> dict[str, Any]:
     """K bursts from every trajectory frame, saved in chunks (resumable)."""
+    partial = run.paths["checkpoint"] / "initial_bursts.partial.npz"
     if run.config.equilibrium_replicas:
         from .science_stages import equilibrium_data
         data = equilibrium_data(run)
-        data.save(run.paths["data"])
     else:
         frames = read_npz(run.paths["trajectory"])["frames"]
-        partial = run.paths["checkpoint"] / "initial_bursts.partial.npz"
         data = _sample(run, frames, stage_seed(run.config.seed, "initial_bursts"), 0,
                        "trajectory", partial)
-        data.save(run.paths["data"])
-        _drop_file(partial)
+    data.save(run.paths["data"])
+    _drop_file(partial)
     run.gen_record(0).update(n_data=len(data), new_starts=len(data), n_paths=0,
                              drop_counts=_drops(run, data, "initial bursts"))
     return {"n_data": len(data)}

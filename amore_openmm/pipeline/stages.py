@@ -98,8 +98,10 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
         except IsokannError as exc:
             problem, last = str(exc), exc
         else:
+            if model is not None:        # a continued fit is kept as it is
+                return fitted, losses
             chi = fitted.chi(np.asarray(data.x[:: max(1, len(data.x) // 2000)]))
-            if model is not None or float(np.ptp(chi)) >= MIN_CHI_SPAN:
+            if float(np.ptp(chi)) >= MIN_CHI_SPAN:
                 fitted.metadata.setdefault("training", {})["first_fit_attempt"] = attempt + 1
                 return fitted, losses
             problem, last = (f"χ spans only {float(np.min(chi)):.3f}..{float(np.max(chi)):.3f}"
