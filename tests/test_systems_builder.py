@@ -176,6 +176,24 @@ def test_builder_is_deterministic_and_matches_committed_files(tmp_path):
     assert ms.n_atoms == 22 and math.isfinite(ms.energy())
 
 
+def test_solvated_alanine_in_a_box_of_any_edge(tmp_path):
+    """build_solvated_alanine: the solute is the bundled dipeptide, the water grows with the
+    edge, the default selection is the 22 solute atoms, and the relaxed box has no clashes."""
+    with pytest.raises(ValueError, match="edge_nm"):
+        systems.build_solvated_alanine(tmp_path / "tiny", 1.5)   # below twice the cutoff
+    systems.build_solvated_alanine(tmp_path / "box", 1.95)
+    ms = load_system(tmp_path / "box")
+    bundled = load_system("alanine_dipeptide_tip3p")
+    assert ms.n_selected == 22 and 300 < ms.n_atoms < bundled.n_atoms
+    assert ms.name == "alanine_dipeptide_water_box"       # not the bundled box's presets
+    assert ms.system.usesPeriodicBoundaryConditions()
+    edge = ms.system.getDefaultPeriodicBoxVectors()[0][0].value_in_unit(unit.nanometer)
+    assert edge == pytest.approx(1.95, abs=1e-6)
+    assert [a.name for a in ms.topology.atoms()][:22] == \
+        [a.name for a in bundled.topology.atoms()][:22]
+    assert ms.energy() < 0      # minimised: water-water attraction wins over the contacts
+
+
 def test_unminimised_build_is_exact():
     """Before minimisation the build is plain geometry: the requested dihedrals, to 1e-9°."""
     conf = systems.VGVAPG_CONFORMATIONS[1]

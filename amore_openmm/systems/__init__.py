@@ -16,7 +16,7 @@ Units inside: nm, ps, kJ/mol, K; atom indices 0-based.
 from .builder import (BuiltPeptide, add_hydrogens, build_peptide, create_system,
                       minimize_structure, write_amber, write_pdb)
 from .bundled import (ALANINE_PHI_PSI, BUNDLED_BUILDERS, VGVAPG_CONFORMATIONS,
-                      BundledConformation, build_bundled_systems)
+                      BundledConformation, build_bundled_systems, build_solvated_alanine)
 from .common import BOLTZ, SystemLoadError, as_positions_nm, load_forcefield
 from .geometry import backbone_dihedral_atoms, backbone_dihedrals, dihedral_angles
 from .loader import bundled_systems, load_system, systems_root
@@ -47,6 +47,6 @@ __all__ = [
     "minimize_structure", "build_peptide", "BuiltPeptide", "write_pdb", "write_amber",
     "ONE_TO_THREE", "SUPPORTED_RESIDUES",
     # the bundled systems
-    "build_bundled_systems", "BUNDLED_BUILDERS", "BundledConformation",
+    "build_bundled_systems", "build_solvated_alanine", "BUNDLED_BUILDERS", "BundledConformation",
     "VGVAPG_CONFORMATIONS", "ALANINE_PHI_PSI",
 ]

@@ -21,7 +21,8 @@ from .manifest import toml_text
 from .nerf import PRO_PHI
 
 __all__ = ["BundledConformation", "VGVAPG_CONFORMATIONS", "ALANINE_PHI_PSI",
-           "CHIGNOLIN_PHI_PSI", "BUNDLED_BUILDERS", "build_bundled_systems"]
+           "CHIGNOLIN_PHI_PSI", "BUNDLED_BUILDERS", "build_bundled_systems",
+           "build_solvated_alanine"]
 
 
 @dataclass(frozen=True)
@@ -151,15 +152,25 @@ def _build_vgvapg(folder: Path, conformations: Sequence[BundledConformation] | N
     return written
 
 
-def _build_alanine_tip3p(folder: Path) -> list[Path]:
-    """The bundled alanine dipeptide in a cubic TIP3P box (explicit solvent, PME)."""
+def build_solvated_alanine(folder: str | Path, edge_nm: float = TIP3P_BOX_NM) -> list[Path]:
+    """Alanine dipeptide (the bundled structure) in a cubic TIP3P box of edge ``edge_nm``,
+    PME, written to ``folder`` as prmtop/inpcrd + system.toml (load it with
+    ``load_system(folder)``). The bundled ``alanine_dipeptide_tip3p`` is the default edge
+    (2.4 nm, 1,288 atoms); 3.1 nm gives 2,626 atoms, 3.85 nm about 5,000. Another edge is
+    named ``alanine_dipeptide_water_box`` (generic presets: the bundled one's are sized for
+    its 1,288 atoms)."""
+    edge = float(edge_nm)
+    if not edge > 2 * TIP3P_CUTOFF_NM:
+        raise ValueError(f"edge_nm must exceed twice the {TIP3P_CUTOFF_NM} nm cutoff, got "
+                         f"{edge_nm}")
+    folder = Path(folder)
+    name = "alanine_dipeptide_tip3p" if edge == TIP3P_BOX_NM else "alanine_dipeptide_water_box"
     rel = Path("alanine_dipeptide") / "alanine_dipeptide.pdb"
     # the vacuum structure built beside it (same call), else the bundled one
     src_path = folder.parent / rel if (folder.parent / rel).is_file() else systems_root() / rel
     src = app.PDBFile(str(src_path))
     ff = load_forcefield(TIP3P_FORCEFIELD)
     mod = app.Modeller(src.topology, src.positions)
-    edge = TIP3P_BOX_NM
     mod.addSolvent(ff, model="tip3p", boxSize=openmm.Vec3(edge, edge, edge) * unit.nanometer,
                    neutralize=True)  # neutral solute: no ions added
     kwargs = dict(nonbondedMethod=app.PME, nonbondedCutoff=TIP3P_CUTOFF_NM * unit.nanometer)
@@ -178,7 +189,7 @@ def _build_alanine_tip3p(folder: Path) -> list[Path]:
                            folder / "alanine_dipeptide_tip3p.inpcrd", mod.topology, system, pos)
     n_water = sum(r.name == "HOH" for r in mod.topology.residues())
     text = toml_text({
-        "system": {"name": "alanine_dipeptide_tip3p", "kind": "openmm",
+        "system": {"name": name, "kind": "openmm",
                    "description": f"ACE-ALA-NME in {n_water} TIP3P waters "
                                   f"({mod.topology.getNumAtoms()} atoms), cubic box "
                                   f"{edge:.3f} nm, amber14-all + amber14/tip3p, PME",
@@ -192,6 +203,10 @@ def _build_alanine_tip3p(folder: Path) -> list[Path]:
                f"({TIP3P_MIN_ITERATIONS} iterations); HBond constraints and rigid water are "
                "applied when the prmtop is loaded"])
     return [prm, crd, atomic_write_text(folder / "system.toml", text)]
+
+
+def _build_alanine_tip3p(folder: Path) -> list[Path]:
+    return build_solvated_alanine(folder)
 
 
 def _build_chignolin(folder: Path) -> list[Path]:
