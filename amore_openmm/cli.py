@@ -269,7 +269,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def info() -> dict[str, Any]:
-    """Versions, OpenMM platforms and GPU availability."""
+    """Versions, OpenMM platforms, the χ backend and GPU availability."""
     import platform as _pf
 
     import numpy
@@ -294,6 +294,12 @@ def info() -> dict[str, Any]:
         out["openmmtorch"] = getattr(openmmtorch, "__version__", "installed")
     except Exception as exc:  # noqa: BLE001
         out["openmmtorch"] = f"not importable ({exc})"
+    try:    # the χ backend inside OpenMM (ChiRestraintForce, ChiReporter, χ-MEPs) and why
+        from .forces import backend_info
+        chosen = backend_info()
+        out["chi_backend"] = f"{chosen['name']} ({chosen['reason']})"
+    except Exception as exc:  # noqa: BLE001 - e.g. a bad AMORE_CHI_BACKEND: report it
+        out["chi_backend"] = f"none ({exc})"
     out["openmm_gpu_platform"] = [n for n in names if n in ("CUDA", "OpenCL", "HIP")] or None
     out["cpu_cores"] = os.cpu_count()
     return out

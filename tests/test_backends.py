@@ -81,11 +81,23 @@ def test_openmm_86_falls_back_to_pythonforce(monkeypatch):
     """With OpenMM ≥ 8.6 auto takes PythonForce, and an explicit torchforce says why not."""
     monkeypatch.delenv(backend_mod.ENV_VAR, raising=False)
     monkeypatch.setattr(backend_mod.openmm, "__version__", "8.6.1")
+    monkeypatch.setattr(backend_mod, "openmmtorch_version", lambda: "openmmtorch 1.10")
     name, reason = resolve_backend("auto")
     assert name == "pythonforce" and "8.6.1" in reason and "segfault" in reason
     with pytest.raises(ChiBackendError, match=r"amore_openmm\[torchforce\]"):
         ChiRestraintForce("unused.pt", backend="torchforce")
     assert backend_info()["name"] == "pythonforce"
+
+
+def test_without_openmm_torch_auto_says_so(monkeypatch):
+    """No openmm-torch installed: auto takes PythonForce and names that as the reason (not
+    the OpenMM version), on any OpenMM."""
+    monkeypatch.delenv(backend_mod.ENV_VAR, raising=False)
+    monkeypatch.setattr(backend_mod, "openmmtorch_version", lambda: None)
+    for version in ("8.5.2", "8.6.1"):
+        monkeypatch.setattr(backend_mod.openmm, "__version__", version)
+        name, reason = resolve_backend("auto")
+        assert name == "pythonforce" and "not installed" in reason and "segfault" not in reason
 
 
 @requires_torchforce

@@ -105,6 +105,25 @@ def test_info_lists_platforms_and_versions(capsys):
     assert "openmm" in out and "Reference" in out and "torch" in out and "gpu" in out
 
 
+def test_info_names_the_chi_backend_and_why(monkeypatch, capsys):
+    """`amore info` says which χ backend is active and why: the one resolve_backend gives,
+    an override by AMORE_CHI_BACKEND, and a bad override reported, not raised."""
+    from amore_openmm.forces import resolve_backend
+    from amore_openmm.forces.backend import ENV_VAR
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    name, reason = resolve_backend("auto")
+    assert main(["info"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines()
+                if ln.startswith("chi_backend"))
+    assert f"{name} ({reason})" in line
+    monkeypatch.setenv(ENV_VAR, "pythonforce")
+    assert main(["info"]) == 0
+    assert f"pythonforce (environment {ENV_VAR}=pythonforce)" in capsys.readouterr().out
+    monkeypatch.setenv(ENV_VAR, "bogus")
+    assert main(["info"]) == 0
+    assert "chi_backend" in (out := capsys.readouterr().out) and "bogus" in out
+
+
 def test_every_subcommand_has_a_function():
     from amore_openmm.cli import COMMANDS
     parser = build_parser()

@@ -46,6 +46,8 @@ def openmmtorch_version() -> str | None:
 
 def torchforce_problem() -> str | None:
     """Why the torchforce backend cannot run here, or None when it can."""
+    if openmmtorch_version() is None:   # checked first: the likelier reason, and no import
+        return "openmm-torch is not installed"
     if _version_tuple(openmm.__version__)[:2] >= TORCHFORCE_OPENMM_LIMIT:
         return (f"openmm {openmm.__version__} >= 8.6: the openmm-torch 1.10 wheels segfault "
                 "with it")
