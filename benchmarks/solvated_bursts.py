@@ -22,7 +22,7 @@ Example (small; the numbers of the report)::
 
     python benchmarks/solvated_bursts.py --starts 8 --k 2 --lag 50
 
-``--box-nm 3.85`` first builds alanine dipeptide in a larger TIP3P box (about 5,000 atoms,
+``--box-nm 3.85`` first builds alanine dipeptide in a larger TIP3P box (5,497 atoms,
 :func:`~amore_openmm.systems.build_solvated_alanine`, into a temporary folder) and runs the
 same measurements on it: the y of the data, and the guard's estimate, stay those of the 22
 solute atoms, while the starts (full coordinates, needed for restarts) grow with the water.

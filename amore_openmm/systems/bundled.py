@@ -156,7 +156,7 @@ def build_solvated_alanine(folder: str | Path, edge_nm: float = TIP3P_BOX_NM) ->
     """Alanine dipeptide (the bundled structure) in a cubic TIP3P box of edge ``edge_nm``,
     PME, written to ``folder`` as prmtop/inpcrd + system.toml (load it with
     ``load_system(folder)``). The bundled ``alanine_dipeptide_tip3p`` is the default edge
-    (2.4 nm, 1,288 atoms); 3.1 nm gives 2,626 atoms, 3.85 nm about 5,000. Another edge is
+    (2.4 nm, 1,288 atoms); 3.1 nm gives 2,626 atoms, 3.85 nm 5,497. Another edge is
     named ``alanine_dipeptide_water_box`` (generic presets: the bundled one's are sized for
     its 1,288 atoms)."""
     edge = float(edge_nm)
