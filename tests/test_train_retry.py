@@ -1,8 +1,6 @@
 """train_chi refits a fresh χ that collapsed to a constant, from other initial weights."""
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 
@@ -35,13 +33,13 @@ def _fits(monkeypatch, outcomes):
     return seeds
 
 
-def test_flat_first_fit_is_refitted_with_another_seed(monkeypatch, caplog):
+def test_flat_first_fit_is_refitted_with_another_seed(monkeypatch):
     seeds = _fits(monkeypatch, [0.001, IsokannError("Kχ is constant"), 0.8])
-    with caplog.at_level(logging.WARNING):
+    with pytest.warns(RuntimeWarning, match="collapsed") as caught:   # run.log gets these
         model, _ = stages.train_chi(_Data(), "muller_brown", 10, seed=7)
     assert model.span == 0.8 and model.metadata["training"]["first_fit_attempt"] == 3
     assert seeds[0] == 7 and len(set(seeds)) == 3
-    assert caplog.text.count("collapsed") == 2
+    assert sum("collapsed" in str(w.message) for w in caught) == 2
 
 
 def test_continued_fit_is_not_retried_and_last_error_is_raised(monkeypatch):
@@ -50,5 +48,31 @@ def test_continued_fit_is_not_retried_and_last_error_is_raised(monkeypatch):
     assert model.span == 0.001 and len(seeds) == 1
     n = stages.FIRST_FIT_TRIES
     _fits(monkeypatch, [IsokannError(f"try {k}") for k in range(n)])
-    with pytest.raises(IsokannError, match=f"try {n - 1}"):
-        stages.train_chi(_Data(), "muller_brown", 10, seed=1)
+    with pytest.warns(RuntimeWarning), pytest.raises(IsokannError, match=f"try {n - 1}") as exc:
+        stages.train_chi(_Data(), "muller_brown", 10, seed=1, lr=1e-3)
+    assert f"all {n} ISOKANN fits" in str(exc.value) and "--lr 0.0001" in str(exc.value)
+
+
+def test_pipeline_writes_the_retries_to_run_log(monkeypatch, tmp_path):
+    """In a run, a collapsed first fit is retried and the retry is in run.log (not only on
+    stderr): the first fit raises, the second is the real one."""
+    import torch
+
+    from amore_openmm.pipeline import AmoreRun
+    real, calls = stages._fit_once, []
+
+    def first_collapses(*args):
+        calls.append(args[-2])
+        if len(calls) == 1:
+            raise IsokannError("Kχ is constant over the data (test)")
+        return real(*args)
+    monkeypatch.setattr(stages, "_fit_once", first_collapses)
+    torch.set_num_threads(1)
+    tiny = {"n_starts": 300, "stride_steps": 500, "n_koopman": 2, "iterations": 60,
+            "minibatch": 100, "workers": 1, "platform": "Reference", "seed": 0}
+    with AmoreRun(tmp_path / "run", "muller_brown", preset="quick", overrides=tiny,
+                  quiet=True) as run:
+        run.run(until="train_0")
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert "ISOKANN fit 1 of 4 collapsed" in log and "Kχ is constant over the data (test)" in log
+    assert len(calls) >= 2 and calls[0] != calls[1]     # another seed after the collapse

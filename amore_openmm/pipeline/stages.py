@@ -79,12 +79,11 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
 
     A fresh χ (``model=None``) that collapses to a constant (an ``IsokannError`` or a χ
     spanning less than :data:`MIN_CHI_SPAN` over the data) is refitted from other initial
-    weights, up to :data:`FIRST_FIT_TRIES` fits in all; each retry is logged. A continued fit
-    is never retried: its weights carry the previous generations."""
-    import logging
-
+    weights, up to :data:`FIRST_FIT_TRIES` fits in all; each retry is a ``RuntimeWarning``
+    (a pipeline stage writes it to ``run.log``). When every fit collapses, the IsokannError
+    names the tries and the remedies. A continued fit is never retried: its weights carry
+    the previous generations."""
     from ..isokann import IsokannError
-    from .state import LOGGER_NAME
     check_settings({"iterations": iterations, "minibatch": minibatch, "optimizer": optimizer,
                     "lr": lr, "weight_decay": weight_decay, "featurizer": featurizer},
                    "train_chi")
@@ -107,11 +106,17 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
             problem, last = (f"χ spans only {float(np.min(chi)):.3f}..{float(np.max(chi)):.3f}"
                              " over the data"), None
         if attempt + 1 < tries:
-            logging.getLogger(LOGGER_NAME).warning(
-                "ISOKANN fit %d of %d collapsed (%s); refitting from other initial weights "
-                "(seed %d)", attempt + 1, tries, problem, fit_seed)
+            warnings.warn(f"ISOKANN fit {attempt + 1} of {tries} collapsed ({problem}); "
+                          f"refitting from other initial weights (seed {fit_seed})",
+                          RuntimeWarning, stacklevel=2)
     if last is not None:
-        raise last
+        if tries == 1:
+            raise last
+        raise IsokannError(
+            f"all {tries} ISOKANN fits from different initial weights collapsed (last: "
+            f"{last}). If the data do hold transitions, a smaller learning rate often keeps "
+            f"the network from saturating (now lr={lr:g}; try --lr {lr / 10:g}); otherwise "
+            "sample more or longer (--n-starts, --stride-steps)") from last
     return fitted, losses   # flat after every try: the caller reports it (no slow process)
 
 
