@@ -36,7 +36,8 @@ from .presets import GENERIC_PRESETS, PRESETS
 from .systems import read_toml
 
 __all__ = ["RunConfig", "ConfigError", "PRESETS", "resolve_config", "load_config_file",
-           "apply_settings", "check_settings", "RESUME_MUTABLE", "SYSTEM_SETTINGS"]
+           "apply_settings", "check_settings", "RESUME_MUTABLE", "SYSTEM_SETTINGS",
+           "TRAINING_SETTINGS"]
 
 AUTO = "auto"
 
@@ -195,6 +196,9 @@ class RunConfig:
 #: more ``generations`` extends the run, the final stages are then redone)
 RESUME_MUTABLE = frozenset({"platform", "workers", "generations", "figures", "top_k",
                             "preset", "scheduler"})
+
+#: settings of ISOKANN training only: a resumed run may change them until its first χ is fitted
+TRAINING_SETTINGS = ("lr", "weight_decay", "optimizer", "iterations", "minibatch", "featurizer")
 
 #: settings that choose or build the system (passed to load_system)
 SYSTEM_SETTINGS = ("temperature", "forcefield", "implicit_solvent", "atoms", "pdb")

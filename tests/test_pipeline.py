@@ -184,6 +184,15 @@ def test_resume_refuses_other_system_and_changed_settings(tmp_path):
     run = AmoreRun(out, resume=True, overrides={"generations": 3})
     assert run.config.generations == 3 and run.stages()[-1] == "report"
     run.close()
+    # training settings may change until the first χ is trained (the remedy a collapsed
+    # first fit suggests), not after
+    with AmoreRun(out, resume=True, overrides={"lr": 1e-4, "iterations": 50},
+                  quiet=True) as run:
+        assert run.config.lr == 1e-4
+        run.run(until="train_0")
+    assert RunConfig.read(out / "config.toml").lr == 1e-4
+    with pytest.raises(RunDirError, match="lr: 0.0001 in the run, 0.001 now"):
+        AmoreRun(out, resume=True, overrides={"lr": 1e-3})
 
 
 def test_extending_generations_redoes_final_stages(mb_run, tmp_path):

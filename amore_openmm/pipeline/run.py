@@ -36,7 +36,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..config import ConfigError, RunConfig, apply_settings, load_config_file, resolve_config
+from ..config import (TRAINING_SETTINGS, ConfigError, RunConfig, apply_settings,
+                      load_config_file, resolve_config)
 from ..data import KoopmanData, write_json
 from . import run_stages
 from .runio import read_data, read_model
@@ -143,11 +144,17 @@ class AmoreRun:
             candidate = resolve_config(stored.system, preset, config_file, overrides)
         else:
             candidate = apply_settings(stored, changes, "resume settings")
-        bad = [b for b in stored.incompatibilities(candidate) if not b.startswith("system:")]
+        # before the first fit, the training settings shape nothing on disk yet (a collapsed
+        # first fit's error suggests another --lr: that must not need a new run)
+        free = TRAINING_SETTINGS if "train_0" not in (state or {}).get("completed", []) else ()
+        bad = [b for b in stored.incompatibilities(candidate)
+               if not b.startswith("system:") and b.split(":")[0] not in free]
         if bad:
             raise RunDirError(f"cannot resume {self.out} with different settings: "
                               f"{'; '.join(bad)}. Only platform, workers, generations, "
-                              "figures and top_k may change; start a new run for the rest")
+                              "figures and top_k may change (and, before the first χ is "
+                              f"trained, {', '.join(TRAINING_SETTINGS)}); start a new run "
+                              "for the rest")
         return candidate, state
 
     def _check_same_system(self, system: Any, stored: RunConfig,
