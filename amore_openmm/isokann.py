@@ -90,10 +90,12 @@ def _targets(net: nn.Module, fy: torch.Tensor, n: int, k: int, train: torch.Tens
             raise IsokannError("Kχ is not finite: the network diverged; lower lr")
         if span <= 1e-6 * max(1.0, abs(hi), abs(lo)):
             raise IsokannError(
-                f"Kχ is constant over the data (range {span:.3g}): the bursts carry no "
-                "signal of a slow process. Typical causes: trajectory too short or "
-                "confined to one basin, identical burst end points, or a lag time far "
-                "longer than the slowest relaxation. Sample longer/more diverse starts.")
+                f"Kχ is constant over the data (range {span:.3g}): either the network "
+                "saturated onto a constant (a learning rate too large for the feature "
+                "count: try a smaller lr) or the bursts carry no signal of a slow process "
+                "(trajectory too short or confined to one basin, identical burst end "
+                "points, or a lag time far longer than the slowest relaxation: sample "
+                "longer or more diverse starts).")
         # minmax: exact on the training starts; quantile and held-out starts: clipped
         return ((kchi - lo) / span).clamp(0.0, 1.0)
 

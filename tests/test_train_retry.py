@@ -46,11 +46,36 @@ def test_continued_fit_is_not_retried_and_last_error_is_raised(monkeypatch):
     seeds = _fits(monkeypatch, [0.001])
     model, _ = stages.train_chi(_Data(), "muller_brown", 10, model=object(), seed=1)
     assert model.span == 0.001 and len(seeds) == 1
-    n = stages.FIRST_FIT_TRIES
+    n = stages.FIRST_FIT_TRIES + stages.REDUCED_LR_TRIES
     _fits(monkeypatch, [IsokannError(f"try {k}") for k in range(n)])
     with pytest.warns(RuntimeWarning), pytest.raises(IsokannError, match=f"try {n - 1}") as exc:
         stages.train_chi(_Data(), "muller_brown", 10, seed=1, lr=1e-3)
-    assert f"all {n} ISOKANN fits" in str(exc.value) and "--lr 0.0001" in str(exc.value)
+    assert f"all {n} ISOKANN fits" in str(exc.value) and "--lr 1e-05" in str(exc.value)
+
+
+def test_collapsed_fits_end_with_a_smaller_learning_rate_that_the_chi_keeps(monkeypatch):
+    """After FIRST_FIT_TRIES collapses at lr, the fits at lr/10 start again from the run's
+    seed (the fit `--resume --lr` would do); the χ found there keeps lr/10 for its
+    continued fits, which at lr would saturate it again."""
+    lrs = []
+
+    def fake(data, system, iterations, model, featurizer, minibatch, optimizer, lr, *rest):
+        lrs.append((lr, rest[-2]))
+        span = 0.9 if lr < 1e-3 else 0.0
+        out = model if model is not None else _Model(span)
+        out.metadata["training"] = {"lr": lr}     # a fit replaces the training summary
+        return out, [0.1]
+    monkeypatch.setattr(stages, "_fit_once", fake)
+    with pytest.warns(RuntimeWarning, match="divided by 10") as caught:
+        model, _ = stages.train_chi(_Data(), "muller_brown", 10, seed=7, lr=1e-3)
+    k = stages.FIRST_FIT_TRIES
+    assert [lr for lr, _ in lrs] == [1e-3] * k + [1e-4]
+    assert lrs[0][1] == 7 and lrs[k][1] == 7 and len({s for _, s in lrs[:k]}) == k
+    assert model.metadata["training"]["first_fit_attempt"] == k + 1
+    assert model.metadata["training"]["lr_reduced_to"] == 1e-4 and len(caught) == k
+    lrs.clear()
+    model, _ = stages.train_chi(_Data(), "muller_brown", 10, model=model, seed=8, lr=1e-3)
+    assert lrs == [(1e-4, 8)] and model.metadata["training"]["lr_reduced_to"] == 1e-4
 
 
 def test_pipeline_writes_the_retries_to_run_log(monkeypatch, tmp_path):
@@ -74,5 +99,6 @@ def test_pipeline_writes_the_retries_to_run_log(monkeypatch, tmp_path):
                   quiet=True) as run:
         run.run(until="train_0")
     log = (tmp_path / "run" / "run.log").read_text()
-    assert "ISOKANN fit 1 of 4 collapsed" in log and "Kχ is constant over the data (test)" in log
+    n = stages.FIRST_FIT_TRIES + stages.REDUCED_LR_TRIES
+    assert f"ISOKANN fit 1 of {n} collapsed" in log and "Kχ is constant over the data (test)" in log
     assert len(calls) >= 2 and calls[0] != calls[1]     # another seed after the collapse

@@ -66,6 +66,12 @@ MIN_CHI_SPAN = 0.1
 #: fits of a fresh χ tried (other seeds) before a flat χ is reported as an error (on the 1 ns
 #: VGVAPG ensemble the pairwise_sym χ collapsed for three seeds and not the fourth)
 FIRST_FIT_TRIES = 4
+#: ... then this many more at the learning rate divided by :data:`LR_REDUCTION`: a smaller
+#: step keeps the network from saturating onto a constant (VGVAPG quick, seed 0: four fits
+#: at lr 1e-3 collapsed, the same data at 1e-4 gave a χ spanning 0.92). Runs whose first fit
+#: succeeds within FIRST_FIT_TRIES are unchanged by these.
+REDUCED_LR_TRIES = 2
+LR_REDUCTION = 10.0
 
 
 def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *,
@@ -79,43 +85,60 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
 
     A fresh χ (``model=None``) that collapses to a constant (an ``IsokannError`` or a χ
     spanning less than :data:`MIN_CHI_SPAN` over the data) is refitted from other initial
-    weights, up to :data:`FIRST_FIT_TRIES` fits in all; each retry is a ``RuntimeWarning``
-    (a pipeline stage writes it to ``run.log``). When every fit collapses, the IsokannError
-    names the tries and the remedies. A continued fit is never retried: its weights carry
-    the previous generations."""
+    weights, up to :data:`FIRST_FIT_TRIES` fits, then :data:`REDUCED_LR_TRIES` more at
+    ``lr / LR_REDUCTION``; each retry is a ``RuntimeWarning`` (a pipeline stage writes it to
+    ``run.log``). A χ found at the reduced rate keeps it (``training["lr_reduced_to"]``) for
+    its continued fits, which would otherwise saturate it again. When every fit collapses,
+    the IsokannError names the tries and the remedies. A continued fit is never retried:
+    its weights carry the previous generations."""
     from ..isokann import IsokannError
     check_settings({"iterations": iterations, "minibatch": minibatch, "optimizer": optimizer,
                     "lr": lr, "weight_decay": weight_decay, "featurizer": featurizer},
                    "train_chi")
-    tries = FIRST_FIT_TRIES if model is None else 1
-    for attempt in range(tries):
+    if model is not None:
+        kept = (getattr(model, "metadata", {}).get("training") or {}).get("lr_reduced_to")
+        if kept is not None and float(kept) < lr:
+            lr = float(kept)
+        fitted, losses = _fit_once(data, system, iterations, model, featurizer, minibatch,
+                                   optimizer, lr, weight_decay, seed, progress)
+        if kept is not None:
+            fitted.metadata.setdefault("training", {})["lr_reduced_to"] = lr
+        return fitted, losses
+    plan = [(lr, attempt) for attempt in range(FIRST_FIT_TRIES)] + \
+           [(lr / LR_REDUCTION, attempt) for attempt in range(REDUCED_LR_TRIES)]
+    tries, last = len(plan), None
+    for n, (fit_lr, attempt) in enumerate(plan):
+        # the first fit at each rate starts from the run's seed: the reduced-rate fit is the
+        # one `--resume --lr` would do
         fit_seed = seed if attempt == 0 else \
             int(np.random.SeedSequence([int(seed), attempt]).generate_state(1)[0])
         try:
-            fitted, losses = _fit_once(data, system, iterations, model, featurizer, minibatch,
-                                       optimizer, lr, weight_decay, fit_seed, progress)
+            fitted, losses = _fit_once(data, system, iterations, None, featurizer, minibatch,
+                                       optimizer, fit_lr, weight_decay, fit_seed, progress)
         except IsokannError as exc:
             problem, last = str(exc), exc
         else:
-            if model is not None:        # a continued fit is kept as it is
-                return fitted, losses
             chi = fitted.chi(np.asarray(data.x[:: max(1, len(data.x) // 2000)]))
             if float(np.ptp(chi)) >= MIN_CHI_SPAN:
-                fitted.metadata.setdefault("training", {})["first_fit_attempt"] = attempt + 1
+                training = fitted.metadata.setdefault("training", {})
+                training["first_fit_attempt"] = n + 1
+                if fit_lr < lr:
+                    training["lr_reduced_to"] = fit_lr
                 return fitted, losses
             problem, last = (f"χ spans only {float(np.min(chi)):.3f}..{float(np.max(chi)):.3f}"
                              " over the data"), None
-        if attempt + 1 < tries:
-            warnings.warn(f"ISOKANN fit {attempt + 1} of {tries} collapsed ({problem}); "
-                          f"refitting from other initial weights (seed {fit_seed})",
-                          RuntimeWarning, stacklevel=2)
+        if n + 1 < tries:
+            next_lr = plan[n + 1][0]
+            how = ("from other initial weights" if next_lr == fit_lr else
+                   f"with the learning rate divided by {LR_REDUCTION:g} (lr={next_lr:g})")
+            warnings.warn(f"ISOKANN fit {n + 1} of {tries} collapsed ({problem}); refitting "
+                          f"{how}", RuntimeWarning, stacklevel=2)
     if last is not None:
-        if tries == 1:
-            raise last
         raise IsokannError(
-            f"all {tries} ISOKANN fits from different initial weights collapsed (last: "
-            f"{last}). If the data do hold transitions, a smaller learning rate often keeps "
-            f"the network from saturating (now lr={lr:g}; try --lr {lr / 10:g}); otherwise "
+            f"all {tries} ISOKANN fits collapsed ({FIRST_FIT_TRIES} from different initial "
+            f"weights at lr={lr:g}, {REDUCED_LR_TRIES} at lr={lr / LR_REDUCTION:g}; last: "
+            f"{last}). If the data do hold transitions, a still smaller learning rate may keep "
+            f"the network from saturating (try --lr {lr / LR_REDUCTION ** 2:g}); otherwise "
             "sample more or longer (--n-starts, --stride-steps)") from last
     return fitted, losses   # flat after every try: the caller reports it (no slow process)
 
