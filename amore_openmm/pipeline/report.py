@@ -113,6 +113,14 @@ def _md_generations(rep: dict[str, Any]) -> list[str]:
             f"{g.get('n_paths', '')} | "
             f"{', '.join(f'{c}/{n}' for c, n in cert)} | "
             f"{'' if not rng else f'{rng[0]:.2f}–{rng[1]:.2f}'} | {g.get('seconds', 0):.1f} |")
+    first = rep["generations"][0] if rep["generations"] else {}
+    if first.get("fit_attempt"):
+        lr = first.get("lr_reduced_to")
+        lines += ["", f"The first {first['fit_attempt'] - 1} fit(s) of χ collapsed to a "
+                  f"constant (run.log lists them); the χ reported here is fit "
+                  f"{first['fit_attempt']}"
+                  + (f", at the reduced learning rate {lr:g}, which later generations kept."
+                     if lr else ".")]
     drops = rep.get("dropped_bursts") or {}
     if sum(drops.values()):
         lines += ["", "Bursts dropped by the sanity checks (not in the data): "

@@ -158,6 +158,10 @@ def train(run: Any, g: int) -> dict[str, Any]:
                              loss_first=float(losses[0]) if losses else None,
                              val_loss=val_loss, timescale_ps=rates["timescale_ps"],
                              exit_rates=rates, chi_range=[float(chi.min()), float(chi.max())])
+    training = model.metadata.get("training") or {}
+    if g == 0 and training.get("first_fit_attempt", 1) > 1:   # the report says so
+        run.gen_record(g).update(fit_attempt=training["first_fit_attempt"],
+                                 lr_reduced_to=training.get("lr_reduced_to"))
     if cfg.science:
         return _stop_rule(run, model, data, g)
     return {}
