@@ -386,3 +386,23 @@ def test_level_set_tracer_relax_and_constraint_projection(mb):
     assert orthogonal_force_rms(along, grad_chi, x) == pytest.approx(np.sqrt(50 / 9))
     across = np.array([[0, 3.0, 0], [0, 0, 0], [0, 0, 0]])
     assert orthogonal_force_rms(across, grad_chi, x, proj) > 0.5
+
+
+def test_path_starts_top_up_a_thin_window_with_the_samples_closest_to_half(mb, mb_trained):
+    """Fewer transition states than paths asked for: the window's samples first (lowest
+    energy first), then the samples outside it closest to χ = 0.5, with a warning; never
+    fewer starts than asked for while the data has them."""
+    from amore_openmm.pipeline.stages import path_starts
+    model, data = mb_trained
+    ts = transition_states(model, data, mb, window=(0.49, 0.51))
+    assert len(path_starts(mb, model, data, 2, (0.49, 0.51), "Reference")) == len(ts)
+    with pytest.warns(RuntimeWarning, match=f"only {len(ts)} sample"):
+        starts = path_starts(mb, model, data, len(ts) + 3, (0.49, 0.51), "Reference")
+    np.testing.assert_array_equal(starts[:len(ts)], ts)
+    chi_all, chi_extra = model.chi(data.x), model.chi(starts[len(ts):])
+    outside = chi_all[(chi_all < 0.49) | (chi_all > 0.51)]
+    assert len(chi_extra) == 3 and np.all((chi_extra < 0.49) | (chi_extra > 0.51))
+    np.testing.assert_allclose(np.sort(np.abs(chi_extra - 0.5)),
+                               np.sort(np.abs(outside - 0.5))[:3], atol=1e-6)
+    with pytest.warns(RuntimeWarning, match="widen the window"):    # an empty window
+        assert len(path_starts(mb, model, data, 4, (2.0, 3.0), "Reference")) == 4

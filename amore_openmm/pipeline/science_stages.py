@@ -266,8 +266,9 @@ def _final_starts(run: Any) -> list[str]:
             f"{', '.join(f'{c:.2f}' for c in starts)}")
     if outside:
         line += (f"; {outside} of them outside the transition-state window [{lo}, {hi}] "
-                 "(no sample had χ there: χ is nearly binary over the data), so their routes "
-                 "through the transition region are extrapolated from a basin's edge")
+                 "(too few samples had χ there: χ is nearly binary over the data), topped up "
+                 "with the samples closest to χ = 0.5; the farther a start is from 0.5, the "
+                 "more its route through the transition region is extrapolated")
     return [line]
 
 

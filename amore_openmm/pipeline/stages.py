@@ -16,8 +16,8 @@ from ..data import KoopmanData
 from .runio import write_features_csv
 from .state import stage_seed, check_out_dir
 
-__all__ = ["sample_data", "train_chi", "trace_paths", "write_sensitivity", "burst_starts",
-           "trajectory_frames", "top_atoms", "TOP_FREQUENCY_K"]
+__all__ = ["sample_data", "train_chi", "trace_paths", "path_starts", "write_sensitivity",
+           "burst_starts", "trajectory_frames", "top_atoms", "TOP_FREQUENCY_K"]
 
 _D = RunConfig()  # the one place the stage defaults come from
 
@@ -166,27 +166,39 @@ def _fit_once(data: KoopmanData, system: Any, iterations: int, model: Any, featu
     return fitted, [float(v) for v in est.loss_history]
 
 
-def _ts_starts(ms: Any, model: Any, data: Any, n_paths: int, window: tuple[float, float],
+def path_starts(ms: Any, model: Any, data: Any, n_paths: int, window: tuple[float, float],
                platform: str) -> np.ndarray:
+    """Path starts: the transition states of ``data`` (χ in ``window``); when fewer than
+    ``n_paths`` lie there, topped up with the samples closest to χ = 0.5 outside it (a
+    warning says how many and their χ). A nearly binary χ leaves the window empty or thin:
+    one path from the only sample in it, against the ``n_paths`` asked for, would leave the
+    channels unexplored (VGVAPG science seed 1: 1 of 6 final paths)."""
     from ..mep import transition_states
+    x = np.asarray(getattr(data, "x", data), dtype=np.float64)
     try:
-        return np.asarray(transition_states(model, data, ms, window=tuple(window),
-                                            platform=platform))
+        ts = np.asarray(transition_states(model, data, ms, window=tuple(window),
+                                          platform=platform))
     except ValueError as exc:
-        # no sample in the window yet (early generations): start from the samples closest
-        # to χ = 0.5; the paths then climb into the unsampled transition region
-        x = np.asarray(getattr(data, "x", data), dtype=np.float64)
-        chi = model.chi(x)
-        if float(chi.max() - chi.min()) < 0.1:
-            raise RuntimeError(
-                f"χ is nearly constant over the data ({chi.min():.3f}..{chi.max():.3f}): "
-                "ISOKANN found no slow process. Train longer (iterations) or sample longer "
-                "(n_starts, stride_steps) so that the data contain transitions") from exc
-        order = np.argsort(np.abs(chi - 0.5), kind="stable")[:max(n_paths, 1)]
-        warnings.warn(f"{exc}; starting the χ-MEPs from the {len(order)} samples closest to "
-                      f"χ = 0.5 (χ {', '.join(f'{c:.3f}' for c in chi[order])})",
-                      RuntimeWarning, stacklevel=3)
-        return x[order]
+        ts, why = x[:0], str(exc)
+    else:
+        why = f"only {len(ts)} sample(s) with χ in window {tuple(window)}"
+    if len(ts) >= max(n_paths, 1):
+        return ts
+    chi = model.chi(x)
+    if float(chi.max() - chi.min()) < 0.1:
+        raise RuntimeError(
+            f"χ is nearly constant over the data ({chi.min():.3f}..{chi.max():.3f}): "
+            "ISOKANN found no slow process. Train longer (iterations) or sample longer "
+            "(n_starts, stride_steps) so that the data contain transitions")
+    # the samples closest to χ = 0.5 outside the window; their paths climb into the
+    # unsampled transition region
+    outside = np.flatnonzero((chi < window[0]) | (chi > window[1]))
+    order = outside[np.argsort(np.abs(chi[outside] - 0.5), kind="stable")]
+    order = order[:max(n_paths, 1) - len(ts)]
+    warnings.warn(f"{why}; starting {len(order)} χ-MEP(s) from the samples closest to "
+                  f"χ = 0.5 outside it (χ {', '.join(f'{c:.3f}' for c in chi[order])})",
+                  RuntimeWarning, stacklevel=3)
+    return np.concatenate([ts, x[order]])
 
 
 def trace_paths(system: Any, model: Any, data: Any, n_paths: int = _D.final_paths, *,
@@ -207,7 +219,7 @@ def trace_paths(system: Any, model: Any, data: Any, n_paths: int = _D.final_path
                    "trace_paths")
     ms = load_system(system)
     platform, properties = mep_platform(ms, platform, workers)
-    ts = _ts_starts(ms, model, data, n_paths, window, platform)
+    ts = path_starts(ms, model, data, n_paths, window, platform)
     if seed is not None and len(ts) > n_paths:
         rng = np.random.default_rng(seed)
         ts = ts[np.sort(rng.choice(len(ts), size=n_paths, replace=False))]
