@@ -186,7 +186,8 @@ def test_flag_defaults_come_from_runconfig_and_the_library(monkeypatch):
             assert getattr(args, name) == getattr(defaults, name), (cmd, name)
     assert defaults.path_step is None and defaults.path_max_nodes is None
     seen = {}
-    monkeypatch.setattr(mep, "transition_states", lambda *a, **k: np.zeros((3, 1, 3)))
+    # enough transition states for any path count (a thin window is topped up from χ)
+    monkeypatch.setattr(mep, "transition_states", lambda *a, **k: np.zeros((64, 1, 3)))
     monkeypatch.setattr(mep, "trace_chi_meps", lambda *a, **k: seen.update(k) or [])
     args = build_parser().parse_args(required["mep"])
     trace_paths("muller_brown", None, np.zeros((3, 1, 3)), args.final_paths,
