@@ -174,18 +174,20 @@ def path_starts(ms: Any, model: Any, data: Any, n_paths: int, window: tuple[floa
     one path from the only sample in it, against the ``n_paths`` asked for, would leave the
     channels unexplored (VGVAPG science seed 1: 1 of 6 final paths)."""
     from ..mep import transition_states
-    x = np.asarray(getattr(data, "x", data), dtype=np.float64)
     try:
         ts = np.asarray(transition_states(model, data, ms, window=tuple(window),
                                           platform=platform))
     except ValueError as exc:
-        ts, why = x[:0], str(exc)
+        ts, why = None, str(exc)
     else:
         why = f"only {len(ts)} sample(s) with χ in window {tuple(window)}"
-    if len(ts) >= max(n_paths, 1):
-        return ts
+        if len(ts) >= max(n_paths, 1):
+            return ts
+    # the whole data set is read (and χ evaluated on it) only when the window is thin
+    x = np.asarray(getattr(data, "x", data), dtype=np.float64)
+    ts = x[:0] if ts is None else ts
     chi = model.chi(x)
-    if float(chi.max() - chi.min()) < 0.1:
+    if float(chi.max() - chi.min()) < MIN_CHI_SPAN:
         raise RuntimeError(
             f"χ is nearly constant over the data ({chi.min():.3f}..{chi.max():.3f}): "
             "ISOKANN found no slow process. Train longer (iterations) or sample longer "
