@@ -7,7 +7,9 @@ Prints JSON lines, in one run:
   * ``mep_pool``: the S transition-state paths traced one at a time on the pool's threads
     (``trace_chi_meps``, ``--threads`` threads);
   * ``mep_batched``: the same S paths in one Context of S packed copies
-    (``trace_chi_meps_batched``), one batched χ evaluation per force call;
+    (``trace_chi_meps_batched``, ``--minimizer copies``: per-copy L-BFGS, a copy's node
+    returns to its path as soon as it has converged; ``joint``: one LocalEnergyMinimizer of
+    the packed System per lockstep round), one batched χ evaluation per force call;
   * ``mep_batched_summary``: times relative to one path alone (the issue's goal: batched
     ≤ 3× one path on 2 cores), and how far the batched paths are from the pool's (node
     counts; energies at matching χ over nodes certified in both).
@@ -82,6 +84,8 @@ def main() -> None:
                     "tracers")
     ap.add_argument("--batched-platform", default="CPU",
                     help="platform of the packed Context (CPU: compiled custom forces)")
+    ap.add_argument("--minimizer", default="copies", choices=("copies", "joint"),
+                    help="minimiser of the batched paths")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from amore_openmm.mep import (LevelSetTracer, trace_chi_mep, trace_chi_meps,
@@ -131,10 +135,11 @@ def main() -> None:
     before = load()
     t0 = time.perf_counter()
     batched = trace_chi_meps_batched(ms, model, starts, platform=args.batched_platform,
-                                     properties=props, **kw)
+                                     properties=props, minimizer=args.minimizer, **kw)
     t_bat = time.perf_counter() - t0
     print(json.dumps(summary("mep_batched", batched, t_bat, before,
-                             platform=args.batched_platform, properties=props, **common)),
+                             platform=args.batched_platform, properties=props,
+                             minimizer=args.minimizer, **common)),
           flush=True)
 
     print(json.dumps(dict({"benchmark": "mep_batched_summary", "paths": len(starts),

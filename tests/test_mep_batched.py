@@ -265,3 +265,97 @@ def test_bad_arguments(ala):
         trace_chi_meps_batched(ala, model, _starts(ala, 1), copies=0)
     with pytest.raises(ValueError, match="step_mode"):
         trace_chi_meps_batched(ala, model, _starts(ala, 2), step_mode="big")
+
+
+def test_per_copy_lbfgs_stops_each_copy_at_its_own_minimum():
+    """Copies with very different stiffness: each converges to its own minimum and stops
+    there (the soft ones take few evaluations, not as many as the stiffest)."""
+    from amore_openmm.mep.copy_lbfgs import minimize_copies
+    rng = np.random.default_rng(0)
+    n = 4
+    stiff = np.array([1e2, 1e3, 1e4])
+    hess, x_min = [], rng.normal(scale=0.05, size=(3, n, 3))
+    for k in stiff:
+        q, _ = np.linalg.qr(rng.standard_normal((3 * n, 3 * n)))
+        hess.append(q @ np.diag(np.linspace(1.0, 30.0, 3 * n) * k) @ q.T)
+    hess = np.array(hess)
+    seen = []
+
+    def forces(idx, x):
+        seen.append(tuple(idx))
+        d = (x - x_min[idx]).reshape(len(idx), -1)
+        return -np.einsum("aij,aj->ai", hess[idx], d).reshape(x.shape)
+
+    res = minimize_copies(forces, x_min + 0.03, [1e-3, 1e-3, 1e-3], [500, 500, 500])
+    assert res.converged.all()
+    np.testing.assert_allclose(res.x, x_min, atol=1e-5)
+    assert np.sqrt(np.mean(res.force.reshape(3, -1) ** 2, axis=1)).max() <= 1e-3
+    # every copy stops when it has converged: later calls do not evaluate it again
+    last_seen = [max(i for i, ids in enumerate(seen) if c in ids) for c in range(3)]
+    assert all(res.evaluations[c] == sum(c in ids for ids in seen) for c in range(3))
+    assert min(last_seen) < max(last_seen)
+
+
+def test_per_copy_lbfgs_finds_the_muller_brown_minima():
+    """Non-quadratic: copies started near the three Müller–Brown minima reach them (the
+    gradient-only line search does not climb out of a basin)."""
+    from amore_openmm.mep.copy_lbfgs import minimize_copies
+    from amore_openmm.systems import muller_brown_energy
+    minima = np.array([[-0.558, 1.442], [0.623, 0.028], [-0.050, 0.467]])
+    h = 1e-6
+
+    def forces(idx, x):
+        out = np.zeros_like(x)
+        for k, p in enumerate(x[:, 0, :2]):
+            out[k, 0, :2] = [-(muller_brown_energy(p + e * h) - muller_brown_energy(p - e * h))
+                             / (2 * h) for e in np.eye(2)]
+        return out
+
+    x0 = np.zeros((3, 1, 3))
+    x0[:, 0, :2] = minima + np.array([[0.1, -0.1], [-0.1, 0.1], [0.08, 0.05]])
+    res = minimize_copies(forces, x0, 1e-2, 500, max_step=0.05)
+    assert res.converged.all()
+    np.testing.assert_allclose(res.x[:, 0, :2], minima, atol=3e-3)
+
+
+def test_batched_joint_minimizer_still_matches_single_paths(ala):
+    """The joint LocalEnergyMinimizer (what constrained Systems use) stays available."""
+    model = _distance_chi(ala)
+    starts = _starts(ala, 2)
+    kw = dict(step=0.03, max_nodes=5, tolerance=5.0)
+    single = [trace_chi_mep(ala, model, s, **kw) for s in starts]
+    _compare(single, trace_chi_meps_batched(ala, model, starts, minimizer="joint", **kw))
+    with pytest.raises(ValueError, match="minimizer"):
+        trace_chi_meps_batched(ala, model, starts, minimizer="fast", **kw)
+
+
+def test_per_copy_lbfgs_copy_joining_later_takes_the_same_steps_as_alone():
+    """Streaming: a copy that starts while another is half-way through its minimisation
+    follows the same iterates (and evaluation count) as when minimised alone."""
+    from amore_openmm.mep.copy_lbfgs import CopyLBFGS, minimize_copies
+    rng = np.random.default_rng(3)
+    n = 3
+    q, _ = np.linalg.qr(rng.standard_normal((3 * n, 3 * n)))
+    hess = q @ np.diag(np.linspace(10.0, 3000.0, 3 * n)) @ q.T
+    x_min = rng.normal(scale=0.05, size=(n, 3))
+
+    def force(x):
+        return -(hess @ (x - x_min).reshape(-1)).reshape(x.shape)
+
+    x0 = [x_min + 0.02, x_min - 0.03]
+    alone = minimize_copies(lambda idx, xs: np.stack([force(x) for x in xs]), x0[1][None],
+                            1e-4, 400)
+    opt = CopyLBFGS(2, (n, 3))
+    opt.start(0, x0[0], 1e-4, 400)
+    steps = 0
+    finished = {}
+    while len(finished) < 2:
+        if steps == 5:
+            opt.start(1, x0[1], 1e-4, 400)
+        idx, pts = opt.pending()
+        for c in opt.update(idx, np.stack([force(x) for x in pts])):
+            finished[int(c)] = opt.result(c)[0].copy()
+        steps += 1
+    np.testing.assert_allclose(finished[1], alone.x[0], atol=1e-12)
+    assert opt.evaluations[1] == alone.evaluations[0]
+    np.testing.assert_allclose(finished[0], x_min, atol=1e-6)

@@ -1,0 +1,226 @@
+"""L-BFGS for many independent minimisations that share one force evaluation.
+
+:class:`CopyLBFGS` minimises up to P copies at once, each with its own L-BFGS memory, step
+and convergence test. It is driven from outside: :meth:`CopyLBFGS.pending` gives the points
+at which the copies being minimised need forces, one per copy, and :meth:`CopyLBFGS.update`
+takes the forces there, advances every such copy by one phase and returns the copies that
+have finished. In :mod:`.batched` one packed OpenMM Context plus one batched χ pass gives those
+forces, and a copy may start (:meth:`CopyLBFGS.start`) while others are half-way: no copy waits
+for, or is dragged along by, the slowest one, as under one joint ``LocalEnergyMinimizer`` of
+the packed System, whose line search and convergence test are shared. A copy's iterates do not
+depend on which other copies are being minimised. :func:`minimize_copies` runs a fixed set
+of copies to the end.
+
+Why no energies. The packed Context gives the summed energy of all copies, not each copy's,
+so the line search is force-only: a step s is accepted when the force along it has not
+turned against it; when it has (g₁·s > 0, the 1-D minimum lies inside the step) the secant
+point α = g₀·s / (g₀·s − g₁·s) of the directional derivative is evaluated and taken instead.
+Steps are capped at ``max_step`` nm per atom, and a pair with non-positive curvature
+(y·s ≤ 0) is not stored, so every direction is a descent direction. A converged copy is a
+stationary point by the RMS-force test; the χ-MEP certificate (:mod:`.certify`) then checks
+each node as it checks the single-path minimiser's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["CopyLBFGS", "CopyMinimization", "minimize_copies"]
+
+# the first step of a copy moves its largest-force atom by this much (nm)
+FIRST_STEP_NM = 0.002
+IDLE, INIT, TRIAL, SECANT = 0, 1, 2, 3
+
+
+@dataclass
+class CopyMinimization:
+    """Result of :func:`minimize_copies` (A copies)."""
+
+    x: np.ndarray            # (A, n, 3) final positions
+    force: np.ndarray        # (A, n, 3) total force at x
+    evaluations: np.ndarray  # (A,) force evaluations of the copy
+    converged: np.ndarray    # (A,) RMS force ≤ tolerance
+
+
+def _rms(f: np.ndarray) -> np.ndarray:
+    f = f.reshape(len(f), -1) if len(f) else f.reshape(0, 1)
+    return np.sqrt(np.mean(f * f, axis=1))
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("ad,ad->a", a, b)
+
+
+class _Memory:
+    """Per-copy L-BFGS pairs (s, y), newest first: (P, m, d)."""
+
+    def __init__(self, copies: int, dim: int, size: int) -> None:
+        self.s = np.zeros((copies, size, dim))
+        self.y = np.zeros((copies, size, dim))
+        self.rho = np.zeros((copies, size))
+        self.used = np.zeros(copies, dtype=np.int64)       # valid pairs per copy
+        self.size = size
+
+    def add(self, idx: np.ndarray, s: np.ndarray, y: np.ndarray) -> None:
+        """Store (s, y) for copies ``idx`` where the curvature y·s is positive."""
+        sy = _dot(s, y)
+        ok = sy > 1e-12 * np.linalg.norm(s, axis=1) * np.linalg.norm(y, axis=1)
+        a = idx[ok]
+        if not a.size:
+            return
+        for arr in (self.s, self.y, self.rho):
+            arr[a, 1:] = arr[a, :-1]
+        self.s[a, 0], self.y[a, 0], self.rho[a, 0] = s[ok], y[ok], 1.0 / sy[ok]
+        self.used[a] = np.minimum(self.used[a] + 1, self.size)
+
+    def direction(self, idx: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """−H·g for copies ``idx`` (two-loop recursion, vectorised over copies); copies
+        without pairs get −g."""
+        used = self.used[idx]
+        depth = int(used.max(initial=0))
+        s, y = self.s[idx, :depth], self.y[idx, :depth]
+        rho = np.where(np.arange(depth)[None, :] < used[:, None], self.rho[idx, :depth], 0.0)
+        q = g.copy()
+        alpha = np.zeros((len(idx), depth))
+        for j in range(depth):                             # newest first
+            alpha[:, j] = rho[:, j] * _dot(s[:, j], q)
+            q -= alpha[:, j, None] * y[:, j]
+        gamma = np.ones(len(idx))
+        if depth:
+            yy = _dot(y[:, 0], y[:, 0])
+            gamma = np.where(used > 0, _dot(s[:, 0], y[:, 0]) / np.maximum(yy, 1e-300), 1.0)
+        r = gamma[:, None] * q
+        for j in reversed(range(depth)):
+            b = rho[:, j] * _dot(y[:, j], r)
+            r += (alpha[:, j] - b)[:, None] * s[:, j]
+        return -r
+
+
+class CopyLBFGS:
+    """Per-copy L-BFGS of up to ``copies`` copies of shape ``shape`` (n, 3), driven by
+    :meth:`pending` / :meth:`update` (see the module docstring).
+
+    Args:
+        memory: L-BFGS pairs kept per copy.
+        max_step: largest displacement of any atom in one step, nm.
+    """
+
+    def __init__(self, copies: int, shape: tuple[int, ...], memory: int = 10,
+                 max_step: float = 0.02) -> None:
+        self.shape, self.dim = tuple(shape), int(np.prod(shape))
+        self.max_step = float(max_step)
+        self.mem = _Memory(copies, self.dim, memory)
+        self.phase = np.full(copies, IDLE)
+        self.x = np.zeros((copies, self.dim))        # accepted point
+        self.g = np.zeros((copies, self.dim))        # gradient (−force) there
+        self.s = np.zeros((copies, self.dim))        # current step
+        self.point = np.zeros((copies, self.dim))    # where forces are needed next
+        self.tol = np.zeros(copies)
+        self.max_it = np.zeros(copies, dtype=np.int64)
+        self.iterations = np.zeros(copies, dtype=np.int64)
+        self.evaluations = np.zeros(copies, dtype=np.int64)
+
+    def start(self, c: int, x: np.ndarray, tolerance: float, max_iterations: int,
+              keep_memory: bool = False) -> None:
+        """Begin minimising copy ``c`` from ``x`` (n, 3); ``keep_memory``: start from the
+        curvature pairs of its last minimisation (a nearby problem, e.g. the previous node
+        of a path), else forget them."""
+        self.phase[c] = INIT
+        self.point[c] = np.asarray(x, dtype=np.float64).reshape(-1)
+        self.tol[c], self.max_it[c] = float(tolerance), int(max_iterations)
+        self.iterations[c] = self.evaluations[c] = 0
+        if not keep_memory:
+            self.mem.used[c] = 0
+
+    def pending(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies that need forces and where: (k,) indices, (k, n, 3) positions."""
+        idx = np.flatnonzero(self.phase != IDLE)
+        return idx, self.point[idx].reshape((len(idx),) + self.shape)
+
+    def result(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions (n, 3) and total force (n, 3) of copy ``c``'s accepted point."""
+        return self.x[c].reshape(self.shape), -self.g[c].reshape(self.shape)
+
+    def update(self, idx: np.ndarray, forces: np.ndarray) -> np.ndarray:
+        """Forces (k, n, 3) at :meth:`pending` ``idx``; returns the copies that finished
+        (converged, or out of iterations), now idle."""
+        g_new = -np.asarray(forces, dtype=np.float64).reshape(len(idx), self.dim)
+        self.evaluations[idx] += 1
+        phase = self.phase[idx]
+        accept = phase == INIT
+        trial = phase == TRIAL
+        if trial.any():
+            t = idx[trial]
+            over = -_dot(g_new[trial], self.s[t]) > 0     # the minimum along s is inside
+            if over.any():
+                o = t[over]
+                g0s = _dot(self.g[o], self.s[o])
+                g1s = _dot(g_new[trial][over], self.s[o])
+                alpha = np.clip(g0s / (g0s - g1s), 0.05, 0.95)
+                self.s[o] *= alpha[:, None]
+                self.point[o] = self.x[o] + self.s[o]
+                self.phase[o] = SECANT
+            accept[np.flatnonzero(trial)[~over]] = True
+        accept |= phase == SECANT
+        moved = accept & (phase != INIT)
+        if moved.any():
+            m = idx[moved]
+            self.mem.add(m, self.s[m], g_new[moved] - self.g[m])
+            self.iterations[m] += 1
+        a = idx[accept]
+        self.x[a], self.g[a] = self.point[a], g_new[accept]
+        done = (_rms(self.g[a]) <= self.tol[a]) | (self.iterations[a] >= self.max_it[a])
+        self.phase[a[done]] = IDLE
+        self._propose(a[~done])
+        return a[done]
+
+    def _propose(self, idx: np.ndarray) -> None:
+        """Next trial points of copies ``idx`` from their accepted points."""
+        if not idx.size:
+            return
+        g = self.g[idx]
+        d = self.mem.direction(idx, g)
+        bad = _dot(d, g) >= 0                             # stale memory: steepest descent
+        if bad.any():
+            self.mem.used[idx[bad]] = 0
+            d[bad] = -g[bad]
+        longest = np.maximum(np.linalg.norm(d.reshape((len(idx), -1, 3)), axis=-1).max(-1),
+                             1e-300)
+        fresh = self.mem.used[idx] == 0
+        scale = np.minimum(np.where(fresh, FIRST_STEP_NM / longest, 1.0),
+                           self.max_step / longest)
+        self.s[idx] = d * scale[:, None]
+        self.point[idx] = self.x[idx] + self.s[idx]
+        self.phase[idx] = TRIAL
+
+
+def minimize_copies(forces: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray,
+                    tolerance: np.ndarray, max_iterations: np.ndarray, *,
+                    memory: int = 10, max_step: float = 0.02) -> CopyMinimization:
+    """Minimise A independent copies to the end with per-copy L-BFGS (:class:`CopyLBFGS`).
+
+    Args:
+        forces: ``forces(idx, x_idx)`` → (len(idx), n, 3) total forces (kJ/mol/nm) of copies
+            ``idx`` at positions ``x_idx`` (nm).
+        x: (A, n, 3) start positions, nm.
+        tolerance: (A,) RMS force (kJ/mol/nm, per component) at which a copy has converged.
+        max_iterations: (A,) L-BFGS iterations per copy at most.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n_copies = len(x)
+    tol = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), (n_copies,))
+    max_it = np.broadcast_to(np.asarray(max_iterations, dtype=np.int64), (n_copies,))
+    opt = CopyLBFGS(n_copies, x.shape[1:], memory=memory, max_step=max_step)
+    for c in range(n_copies):
+        opt.start(c, x[c], tol[c], max_it[c])
+    while True:
+        idx, points = opt.pending()
+        if not idx.size:
+            break
+        opt.update(idx, forces(idx, points))
+    xs = opt.x.reshape(x.shape)
+    f = -opt.g.reshape(x.shape)
+    return CopyMinimization(x=xs.copy(), force=f, evaluations=opt.evaluations.copy(),
+                            converged=_rms(f) <= tol)

@@ -1,0 +1,200 @@
+"""The packed Context of :mod:`.batched`: P non-interacting copies of one molecule with a
+batched χ restraint (one level z_p and stiffness κ_p per copy), a single-copy helper Context,
+and the two ways of minimising copies on their level sets: :meth:`PackedLevelSets.forces` for
+the per-copy L-BFGS (:mod:`.copy_lbfgs`) and :meth:`PackedLevelSets.run_round` for the joint
+``LocalEnergyMinimizer`` with held copies (see :mod:`.batched`)."""
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import openmm
+from openmm import unit
+
+from ..systems import MolecularSystem
+from .certify import ConstraintProjector, rms
+from .tracer import free_force_group
+
+__all__ = ["PackedLevelSets", "Request", "Snapshot"]
+
+KJ = unit.kilojoule_per_mole
+KJ_NM = unit.kilojoule_per_mole / unit.nanometer
+
+
+@dataclass
+class Request:
+    """One copy's minimisation: from x (n, 3) on level z with stiffness κ."""
+
+    x: np.ndarray
+    z: float
+    kappa: float
+    tolerance: float
+    max_iterations: int
+
+
+@dataclass
+class Snapshot:
+    """A copy after its minimisation (forces kJ/mol/nm, energy kJ/mol)."""
+
+    x: np.ndarray
+    energy: float
+    force: np.ndarray        # physical force
+    total: np.ndarray        # physical + χ restraint (what the minimiser minimised)
+    chi: float
+    grad: np.ndarray
+    evaluations: int
+
+
+class PackedLevelSets:
+    """The packed Context with the batched χ restraint, and one joint round of minimisations.
+
+    Also owns a single-copy helper Context (energies of single copies, constraints, the
+    physical force at positions that are not in the packed Context), shared under a lock by
+    the path threads.
+    """
+
+    def __init__(self, system: MolecularSystem, model: Any, copies: int, platform: str,
+                 properties: dict | None, passes: int, joint_factor: float,
+                 gb_cutoff: float) -> None:
+        from ..forces.pythonforce import BatchedChiRestraint
+        from ..sampling import pack_replicas
+        self.n_atoms, self.copies = system.n_atoms, int(copies)
+        self.passes, self.joint_factor = int(passes), float(joint_factor)
+        self.packed = pack_replicas(system, self.copies, gb_cutoff=gb_cutoff)
+        omm = self.packed.system          # built fresh by pack_replicas: ours to extend
+        group = free_force_group(omm)
+        if group is None:
+            raise ValueError("all 32 force groups of the System are in use; free one so the "
+                             "batched χ restraint can be evaluated separately")
+        self.physical_groups = sum(1 << g for g in range(32) if g != group)
+        self.restraint = BatchedChiRestraint(model, self.copies, self.n_atoms)
+        omm.addForce(self.restraint.force(group))
+        plat = openmm.Platform.getPlatformByName(platform)
+        self.context = openmm.Context(omm, openmm.VerletIntegrator(0.001), plat,
+                                      properties or {})
+        self.has_constraints = omm.getNumConstraints() > 0
+        self.projector = ConstraintProjector.from_system(system.system)
+        self.single = system.make_context(platform, properties)
+        self.lock = threading.Lock()
+        self.current = np.zeros((self.copies, self.n_atoms, 3))
+        self.last_physical = np.zeros((self.copies, self.n_atoms, 3))
+
+    # -- packed Context ----------------------------------------------------------------------
+    def load(self, x: np.ndarray) -> None:
+        """Put (P, n, 3) positions into the packed Context (fixing the per-copy shifts)."""
+        packed, shifts = self.packed.pack_positions(x)
+        self.restraint.shifts = shifts
+        self.context.setPositions(packed)
+        self.current = np.array(x, dtype=np.float64)
+
+    def _write(self, x: np.ndarray) -> None:
+        self.context.setPositions((x + self.restraint.shifts[:, None, :]).reshape(-1, 3))
+        if self.has_constraints:
+            self.context.applyConstraints(1e-6)
+
+    def _read(self, groups: int) -> tuple[np.ndarray, np.ndarray]:
+        st = self.context.getState(getPositions=True, getForces=True, groups=groups)
+        x = self.packed.unpack_positions(st.getPositions(asNumpy=True).value_in_unit(
+            unit.nanometer), self.restraint.shifts)
+        return x, self.packed.unpack(st.getForces(asNumpy=True).value_in_unit(KJ_NM))
+
+    def _hold(self, held: np.ndarray) -> None:
+        """Hold the copies in mask ``held`` at their current positions (zero total force)."""
+        x, f = self._read(self.physical_groups)
+        self.current = x
+        r = self.restraint
+        r.held[:] = held
+        r.hold_x[held] = (x + r.shifts[:, None, :])[held]
+        r.hold_f[held] = f[held]
+
+    def run_round(self, requests: dict[int, Request]) -> dict[int, Snapshot]:
+        """Minimise every requested copy on its level set, all in one Context."""
+        x = self.current.copy()
+        for p, req in requests.items():
+            x[p] = req.x
+            self.restraint.z[p], self.restraint.kappa[p] = req.z, req.kappa
+        self._write(x)
+        tol = min(r.tolerance for r in requests.values())
+        max_it = max(r.max_iterations for r in requests.values())
+        active = sorted(requests)
+        done: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
+        evals = dict.fromkeys(active, 0)
+        for _ in range(self.passes):
+            held = np.ones(self.copies, dtype=bool)
+            held[active] = False
+            self._hold(held)
+            before = self.restraint.count
+            joint = tol * math.sqrt(len(active) / self.copies) * self.joint_factor
+            openmm.LocalEnergyMinimizer.minimize(self.context, joint, max_it)
+            used = self.restraint.count - before
+            x, f_phys = self._read(self.physical_groups)
+            _, f_total = self._read(-1)
+            self.current = x
+            still = []
+            for p in active:
+                evals[p] += used
+                done[p] = (x[p], f_phys[p], f_total[p], evals[p])
+                total = self.projector(x[p], f_total[p][None])[0]
+                if rms(total) > requests[p].tolerance * (1 + 1e-9):
+                    still.append(p)
+            active = still
+            if not active:
+                break
+        return self.snapshots(done)
+
+    # -- per-copy minimisation (minimizer="copies") ------------------------------------------
+    def set_level(self, copy: int, z: float, kappa: float) -> None:
+        """The χ level and stiffness of copy ``copy``'s restraint."""
+        self.restraint.z[copy], self.restraint.kappa[copy] = z, kappa
+
+    def forces(self, idx: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Total forces (k, n, 3) kJ/mol/nm of copies ``idx`` at ``xs`` (k, n, 3): one
+        physical-force call of the packed Context (the other copies stay where they are) and
+        one batched χ pass over these copies. Their physical forces are kept
+        (:attr:`last_physical`) for the snapshot of a copy whose minimisation ends here."""
+        r = self.restraint
+        self.current[idx] = xs
+        self.context.setPositions((self.current + r.shifts[:, None, :]).reshape(-1, 3))
+        st = self.context.getState(getForces=True, groups=self.physical_groups)
+        f_phys = self.packed.unpack(st.getForces(asNumpy=True).value_in_unit(KJ_NM))[idx]
+        f_phys[:, self.projector.fixed] = 0.0
+        self.last_physical[idx] = f_phys
+        chi, grad = r.chi_and_grad(xs)
+        total = f_phys - (r.kappa[idx] * (chi - r.z[idx]))[:, None, None] * grad
+        total[:, self.projector.fixed] = 0.0
+        return total
+
+    def snapshots(self, done: dict[int, tuple]) -> dict[int, Snapshot]:
+        order = sorted(done)
+        xs = np.stack([done[p][0] for p in order])
+        chi, grad = self.restraint.chi_and_grad(xs)       # one batched pass
+        out = {}
+        for k, p in enumerate(order):
+            x, f, total, n_eval = done[p]
+            energy, _ = self.physical(x)
+            out[p] = Snapshot(x=x, energy=energy, force=f, total=total, chi=float(chi[k]),
+                              grad=grad[k], evaluations=int(n_eval))
+        return out
+
+    # -- single-copy helper Context ---------------------------------------------------------
+    def physical(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """Energy (kJ/mol) and physical force (n, 3) of one copy at x."""
+        with self.lock:
+            self.single.setPositions(x)
+            st = self.single.getState(getEnergy=True, getForces=True)
+        return (st.getPotentialEnergy().value_in_unit(KJ),
+                st.getForces(asNumpy=True).value_in_unit(KJ_NM))
+
+    def constrain(self, x: np.ndarray) -> np.ndarray:
+        """x with the System's constraints applied (a copy)."""
+        x = np.array(x, dtype=np.float64)
+        if not self.has_constraints:
+            return x
+        with self.lock:
+            self.single.setPositions(x)
+            self.single.applyConstraints(1e-6)
+            st = self.single.getState(getPositions=True)
+        return np.array(st.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
