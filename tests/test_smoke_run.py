@@ -73,3 +73,4 @@ def test_amore_run_alanine_dipeptide_through_the_command_line(tmp_path):
     assert len(rows) == 22 and {"atom_index_0based", "atom_index_1based"} <= set(rows[0])
     md = (out / "report.md").read_text()
     assert f"{len(cert)}/{len(p)}" in md and "validation loss" in md
+    assert "A periodic (solvated) system" not in md

@@ -53,3 +53,5 @@ def test_amore_run_on_a_water_box(tmp_path):
     assert len(atoms) == 22 and not any(" HOH " in ln for ln in atoms)
     log = (out / "run.log").read_text()
     assert "burst pool layout on CPU (reseed burst)" in log
+    # a box's path energies include the water's rearrangement: the report says so
+    assert "A periodic (solvated) system" in (out / "report.md").read_text()

@@ -65,6 +65,7 @@ def build_report(run: Any) -> dict[str, Any]:
             drops[k] = drops.get(k, 0) + int(v)
     return {
         "system": st.get("system", {}),
+        "periodic": bool(run.system.system.usesPeriodicBoundaryConditions()),
         "settings": cfg.to_toml_dict(),
         "platform": st.get("platform") or cfg.platform,
         "generations": gens,
@@ -139,6 +140,11 @@ def _md_paths(rep: dict[str, Any]) -> list[str]:
              "transition state, as the highest node between the lowest node on each side "
              "of it, above the lower of the two (nodes past a basin, where χ saturates and "
              "the path climbs a wall, are not part of the transition).", "",
+             *(["A periodic (solvated) system: a node's energy is the minimum of the whole "
+                "box on the level set, and the water can settle into another local minimum "
+                "from one node to the next (tens of kJ/mol in a small box), so a barrier here "
+                "includes solvent rearrangement; it is not the solute's barrier.", ""]
+               if rep.get("periodic") else []),
              "| path | certified / nodes | jumps | χ range | max energy, certified (kJ/mol) | "
              "barrier, certified (kJ/mol) | MSE vs ensemble (nm⁻⁴) |",
              "|---|---|---|---|---|---|---|"]
