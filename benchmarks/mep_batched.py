@@ -7,9 +7,9 @@ Prints JSON lines, in one run:
   * ``mep_pool``: the S transition-state paths traced one at a time on the pool's threads
     (``trace_chi_meps``, ``--threads`` threads);
   * ``mep_batched``: the same S paths in one Context of S packed copies
-    (``trace_chi_meps_batched``, ``--minimizer copies``: per-copy L-BFGS, a copy's node
-    returns to its path as soon as it has converged; ``joint``: one LocalEnergyMinimizer of
-    the packed System per lockstep round), one batched χ evaluation per force call;
+    (``trace_chi_meps_batched``, ``--minimizer joint``: one LocalEnergyMinimizer of the
+    packed System per lockstep round; ``copies``: per-copy L-BFGS, a copy's node returns to
+    its path as soon as it has converged), one batched χ evaluation per force call;
   * ``mep_batched_summary``: times relative to one path alone (the issue's goal: batched
     ≤ 3× one path on 2 cores), and how far the batched paths are from the pool's (node
     counts; energies at matching χ over nodes certified in both).
@@ -84,7 +84,7 @@ def main() -> None:
                     "tracers")
     ap.add_argument("--batched-platform", default="CPU",
                     help="platform of the packed Context (CPU: compiled custom forces)")
-    ap.add_argument("--minimizer", default="copies", choices=("copies", "joint"),
+    ap.add_argument("--minimizer", default="joint", choices=("joint", "copies"),
                     help="minimiser of the batched paths")
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -318,15 +318,24 @@ def test_per_copy_lbfgs_finds_the_muller_brown_minima():
     np.testing.assert_allclose(res.x[:, 0, :2], minima, atol=3e-3)
 
 
-def test_batched_joint_minimizer_still_matches_single_paths(ala):
-    """The joint LocalEnergyMinimizer (what constrained Systems use) stays available."""
+def test_batched_per_copy_minimizer_matches_single_paths(ala):
+    """minimizer="copies" (per-copy L-BFGS, streaming): the same certified paths, also with
+    fewer copies than starts and on implicit solvent."""
     model = _distance_chi(ala)
-    starts = _starts(ala, 2)
-    kw = dict(step=0.03, max_nodes=5, tolerance=5.0)
+    starts = _starts(ala, 3)
+    kw = dict(step=0.03, max_nodes=7, tolerance=5.0)
     single = [trace_chi_mep(ala, model, s, **kw) for s in starts]
-    _compare(single, trace_chi_meps_batched(ala, model, starts, minimizer="joint", **kw))
+    _compare(single, trace_chi_meps_batched(ala, model, starts, minimizer="copies", **kw))
+    _compare(single, trace_chi_meps_batched(ala, model, starts, copies=2, minimizer="copies",
+                                            **kw))
+    ms = load_system("vgvapg")
+    gb_model = _distance_chi(ms, pair=(25, 41), slope=-10.0)
+    gb_starts = _starts(ms, 2, sigma=0.005, seed=1)
+    kw = dict(step=0.03, max_nodes=2, tolerance=5.0, direction="forward")
+    _compare([trace_chi_mep(ms, gb_model, s, **kw) for s in gb_starts],
+             trace_chi_meps_batched(ms, gb_model, gb_starts, minimizer="copies", **kw))
     with pytest.raises(ValueError, match="minimizer"):
-        trace_chi_meps_batched(ala, model, starts, minimizer="fast", **kw)
+        trace_chi_meps_batched(ala, model, starts[:1], minimizer="fast", **kw)
 
 
 def test_per_copy_lbfgs_copy_joining_later_takes_the_same_steps_as_alone():

@@ -74,3 +74,5 @@ def test_amore_run_alanine_dipeptide_through_the_command_line(tmp_path):
     md = (out / "report.md").read_text()
     assert f"{len(cert)}/{len(p)}" in md and "validation loss" in md
     assert "A periodic (solvated) system" not in md
+    # the peptide's backbone atoms are named with their rank among all atoms
+    assert "Backbone atoms (N, CA, C, O, H, OXT)" in md and "ALA2:CA (index 8, rank" in md

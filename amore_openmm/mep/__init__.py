@@ -27,8 +27,8 @@ certificate projects constrained directions out of the forces.
 
 Many paths at once: :func:`trace_chi_meps_batched` traces P paths in one Context holding P
 packed copies, with one batched χ evaluation per force call (:mod:`.batched`). Its nodes are
-minimised by a per-copy L-BFGS (:mod:`.copy_lbfgs`), not by ``LocalEnergyMinimizer``, except
-for Systems with constraints; the certificate is the same.
+minimised by ``LocalEnergyMinimizer`` on the packed System, or (``minimizer="copies"``) by a
+per-copy L-BFGS (:mod:`.copy_lbfgs`); the certificate is the same.
 
 Modules: :mod:`.trace` (trace_chi_mep, trace_chi_meps, transition_states),
 :mod:`.batched` (trace_chi_meps_batched), :mod:`.packed_levels` (its packed Context),

@@ -48,6 +48,22 @@ def _top_features(run: Any, k: int) -> list[dict[str, Any]]:
                 for row in list(csv.DictReader(fh))[:k]]
 
 
+# protein backbone (and capping-group) atom names: the "backbone atoms" table of the report
+BACKBONE_NAMES = frozenset({"N", "CA", "C", "O", "H", "OXT"})
+
+
+def _backbone_atoms(run: Any, k: int = 5) -> list[dict[str, Any]]:
+    """The k most χ-sensitive backbone atoms, with their rank among all ranked atoms."""
+    if not run.paths["atoms_csv"].is_file():
+        return []
+    with open(run.paths["atoms_csv"], newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("status", "featurized") == "featurized"]
+    out = [{"rank": int(r["rank"]), "index_0based": int(r["atom_index_0based"]),
+            "label": r["label"], "mean_grad_sq": float(r["mean_grad_sq_nm-2"])}
+           for r in rows if r["label"].rpartition(":")[2] in BACKBONE_NAMES]
+    return out[:k]
+
+
 def build_report(run: Any) -> dict[str, Any]:
     """The report dictionary of a finished (or partly finished) run."""
     st = run.state or {}
@@ -75,6 +91,7 @@ def build_report(run: Any) -> dict[str, Any]:
         "paths": _paths_info(run),
         "top_atoms": st.get("top_atoms", []),
         "top_features": _top_features(run, cfg.top_k),
+        "backbone_atoms": _backbone_atoms(run),
         "path_vs_ensemble_mse": mses,
         "path_vs_ensemble_mse_mean": float(np.mean(finite)) if finite else None,
         "timings_s": timings,
@@ -171,6 +188,12 @@ def _md_atoms(rep: dict[str, Any]) -> list[str]:
         lines.append(f"| {r} | {a['index_0based']} | {a['index_1based']} | {a['label']} | "
                      f"{a['mean_grad_sq']:.4g} ± {_fmt(a['mean_grad_sq_err'], '.2g')} | "
                      f"{a['fraction']:.3f} | {_fmt(a['top_k_frequency'], '.2f')} |")
+    bb = rep.get("backbone_atoms") or []
+    if bb:
+        lines += ["", "Backbone atoms (N, CA, C, O, H, OXT) that drive the slow process most, "
+                  "with their rank among all atoms: " + ", ".join(
+                      f"{a['label']} (index {a['index_0based']}, rank {a['rank']})"
+                      for a in bb) + "."]
     return lines
 
 
