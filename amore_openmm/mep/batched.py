@@ -138,27 +138,24 @@ class _Stream(_Rendezvous):
         """Step the copies being minimised until every slot has finished (main thread)."""
         levels = self.levels
         opt = CopyLBFGS(self.slots, (levels.n_atoms, 3))
-        running = 0
         while True:
             with self.cond:
-                if not running:
+                if not opt.busy:
                     self.cond.wait_for(lambda: self.error is not None or bool(self.requests)
                                        or len(self.finished) == self.slots)
                 if self.error is not None:
                     return
                 new, self.requests = self.requests, {}
-            if not running and not new:
+            if not opt.busy and not new:
                 return
             try:
                 for p, req in new.items():
                     levels.set_level(p, req.z, req.kappa)
                     opt.start(p, req.x, req.tolerance, req.max_iterations, keep_memory=True)
-                running += len(new)
                 idx, points = opt.pending()
                 done = opt.update(idx, levels.forces(idx, points))
                 if not done.size:
                     continue
-                running -= done.size
                 snaps = levels.snapshots({int(p): self._finished(opt, int(p)) for p in done})
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 self._fail(exc)

@@ -134,6 +134,11 @@ class CopyLBFGS:
         if not keep_memory:
             self.mem.used[c] = 0
 
+    @property
+    def busy(self) -> bool:
+        """True while some copy is being minimised."""
+        return bool((self.phase != IDLE).any())
+
     def pending(self) -> tuple[np.ndarray, np.ndarray]:
         """Copies that need forces and where: (k,) indices, (k, n, 3) positions."""
         idx = np.flatnonzero(self.phase != IDLE)

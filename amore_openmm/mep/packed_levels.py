@@ -115,7 +115,7 @@ class PackedLevelSets:
         x = self.current.copy()
         for p, req in requests.items():
             x[p] = req.x
-            self.restraint.z[p], self.restraint.kappa[p] = req.z, req.kappa
+            self.set_level(p, req.z, req.kappa)
         self._write(x)
         tol = min(r.tolerance for r in requests.values())
         max_it = max(r.max_iterations for r in requests.values())

@@ -167,7 +167,7 @@ def _fit_once(data: KoopmanData, system: Any, iterations: int, model: Any, featu
 
 
 def path_starts(ms: Any, model: Any, data: Any, n_paths: int, window: tuple[float, float],
-               platform: str) -> np.ndarray:
+                platform: str) -> np.ndarray:
     """Path starts: the transition states of ``data`` (χ in ``window``); when fewer than
     ``n_paths`` lie there, topped up with the samples closest to χ = 0.5 outside it (a
     warning says how many and their χ). A nearly binary χ leaves the window empty or thin:
