@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -262,7 +262,8 @@ class Isokann:
                               self.minibatch, data.nbytes, self.dtype, self.memory_budget_gb)
 
     def fit(self, data: KoopmanData, model: ChiModel | None = None, system: Any = None,
-            iterations: int | None = None) -> ChiModel:
+            iterations: int | None = None, initial_target: Any = None,
+            initial_iterations: int = 0) -> ChiModel:
         """Train χ on ``data`` and return the (same, updated) ChiModel.
 
         Args:
@@ -272,6 +273,13 @@ class Isokann:
                 (featurizer per ``self.featurizer`` or the system default).
             system: the MolecularSystem (needed only when ``model`` is None).
             iterations: outer iterations for this call (default ``self.iterations``).
+            initial_target: (N,) values in [0, 1], one per start: for the first
+                ``initial_iterations`` outer iterations χ is regressed onto them instead of
+                onto the ISOKANN target; the ``iterations`` ISOKANN iterations follow. Use:
+                carry another χ (its values over the same starts) into a new feature basis,
+                so that the power iteration continues from that χ's process instead of
+                starting from random weights.
+            initial_iterations: outer iterations of that regression.
 
         Raises:
             IsokannError: fewer than two starts, or Kχ constant over the data (no signal).
@@ -298,7 +306,16 @@ class Isokann:
                        self.dtype, dev, data.atoms)
         t_feat = time.perf_counter() - t0
         train, val = validation_split(n, self.validation_fraction, self.seed)
-        run = self._train(model.network, opt, fx, fy, (n, k), train, val, iters, dev)
+        fixed = None
+        if initial_target is not None and initial_iterations > 0:
+            fixed = np.asarray(initial_target, dtype=np.float64).reshape(-1)
+            if fixed.shape != (n,) or not np.all(np.isfinite(fixed)):
+                raise ValueError(f"initial_target must hold {n} finite values (one per start), "
+                                 f"got shape {fixed.shape}")
+            fixed = torch.as_tensor(fixed.clip(0.0, 1.0), dtype=self.dtype, device=dev)
+            iters += int(initial_iterations)
+        run = self._train(model.network, opt, fx, fy, (n, k), train, val, iters, dev,
+                          fixed, int(initial_iterations) if fixed is not None else 0)
         self._fits += 1
         model.to(device="cpu")
         model.optimizer_state = {"optimizer": self.optimizer, "state": _cpu(opt.state_dict())}
@@ -306,6 +323,8 @@ class Isokann:
         self.model_ = model
         self.summary_ = self._summary(model, data, run, iters, dev, source,
                                       time.perf_counter() - t0, t_feat)
+        if fixed is not None:
+            self.summary_["initial_iterations"] = int(initial_iterations)
         model.metadata["training"] = self.summary_
         if data.system_name:
             model.metadata.setdefault("system_name", data.system_name)
@@ -313,13 +332,21 @@ class Isokann:
 
     def _train(self, net: nn.Module, opt: torch.optim.Optimizer, fx: torch.Tensor,
                fy: torch.Tensor, nk: tuple[int, int], train_np: np.ndarray,
-               val_np: np.ndarray, iters: int, dev: torch.device) -> dict[str, Any]:
-        """The outer loop; returns the loss history and the train/validation records."""
+               val_np: np.ndarray, iters: int, dev: torch.device,
+               fixed: torch.Tensor | None = None, n_fixed: int = 0) -> dict[str, Any]:
+        """The outer loop; returns the loss history and the train/validation records. The
+        first ``n_fixed`` iterations regress onto ``fixed`` (see :meth:`fit`)."""
         n, k = nk
         train = torch.as_tensor(train_np, device=dev)
         val = torch.as_tensor(val_np, device=dev)
-        target: Callable[[], torch.Tensor] = lambda: _targets(  # noqa: E731
-            net, fy, n, k, train, self.shift_scale, self.shift_quantile)
+        done = [0]
+
+        def target() -> torch.Tensor:
+            done[0] += 1
+            if fixed is not None and done[0] <= n_fixed:
+                return fixed
+            return _targets(net, fy, n, k, train, self.shift_scale, self.shift_quantile)
+
         mb = min(self.minibatch, len(train))
         steps = (math.ceil(len(train) / mb) if self.steps_per_iteration is None
                  else int(self.steps_per_iteration))

@@ -443,6 +443,27 @@ def test_validation_loss_is_reported_and_comparable_to_train_loss(mb):
     assert full.metadata["training"]["val_loss"] is None
 
 
+def test_initial_target_carries_a_chi_into_a_fresh_network(mb):
+    """``initial_target``: a fresh χ first regressed onto another χ's values reproduces it,
+    and the ISOKANN iterations after it stay on that process (the basins stay apart, the two
+    χ stay correlated); a target of the wrong length is refused."""
+    ms, data, _, _, model = mb
+    small = data.subset(np.arange(0, data.n_starts, 2))
+    target = model.chi(small.x)
+    carried = Isokann(iterations=0, minibatch=500, seed=9).fit(
+        small, system=ms, initial_target=target, initial_iterations=300)
+    assert np.corrcoef(carried.chi(small.x), target)[0, 1] > 0.98
+    assert carried.metadata["training"]["initial_iterations"] == 300
+    iso = Isokann(iterations=100, minibatch=500, seed=9)
+    cont = iso.fit(small, system=ms, initial_target=target, initial_iterations=300)
+    assert len(iso.loss_history) == 400
+    assert np.corrcoef(cont.chi(small.x), target)[0, 1] > 0.9
+    assert abs(cont.chi(_xy(MB_A)) - cont.chi(_xy(MB_B)))[0] > 0.6
+    with pytest.raises(ValueError, match="initial_target must hold"):
+        Isokann(iterations=1).fit(small, system=ms, initial_target=target[:-1],
+                                  initial_iterations=5)
+
+
 def _adam_steps(model):
     return {int(st["step"]) for st in model.optimizer_state["state"]["state"].values()}
 

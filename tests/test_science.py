@@ -7,7 +7,8 @@ import pytest
 
 from amore_openmm.channels import find_channels
 from amore_openmm.config import ConfigError, resolve_config
-from amore_openmm.pipeline.science import (PAPER, channel_summaries, choose_residue,
+from amore_openmm.pipeline.science import (PAPER, SAME_PROCESS_CORR, channel_summaries,
+                                           chi_correlation, choose_residue,
                                            comparison_markdown, comparison_rows,
                                            count_transitions, halves_check, koopman_pairs,
                                            stop_decision)
@@ -111,6 +112,25 @@ def test_comparison_table_from_fixed_numbers():
     assert comparison_rows([], [], [])[4]["agrees"] is None
 
 
+def test_same_process_line_from_the_chi_correlation():
+    """The report says whether the dihedral χ describes the run's process: correlation of the
+    two χ over the ensemble against SAME_PROCESS_CORR."""
+    from amore_openmm.pipeline.science_stages import science_markdown
+    rng = np.random.default_rng(0)
+    a = rng.uniform(size=500)
+    assert chi_correlation(a, 0.5 * a + 0.2) == pytest.approx(1.0)
+    assert abs(chi_correlation(a, rng.uniform(size=500))) < 0.2
+    assert np.isnan(chi_correlation(a, np.full(500, 0.3)))
+    with pytest.raises(ValueError, match="same samples"):
+        chi_correlation(a, a[:-1])
+    rows = [{"dihedral": "VAL3 ψ", "saliency_rad2": 0.01, "sin": 0.02, "cos": 0.001}]
+    same = "\n".join(science_markdown({"dihedral_saliency": rows, "dihedral_chi_corr": 0.97}))
+    other = "\n".join(science_markdown({"dihedral_saliency": rows, "dihedral_chi_corr": 0.15}))
+    assert "0.970 (one process" in same and "NOT one process" not in same
+    assert "0.150 (NOT one process" in other
+    assert SAME_PROCESS_CORR > 0.5
+
+
 def test_science_preset_only_for_vgvapg_and_consistent():
     cfg = resolve_config("vgvapg", "science")
     assert cfg.science and cfg.equilibrium_replicas > 0 and cfg.n_koopman == 1
@@ -150,6 +170,9 @@ def test_science_pipeline_smoke(tmp_path):
     assert np.all(w[gen == 0] == 1.0) and np.all(w[gen > 0] == 0.0)
     md = (out / "report.md").read_text()
     assert "Dihedral χ: saliency per backbone dihedral" in md and "Transition channels" in md
+    corr = sci["dihedral_chi_corr"]       # started from the run's χ: the same process
+    assert corr > SAME_PROCESS_CORR and f"Correlation with the run's χ over the ensemble: " \
+        f"{corr:.3f} (one process" in md
     comp = (out / "paper_comparison.md").read_text()
     assert "| quantity | paper | ours | agreement |" in comp and "VAL3 ψ" in comp
     assert "final paths: 3, started at χ" in comp    # where the "transition states" were

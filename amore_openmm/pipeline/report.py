@@ -99,7 +99,8 @@ def build_report(run: Any) -> dict[str, Any]:
         "figures": st.get("figures", []) + ([st["channel_figure"]]
                                             if st.get("channel_figure") else []),
         "science": {k: st[k] for k in ("equilibrium", "dihedral_saliency", "channels",
-                                       "stopped", "stopped_after", "dihedral_val_loss")
+                                       "stopped", "stopped_after", "dihedral_val_loss",
+                                       "dihedral_chi_corr")
                     if k in st},
         "files": {k: str(v.relative_to(run.out)) for k, v in run.paths.items()
                   if k not in ("checkpoint", "state", "trajectory", "mep_dir", "figures",

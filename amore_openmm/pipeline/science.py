@@ -23,7 +23,7 @@ import numpy as np
 __all__ = ["equilibrium_trajectories", "koopman_pairs", "halves_check", "count_transitions",
            "stop_decision", "channel_summaries", "choose_residue", "comparison_rows",
            "comparison_markdown", "PAPER", "HALVES_TOLERANCE", "TIMESCALE_TOLERANCE",
-           "CHANNEL_LEVELS"]
+           "CHANNEL_LEVELS", "SAME_PROCESS_CORR", "chi_correlation"]
 
 #: largest total-variation distance between the halves' dihedral histograms called converged
 HALVES_TOLERANCE = 0.1
@@ -33,6 +33,10 @@ TIMESCALE_TOLERANCE = 0.1
 #: χ levels at which final paths are compared for channels: the transition region (paths
 #: capped at path_max_nodes often stop short of χ = 0.1 or 0.9 on one side)
 CHANNEL_LEVELS = np.linspace(0.2, 0.8, 13)
+
+#: correlation over the ensemble above which the dihedral χ and the run's χ are called one
+#: process (below it the dihedral saliency does not describe the run's slow coordinate)
+SAME_PROCESS_CORR = 0.8
 
 #: the paper's VGVAPG numbers (seeds/001, "VGVAPG" and Fig. 3); atoms 0-based here
 PAPER = {"top_dihedral": "VAL3 ψ", "top_saliency": 0.0162, "ratio": 10.0,
@@ -211,6 +215,18 @@ def choose_residue(angle_saliency: Sequence[tuple[str, float]], dihedral_names: 
             return res, list(dihedral_names).index(phi), list(dihedral_names).index(psi)
     raise ValueError("choose_residue: no residue with both φ and ψ among the salient "
                      "dihedrals; the featurizer must be 'dihedrals' on a peptide")
+
+
+def chi_correlation(a: Any, b: Any) -> float:
+    """Pearson correlation of two χ over the same samples (nan when either is constant)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"chi_correlation: two χ over the same samples needed, got "
+                         f"{a.shape} and {b.shape}")
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 # --------------------------------------------------------------------------------------------

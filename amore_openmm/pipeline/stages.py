@@ -78,7 +78,8 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
               model: Any = None, featurizer: str = _D.featurizer,
               minibatch: int = _D.minibatch, optimizer: str = _D.optimizer, lr: float = _D.lr,
               weight_decay: float = _D.weight_decay, seed: int = _D.seed,
-              progress: bool = False) -> tuple[Any, list[float]]:
+              progress: bool = False, initial_target: Any = None,
+              initial_iterations: int = 0) -> tuple[Any, list[float]]:
     """ISOKANN χ on ``data`` (continuing from ``model``'s weights when given), oriented so
     that χ ≈ 0 at the system's first initial structure. Returns (model, loss history); the
     model's ``training`` dict holds the validation loss.
@@ -90,7 +91,9 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
     ``run.log``). A χ found at the reduced rate keeps it (``training["lr_reduced_to"]``) for
     its continued fits, which would otherwise saturate it again. When every fit collapses,
     the IsokannError names the tries and the remedies. A continued fit is never retried:
-    its weights carry the previous generations."""
+    its weights carry the previous generations. ``initial_target``, ``initial_iterations``:
+    see :meth:`~amore_openmm.isokann.Isokann.fit` (a fresh χ first regressed onto another
+    χ's values)."""
     from ..isokann import IsokannError
     check_settings({"iterations": iterations, "minibatch": minibatch, "optimizer": optimizer,
                     "lr": lr, "weight_decay": weight_decay, "featurizer": featurizer},
@@ -100,7 +103,8 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
         if kept is not None and float(kept) < lr:
             lr = float(kept)
         fitted, losses = _fit_once(data, system, iterations, model, featurizer, minibatch,
-                                   optimizer, lr, weight_decay, seed, progress)
+                                   optimizer, lr, weight_decay, seed, progress,
+                                   initial_target, initial_iterations)
         if kept is not None:
             fitted.metadata.setdefault("training", {})["lr_reduced_to"] = lr
         return fitted, losses
@@ -114,7 +118,8 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
             int(np.random.SeedSequence([int(seed), attempt]).generate_state(1)[0])
         try:
             fitted, losses = _fit_once(data, system, iterations, None, featurizer, minibatch,
-                                       optimizer, fit_lr, weight_decay, fit_seed, progress)
+                                       optimizer, fit_lr, weight_decay, fit_seed, progress,
+                                       initial_target, initial_iterations)
         except IsokannError as exc:
             problem, last = str(exc), exc
         else:
@@ -145,7 +150,8 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
 
 def _fit_once(data: KoopmanData, system: Any, iterations: int, model: Any, featurizer: str,
               minibatch: int, optimizer: str, lr: float, weight_decay: float, seed: int,
-              progress: bool) -> tuple[Any, list[float]]:
+              progress: bool, initial_target: Any = None, initial_iterations: int = 0
+              ) -> tuple[Any, list[float]]:
     from ..chi import ChiModel, make_featurizer
     from ..chi.network import default_network_spec
     from ..isokann import Isokann, orient
@@ -161,7 +167,8 @@ def _fit_once(data: KoopmanData, system: Any, iterations: int, model: Any, featu
         check_training_memory(data.n_starts, data.n_koopman, feat, default_network_spec(feat),
                               minibatch, data.nbytes, where="train_chi")
         model = ChiModel(feat, seed=seed)
-    fitted = est.fit(data, model=model)
+    fitted = est.fit(data, model=model, initial_target=initial_target,
+                     initial_iterations=initial_iterations)
     fitted = orient(fitted, ms.positions[0])
     return fitted, [float(v) for v in est.loss_history]
 
