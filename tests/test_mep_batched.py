@@ -368,3 +368,39 @@ def test_per_copy_lbfgs_copy_joining_later_takes_the_same_steps_as_alone():
     np.testing.assert_allclose(finished[1], alone.x[0], atol=1e-12)
     assert opt.evaluations[1] == alone.evaluations[0]
     np.testing.assert_allclose(finished[0], x_min, atol=1e-6)
+
+
+def test_per_copy_lbfgs_stops_at_a_force_floor_and_returns_its_best_point():
+    """A copy whose force cannot drop below the tolerance (a kink at the minimum, as the
+    sorted distances of a symmetric featurizer give) stops after ``patience`` iterations
+    without progress, not after max_iterations, and returns the point of lowest RMS force;
+    a smooth copy beside it still converges."""
+    from amore_openmm.mep.copy_lbfgs import STALL_BAND, minimize_copies
+    rng = np.random.default_rng(7)
+    n = 4
+    q, _ = np.linalg.qr(rng.standard_normal((3 * n, 3 * n)))
+    hess = q @ np.diag(np.linspace(50.0, 5000.0, 3 * n)) @ q.T
+    x_min = rng.normal(scale=0.05, size=(n, 3))
+    kink = np.array([1.5, 0.0])               # E += c Σ|x − x_min|: RMS force ≥ ~c near it
+
+    def forces(idx, xs):
+        d = (xs - x_min).reshape(len(idx), -1)
+        f = -(d @ hess) - kink[idx, None] * np.sign(d)
+        return f.reshape(xs.shape)
+
+    x0 = np.stack([x_min + 0.02, x_min + 0.02])
+    res = minimize_copies(forces, x0, 1.0, 5000, patience=30)
+    rms = np.sqrt(np.mean(res.force.reshape(2, -1) ** 2, axis=1))
+    assert res.converged.tolist() == [False, True]
+    assert res.evaluations[0] < 1000                  # not the 5000 iterations' worth
+    assert 1.0 < rms[0] <= STALL_BAND * 1.0          # the best point, near the floor
+    def energy(x, c):
+        d = (x - x_min).reshape(-1)
+        return 0.5 * d @ hess @ d + c * np.abs(d).sum()
+
+    # the floored copy got most of the way down (E = 0 at the minimum)
+    assert energy(res.x[0], kink[0]) < 0.05 * energy(x0[0], kink[0])
+    assert energy(res.x[1], 0.0) < 0.05 * energy(x0[1], 0.0)
+    # without the stall test the floored copy runs to its iteration limit
+    slow = minimize_copies(forces, x0[:1], 1.0, 300, patience=10 ** 9)
+    assert not slow.converged[0] and slow.evaluations[0] >= 300

@@ -237,10 +237,12 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
             pass, converged copies held; "copies": each copy has its own L-BFGS, step and
             convergence test, with one packed force call per evaluation for all copies
             still moving (:mod:`.copy_lbfgs`). Measured (benchmarks/mep_batched.py, 34
-            alanine paths of ~100 nodes): "copies" took 11.4× one path alone, no faster than
-            "joint" (11.1×), with 370 force evaluations per node against OpenMM's 255 and
-            paths further from the single ones (max ΔE 6.9 kJ/mol); on 4 short paths it was
-            1.26× against 1.39×. Systems with constraints always use "joint".
+            alanine paths of ~100 nodes): "copies" took 8.0× one path alone against 11.1×
+            for "joint", with 240 force evaluations per node (OpenMM's: 255), but its paths
+            are further from the single ones (median ΔE 1.4 kJ/mol at matching χ, 12 of 34
+            paths more than 2 kJ/mol apart somewhere), so "joint" stays the default; on 4
+            short paths it was 1.26× against 1.39×. Systems with constraints always use
+            "joint".
         passes: joint minimisations per round at most ("joint"; see the module docstring).
         joint_factor: scales the joint tolerance ``tolerance·√(A/P)`` ("joint").
         gb_cutoff: nm, the packed implicit-solvent cutoff (see ``pack_replicas``).

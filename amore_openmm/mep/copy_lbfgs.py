@@ -19,6 +19,19 @@ Steps are capped at ``max_step`` nm per atom, and a pair with non-positive curva
 (y·s ≤ 0) is not stored, so every direction is a descent direction. A converged copy is a
 stationary point by the RMS-force test; the χ-MEP certificate (:mod:`.certify`) then checks
 each node as it checks the single-path minimiser's.
+
+Why a stall test. Near a level set the restrained energy can have a floor of round-off and
+kinks (the sorted distances of the symmetric featurizer) below which the RMS force does not
+go: measured on alanine χ-MEP nodes at χ ≈ 0.6, RMS 1.1–1.5 kJ/mol/nm against a tolerance of
+1, where scipy's L-BFGS-B also stops ("abnormal line search") and OpenMM's minimiser returns
+early when its line search fails. Without energies this L-BFGS cannot see that floor, and
+spent the whole 250 + 1000 iterations of a node and its retry there (~1,750 evaluations). So
+a copy also stops when its best RMS force is within ``STALL_BAND`` × tolerance and has not
+dropped by 1 % for ``patience`` iterations; a copy that stops unconverged returns the point of
+lowest RMS force it has seen. Measured on the 72 minimisations of one such alanine path:
+evaluations 32,494 → 16,202, node energies within 0.02 kJ/mol of running to the limit (a band
+of 3 and a patience of 50: 12,016, but up to 0.44 kJ/mol higher, and on another path a start
+node 3.5 kJ/mol above the single-path one).
 """
 from __future__ import annotations
 
@@ -32,6 +45,8 @@ __all__ = ["CopyLBFGS", "CopyMinimization", "minimize_copies"]
 # the first step of a copy moves its largest-force atom by this much (nm)
 FIRST_STEP_NM = 0.002
 IDLE, INIT, TRIAL, SECANT = 0, 1, 2, 3
+# the stall test applies once the best RMS force is within this factor of the tolerance
+STALL_BAND = 2.0
 
 
 @dataclass
@@ -105,12 +120,14 @@ class CopyLBFGS:
     Args:
         memory: L-BFGS pairs kept per copy.
         max_step: largest displacement of any atom in one step, nm.
+        patience: iterations without a 1 % drop of the copy's best RMS force after which it
+            stops unconverged (see the module docstring).
     """
 
     def __init__(self, copies: int, shape: tuple[int, ...], memory: int = 10,
-                 max_step: float = 0.02) -> None:
+                 max_step: float = 0.02, patience: int = 100) -> None:
         self.shape, self.dim = tuple(shape), int(np.prod(shape))
-        self.max_step = float(max_step)
+        self.max_step, self.patience = float(max_step), int(patience)
         self.mem = _Memory(copies, self.dim, memory)
         self.phase = np.full(copies, IDLE)
         self.x = np.zeros((copies, self.dim))        # accepted point
@@ -121,6 +138,11 @@ class CopyLBFGS:
         self.max_it = np.zeros(copies, dtype=np.int64)
         self.iterations = np.zeros(copies, dtype=np.int64)
         self.evaluations = np.zeros(copies, dtype=np.int64)
+        self.best_x = np.zeros((copies, self.dim))   # lowest RMS force seen, and where
+        self.best_g = np.zeros((copies, self.dim))
+        self.best_rms = np.full(copies, np.inf)
+        self.stall_ref = np.full(copies, np.inf)     # best RMS at the last 1 % drop
+        self.stalled = np.zeros(copies, dtype=np.int64)  # iterations since that drop
 
     def start(self, c: int, x: np.ndarray, tolerance: float, max_iterations: int,
               keep_memory: bool = False) -> None:
@@ -130,7 +152,8 @@ class CopyLBFGS:
         self.phase[c] = INIT
         self.point[c] = np.asarray(x, dtype=np.float64).reshape(-1)
         self.tol[c], self.max_it[c] = float(tolerance), int(max_iterations)
-        self.iterations[c] = self.evaluations[c] = 0
+        self.iterations[c] = self.evaluations[c] = self.stalled[c] = 0
+        self.best_rms[c] = self.stall_ref[c] = np.inf
         if not keep_memory:
             self.mem.used[c] = 0
 
@@ -176,7 +199,19 @@ class CopyLBFGS:
             self.iterations[m] += 1
         a = idx[accept]
         self.x[a], self.g[a] = self.point[a], g_new[accept]
-        done = (_rms(self.g[a]) <= self.tol[a]) | (self.iterations[a] >= self.max_it[a])
+        rms = _rms(self.g[a])
+        better = rms < self.best_rms[a]
+        b = a[better]
+        self.best_rms[b], self.best_x[b], self.best_g[b] = rms[better], self.x[b], self.g[b]
+        dropped = rms < 0.99 * self.stall_ref[a]
+        self.stall_ref[a[dropped]], self.stalled[a[dropped]] = rms[dropped], 0
+        self.stalled[a[~dropped]] += 1
+        converged = rms <= self.tol[a]
+        floor = (self.stalled[a] >= self.patience) & \
+            (self.best_rms[a] <= STALL_BAND * self.tol[a])
+        done = converged | (self.iterations[a] >= self.max_it[a]) | floor
+        back = a[done & ~converged]                       # unconverged: the best point seen
+        self.x[back], self.g[back] = self.best_x[back], self.best_g[back]
         self.phase[a[done]] = IDLE
         self._propose(a[~done])
         return a[done]
@@ -203,7 +238,8 @@ class CopyLBFGS:
 
 def minimize_copies(forces: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray,
                     tolerance: np.ndarray, max_iterations: np.ndarray, *,
-                    memory: int = 10, max_step: float = 0.02) -> CopyMinimization:
+                    memory: int = 10, max_step: float = 0.02, patience: int = 100
+                    ) -> CopyMinimization:
     """Minimise A independent copies to the end with per-copy L-BFGS (:class:`CopyLBFGS`).
 
     Args:
@@ -212,12 +248,14 @@ def minimize_copies(forces: Callable[[np.ndarray, np.ndarray], np.ndarray], x: n
         x: (A, n, 3) start positions, nm.
         tolerance: (A,) RMS force (kJ/mol/nm, per component) at which a copy has converged.
         max_iterations: (A,) L-BFGS iterations per copy at most.
+        memory, max_step, patience: see :class:`CopyLBFGS`.
     """
     x = np.asarray(x, dtype=np.float64)
     n_copies = len(x)
     tol = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), (n_copies,))
     max_it = np.broadcast_to(np.asarray(max_iterations, dtype=np.int64), (n_copies,))
-    opt = CopyLBFGS(n_copies, x.shape[1:], memory=memory, max_step=max_step)
+    opt = CopyLBFGS(n_copies, x.shape[1:], memory=memory, max_step=max_step,
+                    patience=patience)
     for c in range(n_copies):
         opt.start(c, x[c], tol[c], max_it[c])
     while True:
