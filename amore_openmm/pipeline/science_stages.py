@@ -309,9 +309,10 @@ def paper_comparison(run: Any) -> Path:
                    f"{h.get('tolerance')})")
     corr = st.get("dihedral_chi_corr")
     if corr is not None:
-        same = float(corr) >= science.SAME_PROCESS_CORR
+        same = ("one process" if float(corr) >= science.SAME_PROCESS_CORR else
+                "NOT one process: the dihedral rows describe another process")
         ctx.append(f"dihedral χ vs the run's χ: correlation {float(corr):.3f} over the "
-                   f"ensemble ({'one process' if same else 'NOT one process: the dihedral rows describe another process'})")
+                   f"ensemble ({same})")
     ctx += _final_starts(run)
     stop = st.get("stopped")
     ctx.append(f"adaptive loop: {stop}" if stop else
