@@ -23,7 +23,7 @@ class _Model:
 def _fits(monkeypatch, outcomes):
     seeds = []
 
-    def fake(data, system, iterations, model, *args):
+    def fake(data, system, iterations, model, *args, **initial):
         seeds.append(args[-2])
         out = outcomes[len(seeds) - 1]
         if isinstance(out, Exception):
@@ -59,7 +59,8 @@ def test_collapsed_fits_end_with_a_smaller_learning_rate_that_the_chi_keeps(monk
     continued fits, which at lr would saturate it again."""
     lrs = []
 
-    def fake(data, system, iterations, model, featurizer, minibatch, optimizer, lr, *rest):
+    def fake(data, system, iterations, model, featurizer, minibatch, optimizer, lr, *rest,
+             **initial):
         lrs.append((lr, rest[-2]))
         span = 0.9 if lr < 1e-3 else 0.0
         out = model if model is not None else _Model(span)
@@ -86,11 +87,11 @@ def test_pipeline_writes_the_retries_to_run_log(monkeypatch, tmp_path):
     from amore_openmm.pipeline import AmoreRun
     real, calls = stages._fit_once, []
 
-    def first_collapses(*args):
+    def first_collapses(*args, **initial):
         calls.append(args[-2])
         if len(calls) == 1:
             raise IsokannError("Kχ is constant over the data (test)")
-        return real(*args)
+        return real(*args, **initial)
     monkeypatch.setattr(stages, "_fit_once", first_collapses)
     torch.set_num_threads(1)
     tiny = {"n_starts": 500, "stride_steps": 1000, "n_koopman": 2, "iterations": 200,

@@ -104,7 +104,8 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
             lr = float(kept)
         fitted, losses = _fit_once(data, system, iterations, model, featurizer, minibatch,
                                    optimizer, lr, weight_decay, seed, progress,
-                                   initial_target, initial_iterations)
+                                   initial_target=initial_target,
+                                   initial_iterations=initial_iterations)
         if kept is not None:
             fitted.metadata.setdefault("training", {})["lr_reduced_to"] = lr
         return fitted, losses
@@ -119,7 +120,8 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
         try:
             fitted, losses = _fit_once(data, system, iterations, None, featurizer, minibatch,
                                        optimizer, fit_lr, weight_decay, fit_seed, progress,
-                                       initial_target, initial_iterations)
+                                       initial_target=initial_target,
+                                       initial_iterations=initial_iterations)
         except IsokannError as exc:
             problem, last = str(exc), exc
         else:
@@ -150,7 +152,7 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
 
 def _fit_once(data: KoopmanData, system: Any, iterations: int, model: Any, featurizer: str,
               minibatch: int, optimizer: str, lr: float, weight_decay: float, seed: int,
-              progress: bool, initial_target: Any = None, initial_iterations: int = 0
+              progress: bool, *, initial_target: Any = None, initial_iterations: int = 0
               ) -> tuple[Any, list[float]]:
     from ..chi import ChiModel, make_featurizer
     from ..chi.network import default_network_spec
