@@ -43,7 +43,7 @@ STAGE_OPTIONS: dict[str, tuple[Any, ...]] = {
     "train": ("iterations", "minibatch", "optimizer", "lr", "weight_decay", "featurizer",
               "seed"),
     "mep": (("n_paths", "final_paths"), "ts_low", "ts_high", ("step", "path_step"), "kappa",
-            ("max_nodes", "path_max_nodes"), "platform", "workers"),
+            ("max_nodes", "path_max_nodes"), "platform", "workers", "path_tracer"),
     "sensitivity": (("bins", "sensitivity_bins"), "top_k"),
 }
 _FIELDS = {f.name: f for f in fields(RunConfig)}
@@ -234,7 +234,8 @@ def cmd_mep(args: argparse.Namespace) -> int:
     data = read_data(args.data, n_atoms=ms.n_atoms)
     paths = trace_paths(ms, model, data, args.final_paths, window=(args.ts_low, args.ts_high),
                         step=args.path_step, kappa=args.kappa, max_nodes=args.path_max_nodes,
-                        platform=args.platform, workers=args.workers, progress=not args.quiet)
+                        platform=args.platform, workers=args.workers, tracer=args.path_tracer,
+                        progress=not args.quiet)
     out = write_path_files(args.out, paths, ms.topology, atoms=ms.selection)
     cert = ", ".join(f"{p.n_certified}/{len(p)}" for p in paths)
     print(f"{len(paths)} χ-MEP(s) -> {out / 'paths.npz'}; certified nodes per path: {cert}")

@@ -129,6 +129,10 @@ class RunConfig:
     kappa: float | None = field(default=None, metadata={
         "help": "level-set restraint stiffness kJ/mol (auto: scaled from ‖∇χ‖)"})
     final_paths: int = field(default=4, metadata={"help": "χ-MEPs traced with the final χ"})
+    path_tracer: str = field(default="pool", metadata={
+        "help": "pool: χ-MEPs one at a time on the workers' Contexts; batched: all paths of a "
+                "stage in one Context of packed copies (vacuum or implicit solvent; a periodic "
+                "System is traced with pool)"})
     # -- sensitivity / report ---------------------------------------------------------------
     sensitivity_bins: int = field(default=100, metadata={"help": "χ bins of the level-set "
                                                          "sensitivity"})
@@ -195,7 +199,7 @@ class RunConfig:
 #: settings that may change when a run is resumed (they do not change completed results;
 #: more ``generations`` extends the run, the final stages are then redone)
 RESUME_MUTABLE = frozenset({"platform", "workers", "generations", "figures", "top_k",
-                            "preset", "scheduler"})
+                            "preset", "scheduler", "path_tracer"})
 
 #: settings of ISOKANN training only: a resumed run may change them until its first χ is fitted
 TRAINING_SETTINGS = ("lr", "weight_decay", "optimizer", "iterations", "minibatch", "featurizer")
@@ -206,7 +210,8 @@ SYSTEM_SETTINGS = ("temperature", "forcefield", "implicit_solvent", "atoms", "pd
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 _CHOICES = {"optimizer": ("adam", "nesterov"),
             "platform": ("auto", "Reference", "CPU", "CUDA", "OpenCL", "HIP"),
-            "preset": ("default", "quick", "paper", "science")}
+            "preset": ("default", "quick", "paper", "science"),
+            "path_tracer": ("pool", "batched")}
 _MIN = {"n_starts": 2, "n_koopman": 1, "lag_steps": 1, "stride_steps": 1, "iterations": 1,
         "iterations_per_generation": 0, "minibatch": 1, "generations": 0,
         "paths_per_generation": 1, "starts_per_path": 1, "path_max_nodes": 3,

@@ -404,3 +404,31 @@ def test_per_copy_lbfgs_stops_at_a_force_floor_and_returns_its_best_point():
     # without the stall test the floored copy runs to its iteration limit
     slow = minimize_copies(forces, x0[:1], 1.0, 300, patience=10 ** 9)
     assert not slow.converged[0] and slow.evaluations[0] >= 300
+
+
+def test_pipeline_stage_traces_batched_and_a_box_falls_back_to_the_pool(ala, monkeypatch):
+    """trace_paths(tracer="batched") (the run setting path_tracer) gives the pool's certified
+    paths; a periodic System is traced with the pool, with a warning that says so."""
+    from amore_openmm import mep
+    from amore_openmm.pipeline import trace_paths
+    model = _distance_chi(ala)
+    data = _starts(ala, 3)
+    kw = dict(step=0.03, max_nodes=7, progress=False)
+    pool = trace_paths(ala, model, data, 2, tracer="pool", **kw)
+    batched = trace_paths(ala, model, data, 2, tracer="batched", **kw)
+    # at the default tolerance (1 kJ/mol/nm) the joint minimiser leaves a few nodes above it
+    # (certified: their orthogonal force is within the certificate), so not _compare
+    assert len(pool) == len(batched) == 2
+    for a, b in zip(pool, batched):
+        assert len(a) == len(b) and a.certified.all() and b.certified.all()
+        np.testing.assert_allclose(b.chi, a.chi, atol=2 * CERTIFICATE.chi_error)
+        np.testing.assert_allclose(b.energy, a.energy, atol=0.5)
+    with pytest.raises(ValueError, match="path_tracer"):
+        trace_paths(ala, model, data, 2, tracer="fast", **kw)
+    seen = []
+    monkeypatch.setattr(type(ala), "is_periodic", property(lambda self: True))
+    monkeypatch.setattr(mep, "trace_chi_meps", lambda *a, **k: seen.append(k) or [])
+    monkeypatch.setattr(mep, "trace_chi_meps_batched", lambda *a, **k: pytest.fail("batched"))
+    with pytest.warns(RuntimeWarning, match="one at a time"):
+        trace_paths(ala, model, data, 2, tracer="batched", **kw)
+    assert len(seen) == 1

@@ -186,10 +186,13 @@ def _stop_rule(run: Any, model: Any, data: KoopmanData, g: int) -> dict[str, Any
 
 def _trace(run: Any, model: Any, n: int, seed: int | None) -> list[Any]:
     cfg = run.config
+    if cfg.path_tracer == "batched" and not run.system.is_periodic:
+        run.log.info("tracing %d χ-MEP(s) batched: one Context of packed copies", n)
     return trace_paths(run.system, model, run.load_data(), n,
                        window=(cfg.ts_low, cfg.ts_high), step=cfg.path_step, kappa=cfg.kappa,
                        max_nodes=cfg.path_max_nodes, platform=cfg.platform,
-                       workers=cfg.workers, seed=seed, progress=run.progress)
+                       workers=cfg.workers, tracer=cfg.path_tracer, seed=seed,
+                       progress=run.progress)
 
 
 def _log_certificates(run: Any, chipaths: list[Any], what: str) -> list[list[int]]:

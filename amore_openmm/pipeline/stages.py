@@ -216,20 +216,29 @@ def trace_paths(system: Any, model: Any, data: Any, n_paths: int = _D.final_path
                 window: tuple[float, float] = (_D.ts_low, _D.ts_high),
                 step: float | None = _D.path_step, kappa: float | None = _D.kappa,
                 max_nodes: int | None = _D.path_max_nodes, platform: str = _D.platform,
-                workers: int | None = None, seed: int | None = None,
-                progress: bool = True) -> list[Any]:
+                workers: int | None = None, tracer: str = _D.path_tracer,
+                seed: int | None = None, progress: bool = True) -> list[Any]:
     """χ-MEPs from ``n_paths`` transition states of ``data`` (KoopmanData or positions):
     random ones when ``seed`` is given, otherwise the lowest-energy ones. ``step``,
     ``kappa``, ``max_nodes``: None uses :func:`~amore_openmm.mep.trace_chi_mep`'s default.
     ``platform``: see :func:`mep_platform` (Reference, or CPU for a periodic System, unless
-    CPU, CUDA or OpenCL is asked for)."""
-    from ..mep import trace_chi_meps
+    CPU, CUDA or OpenCL is asked for). ``tracer``: "pool" (one path at a time per worker,
+    :func:`~amore_openmm.mep.trace_chi_meps`) or "batched" (all paths in one Context of packed
+    copies, :func:`~amore_openmm.mep.trace_chi_meps_batched`, on the CPU platform unless
+    another is asked for; a periodic System falls back to "pool" with a warning)."""
+    from ..mep import trace_chi_meps, trace_chi_meps_batched
     from ..systems import load_system
     check_settings({"final_paths": n_paths, "path_step": step, "kappa": kappa,
-                    "path_max_nodes": max_nodes, "ts_low": window[0], "ts_high": window[1]},
-                   "trace_paths")
+                    "path_max_nodes": max_nodes, "ts_low": window[0], "ts_high": window[1],
+                    "path_tracer": tracer}, "trace_paths")
     ms = load_system(system)
-    platform, properties = mep_platform(ms, platform, workers)
+    if tracer == "batched" and ms.is_periodic:
+        warnings.warn("path_tracer = 'batched' packs copies of a molecule in vacuum or "
+                      "implicit solvent, not a periodic box; tracing the paths one at a time "
+                      "(path_tracer = 'pool')", RuntimeWarning, stacklevel=2)
+        tracer = "pool"
+    platform, properties = (batched_platform(platform) if tracer == "batched" else
+                            mep_platform(ms, platform, workers))
     ts = path_starts(ms, model, data, n_paths, window, platform)
     if seed is not None and len(ts) > n_paths:
         rng = np.random.default_rng(seed)
@@ -237,8 +246,24 @@ def trace_paths(system: Any, model: Any, data: Any, n_paths: int = _D.final_path
     ts = ts[:n_paths]
     opts = {k: v for k, v in (("step", step), ("kappa", kappa), ("max_nodes", max_nodes))
             if v is not None}
+    if tracer == "batched":
+        return trace_chi_meps_batched(ms, model, ts, platform=platform, properties=properties,
+                                      **opts)
     return trace_chi_meps(ms, model, ts, pool_size=workers, platform=platform,
                           properties=properties, progress=progress, **opts)
+
+
+def batched_platform(platform: str) -> tuple[str, dict[str, str] | None]:
+    """(platform, properties) of the packed Context of batched χ-MEPs: the one asked for, or
+    for "auto"/"Reference" the CPU platform with every core (its compiled custom forces
+    evaluate the packed non-bonded and GB terms; measured on 34 alanine paths,
+    benchmarks/mep_batched.py) where its minimiser works, else Reference."""
+    from ..sampling import platform_can_minimize
+    if platform in ("CPU", "CUDA", "OpenCL"):
+        return platform, None
+    if platform_can_minimize("CPU"):
+        return "CPU", {"Threads": str(os.cpu_count() or 1)}
+    return "Reference", None
 
 
 def mep_platform(ms: Any, platform: str, workers: int | None = None
