@@ -131,8 +131,8 @@ class RunConfig:
     final_paths: int = field(default=4, metadata={"help": "χ-MEPs traced with the final χ"})
     path_tracer: str = field(default="pool", metadata={
         "help": "pool: χ-MEPs one at a time on the workers' Contexts; batched: all paths of a "
-                "stage in one Context of packed copies (vacuum or implicit solvent; a periodic "
-                "System is traced with pool)"})
+                "stage in one Context of packed copies (faster for many vacuum paths, slower "
+                "in implicit solvent; a periodic System is traced with pool)"})
     # -- sensitivity / report ---------------------------------------------------------------
     sensitivity_bins: int = field(default=100, metadata={"help": "χ bins of the level-set "
                                                          "sensitivity"})
