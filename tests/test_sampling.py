@@ -350,6 +350,40 @@ def test_sample_trajectory_shapes_and_determinism(ala) -> None:
     assert np.linalg.norm(d[0] - x0, axis=-1).max() < 0.2
 
 
+def test_interrupted_trajectory_resumes_from_its_checkpoint(ala, tmp_path, monkeypatch) -> None:
+    """A trajectory killed after some frames continues from its checkpoint (frames and the
+    Context's state, thermostat random state included) to the frames of an uninterrupted run;
+    a checkpoint of another trajectory is ignored with a warning."""
+    from amore_openmm.sampling import trajectory
+    kw = dict(platform="Reference", progress=False)
+    full = sample_trajectory(ala, 8, 20, seed=5, **kw)
+    ck = tmp_path / "traj.partial.npz"
+    real_step, calls = trajectory._step, []
+
+    def dies_at_frame_5(*a):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        real_step(*a)
+
+    monkeypatch.setattr(trajectory, "_step", dies_at_frame_5)
+    with pytest.raises(KeyboardInterrupt):
+        sample_trajectory(ala, 8, 20, seed=5, checkpoint=ck, checkpoint_interval=0, **kw)
+    monkeypatch.setattr(trajectory, "_step", real_step)
+    with np.load(ck) as f:
+        assert len(f["frames"]) == 5
+    calls.clear()
+    monkeypatch.setattr(trajectory, "_step", lambda *a: calls.append(1) or real_step(*a))
+    resumed = sample_trajectory(ala, 8, 20, seed=5, checkpoint=ck, **kw)
+    assert len(calls) == 3                                   # only the missing frames ran
+    np.testing.assert_allclose(resumed, full, atol=1e-6)
+    other = sample_trajectory(ala, 8, 20, seed=6, **kw)
+    assert np.abs(other - full).max() > 1e-3                 # the seed matters
+    with pytest.warns(RuntimeWarning, match="another trajectory"):
+        again = sample_trajectory(ala, 8, 20, seed=6, checkpoint=ck, **kw)
+    np.testing.assert_allclose(again, other, atol=1e-6)
+
+
 def test_auto_platform_probe_reports_and_is_cached(ala, capsys) -> None:
     import amore_openmm.sampling.pool as pool_module
 

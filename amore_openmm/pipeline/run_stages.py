@@ -109,8 +109,10 @@ def trajectory(run: Any) -> dict[str, Any]:
         return equilibrium(run)
     stride = int(cfg.stride_steps or run.lag_steps)
     frames = trajectory_frames(run.system, cfg.n_starts, stride, cfg.seed, run.platform,
-                               run.progress)
+                               run.progress, checkpoint_dir=run.paths["checkpoint"])
     atomic_save_npz(run.paths["trajectory"], frames=frames, stride_steps=stride)
+    for partial in run.paths["checkpoint"].glob("trajectory_*.partial.npz"):
+        partial.unlink()
     return {}
 
 

@@ -49,12 +49,13 @@ PAPER = {"top_dihedral": "VAL3 ψ", "top_saliency": 0.0162, "ratio": 10.0,
 # --------------------------------------------------------------------------------------------
 def equilibrium_trajectories(ms: Any, replicas: int, steps: int, equilibration_steps: int,
                              stride: int, seed: int, platform: str = "CPU",
-                             progress: bool = False) -> np.ndarray:
+                             progress: bool = False, checkpoint: Any = None) -> np.ndarray:
     """(R, F, n, 3) float32 frames, every ``stride`` steps, of R replicas run side by side.
 
     Replica r starts from the system's conformation r mod (number of conformations), all R
     copies in one packed Context. The first ``equilibration_steps`` of every replica are run
-    but not returned; F = ``steps // stride`` frames follow.
+    but not returned; F = ``steps // stride`` frames follow. ``checkpoint``: a ``.npz`` path
+    to checkpoint and resume the run (:func:`~amore_openmm.sampling.sample_trajectory`).
     """
     from ..sampling import sample_trajectory
     from ..sampling.packing import pack_replicas
@@ -68,7 +69,8 @@ def equilibrium_trajectories(ms: Any, replicas: int, steps: int, equilibration_s
     n_eq = int(math.ceil(equilibration_steps / stride))
     n_frames = n_eq + int(steps) // int(stride)
     frames = sample_trajectory(psys.molecular_system(), n_frames, int(stride), seed,
-                               x0=packed, platform=platform, progress=progress)
+                               x0=packed, platform=platform, progress=progress,
+                               checkpoint=checkpoint)
     out = frames.reshape(n_frames, replicas, ms.n_atoms, 3) - shifts[None, :, None, :]
     return np.ascontiguousarray(out[n_eq:].transpose(1, 0, 2, 3), dtype=np.float32)
 

@@ -35,6 +35,7 @@ def science_paths(run: Any) -> dict[str, Path]:
     """Files of the science stages."""
     out = run.out
     return {"equilibrium": out / "checkpoint" / "equilibrium.npz",
+            "equilibrium_partial": out / "checkpoint" / "equilibrium.partial.npz",
             "dihedral_model": out / "model" / "chi_dihedrals.pt",
             "dihedrals_csv": out / "sensitivity" / "dihedrals.csv",
             "channels_json": out / "sensitivity" / "channels.json",
@@ -65,7 +66,8 @@ def equilibrium(run: Any) -> dict[str, Any]:
     platform = run.platform if run.platform != "Reference" else "CPU"
     traj = science.equilibrium_trajectories(
         run.system, cfg.equilibrium_replicas, cfg.equilibrium_steps, cfg.equilibration_steps,
-        lag, stage_seed(cfg.seed, "equilibrium"), platform=platform, progress=run.progress)
+        lag, stage_seed(cfg.seed, "equilibrium"), platform=platform, progress=run.progress,
+        checkpoint=science_paths(run)["equilibrium_partial"])
     _, names = _dihedrals(run)
     ang = _angles(run, traj.reshape(-1, *traj.shape[2:])).reshape(*traj.shape[:2], -1)
     halves = science.halves_check(ang, names)
@@ -73,6 +75,7 @@ def equilibrium(run: Any) -> dict[str, Any]:
     ns = cfg.equilibrium_replicas * traj.shape[1] * lag * dt / 1000.0
     ns_eq = cfg.equilibrium_replicas * cfg.equilibration_steps * dt / 1000.0
     atomic_save_npz(science_paths(run)["equilibrium"], traj=traj, stride_steps=lag)
+    science_paths(run)["equilibrium_partial"].unlink(missing_ok=True)
     run.log.info("equilibrium: %d replicas, %.3f ns kept (%.3f ns equilibration discarded); "
                  "halves: largest TV %.3f (%s), %s", cfg.equilibrium_replicas, ns, ns_eq,
                  halves["max_tv"], halves["worst"],

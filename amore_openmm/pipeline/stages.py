@@ -45,8 +45,12 @@ def sample_data(system: Any, n_starts: int = _D.n_starts, n_koopman: int = _D.n_
 
 
 def trajectory_frames(ms: Any, n_starts: int, stride: int, seed: int, platform: str,
-                      progress: bool) -> np.ndarray:
-    """``n_starts`` frames (float32, nm), split evenly over the initial structures."""
+                      progress: bool, checkpoint_dir: str | os.PathLike | None = None
+                      ) -> np.ndarray:
+    """``n_starts`` frames (float32, nm), split evenly over the initial structures.
+    ``checkpoint_dir``: each structure's trajectory is checkpointed there
+    (``trajectory_<i>.partial.npz``, see :func:`~amore_openmm.sampling.sample_trajectory`) and
+    resumed from it; the caller removes the files when the frames are saved."""
     from ..sampling import sample_trajectory
     n_struct = len(ms.positions)
     counts = [n_starts // n_struct + (1 if i < n_starts % n_struct else 0)
@@ -54,9 +58,11 @@ def trajectory_frames(ms: Any, n_starts: int, stride: int, seed: int, platform: 
     frames = []
     for i, (x0, n) in enumerate(zip(ms.positions, counts)):
         if n:
+            ck = None if checkpoint_dir is None else \
+                Path(checkpoint_dir) / f"trajectory_{i}.partial.npz"
             frames.append(np.asarray(sample_trajectory(
                 ms, n, stride, stage_seed(seed, f"trajectory/{i}"), x0=x0, platform=platform,
-                progress=progress), dtype=np.float32))
+                progress=progress, checkpoint=ck), dtype=np.float32))
     return np.concatenate(frames)
 
 

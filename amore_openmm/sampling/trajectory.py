@@ -1,12 +1,17 @@
 """sample_trajectory: one long seeded trajectory (the initial starts of a run)."""
 from __future__ import annotations
 
+import os
 import sys
+import time
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import openmm
 
+from amore_openmm.data import atomic_save_npz
 from amore_openmm.systems import MolecularSystem, make_whole
 
 from .engine import (DEFAULT_MAX_DISPLACEMENT, as_starts, box_vectors,
@@ -28,7 +33,9 @@ def _step(integ: openmm.Integrator, steps: int, reference: bool) -> None:
 def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int, seed: int,
                       x0: Any | None = None, platform: str = "auto", progress: bool = True,
                       properties: dict[str, str] | None = None,
-                      max_displacement: float = DEFAULT_MAX_DISPLACEMENT) -> np.ndarray:
+                      max_displacement: float = DEFAULT_MAX_DISPLACEMENT,
+                      checkpoint: str | os.PathLike | None = None,
+                      checkpoint_interval: float = 60.0) -> np.ndarray:
     """One trajectory of ``n_frames`` frames, one every ``stride_steps`` steps.
 
     Starts at ``x0`` (default: the system's first structure) with Maxwell–Boltzmann velocities;
@@ -42,6 +49,16 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
     positions are read without wrapping into the box, and each frame's selection molecules
     are made whole (:func:`~amore_openmm.systems.make_whole`, with that frame's box), so a
     solute that crosses a box face is never split.
+
+    ``checkpoint``: a ``.npz`` path to which the frames so far and the Context's checkpoint
+    (``Context.createCheckpoint``: positions, velocities, the integrator's random state) are
+    written atomically after a frame, at most every ``checkpoint_interval`` s (an interruption
+    loses at most that much: the Context is only saved where it matches the frames). If the
+    file exists and was written for the same trajectory (frames,
+    stride, seed, atoms, platform), the run continues from it, with the frames an
+    uninterrupted run gives on that machine; a file for another trajectory, or a Context
+    checkpoint this machine cannot load (they are platform- and hardware-specific), is ignored
+    with a warning and the trajectory starts over. The caller removes the file when done.
     """
     if n_frames < 1 or stride_steps < 1:
         raise ValueError(f"n_frames and stride_steps must be >= 1, got {n_frames}, "
@@ -65,15 +82,23 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
     if system.integrator != "brownian":
         ctx.setVelocitiesToTemperature(system.temperature, s_vel)
     frames = np.empty((int(n_frames), system.n_atoms, 3), dtype=np.float64)
+    key = np.array([int(n_frames), int(stride_steps), int(seed), system.n_atoms])
+    ck = None if checkpoint is None else Path(checkpoint)
+    first = _resume(ck, key, platform, ctx, frames) if ck is not None else 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=int(n_frames), unit="frame", desc=f"trajectory {system.name}",
-                   file=sys.stderr, dynamic_ncols=True)
-    prev = x
+        bar = tqdm(total=int(n_frames), initial=first, unit="frame",
+                   desc=f"trajectory {system.name}", file=sys.stderr, dynamic_ncols=True)
+    prev = None if first else x   # (a restored frame may have been made whole: not compared)
+    done, saved_at = first, time.monotonic()
+
+    def save() -> None:
+        atomic_save_npz(ck, key=key, platform=platform, frames=frames[:done],
+                        context=np.frombuffer(ctx.createCheckpoint(), dtype=np.uint8))
     try:
-        for i in range(int(n_frames)):
+        for i in range(first, int(n_frames)):
             try:
                 _step(integ, int(stride_steps), platform == "Reference")
             except openmm.OpenMMException as exc:
@@ -81,15 +106,48 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
                                    f"{exc}; minimise x0 or reduce the timestep") from exc
             state = ctx.getState(getPositions=True, enforcePeriodicBox=False)
             pos = read_positions(state, (system.n_atoms, 3))
-            if not np.all(np.isfinite(pos)) or np.max(np.abs(pos - prev)) > max_displacement:
+            if not np.all(np.isfinite(pos)) or (prev is not None and
+                                                np.max(np.abs(pos - prev)) > max_displacement):
                 raise RuntimeError(f"trajectory of {system.name} blew up at frame {i} "
                                    "(non-finite or exploding coordinates); minimise x0 or "
                                    "reduce the timestep")
             frames[i] = make_whole(pos, system, box_vectors(state)) if periodic else pos
-            prev = pos
+            prev, done = pos, i + 1
+            if ck is not None and time.monotonic() - saved_at >= checkpoint_interval:
+                save()
+                saved_at = time.monotonic()
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
     return frames
+
+
+def _resume(path: Path, key: np.ndarray, platform: str, ctx: openmm.Context,
+            frames: np.ndarray) -> int:
+    """Frames restored from a :func:`sample_trajectory` checkpoint into ``frames`` (and the
+    Context's state), or 0 when there is none for this trajectory."""
+    if not path.is_file():
+        return 0
+    try:
+        with np.load(path) as f:
+            same = np.array_equal(f["key"], key) and str(f["platform"]) == platform
+            done = f["frames"] if same else None
+            blob = f["context"].tobytes() if same else b""
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is ignored, not fatal
+        warnings.warn(f"{path}: unreadable trajectory checkpoint ({exc}); starting over",
+                      RuntimeWarning, stacklevel=3)
+        return 0
+    if done is None:
+        warnings.warn(f"{path}: a checkpoint of another trajectory (frames, stride, seed, atoms "
+                      f"or platform differ); starting over", RuntimeWarning, stacklevel=3)
+        return 0
+    try:
+        ctx.loadCheckpoint(blob)
+    except openmm.OpenMMException as exc:
+        warnings.warn(f"{path}: this machine cannot load the Context checkpoint ({exc}); "
+                      "starting over", RuntimeWarning, stacklevel=3)
+        return 0
+    frames[:len(done)] = done
+    return len(done)
