@@ -52,8 +52,9 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
 
     ``checkpoint``: a ``.npz`` path to which the frames so far and the Context's checkpoint
     (``Context.createCheckpoint``: positions, velocities, the integrator's random state) are
-    written atomically after a frame, at most every ``checkpoint_interval`` s (an interruption
-    loses at most that much: the Context is only saved where it matches the frames). If the
+    written atomically after a frame, at most every ``checkpoint_interval`` s, or less often
+    where writing takes more than 5 % of the time (an interruption loses the frames since the
+    last write: the Context is only saved where it matches the frames). If the
     file exists and was written for the same trajectory (frames,
     stride, seed, atoms, platform), the run continues from it, with the frames an
     uninterrupted run gives on that machine; a file for another trajectory, or a Context
@@ -92,7 +93,7 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
         bar = tqdm(total=int(n_frames), initial=first, unit="frame",
                    desc=f"trajectory {system.name}", file=sys.stderr, dynamic_ncols=True)
     prev = None if first else x   # (a restored frame may have been made whole: not compared)
-    done, saved_at = first, time.monotonic()
+    done, saved_at, interval = first, time.monotonic(), float(checkpoint_interval)
 
     def save() -> None:
         atomic_save_npz(ck, key=key, platform=platform, frames=frames[:done],
@@ -113,9 +114,12 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
                                    "reduce the timestep")
             frames[i] = make_whole(pos, system, box_vectors(state)) if periodic else pos
             prev, done = pos, i + 1
-            if ck is not None and time.monotonic() - saved_at >= checkpoint_interval:
+            if ck is not None and time.monotonic() - saved_at >= interval:
+                t0 = time.monotonic()
                 save()
                 saved_at = time.monotonic()
+                # a large system's frames take long to write: spend ≤ 5 % of the time on it
+                interval = max(float(checkpoint_interval), 20.0 * (saved_at - t0))
             if bar is not None:
                 bar.update(1)
     finally:
