@@ -53,7 +53,7 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
     ``checkpoint``: a ``.npz`` path to which the frames so far and the Context's checkpoint
     (``Context.createCheckpoint``: positions, velocities, the integrator's random state) are
     written atomically after a frame, at most every ``checkpoint_interval`` s, or less often
-    where writing takes more than 5 % of the time (an interruption loses the frames since the
+    where writing takes more than 5 % of the time (0: after every frame; an interruption loses the frames since the
     last write: the Context is only saved where it matches the frames). If the
     file exists and was written for the same trajectory (frames,
     stride, seed, atoms, platform), the run continues from it, with the frames an
@@ -119,7 +119,8 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
                 save()
                 saved_at = time.monotonic()
                 # a large system's frames take long to write: spend ≤ 5 % of the time on it
-                interval = max(float(checkpoint_interval), 20.0 * (saved_at - t0))
+                if checkpoint_interval > 0:
+                    interval = max(float(checkpoint_interval), 20.0 * (saved_at - t0))
             if bar is not None:
                 bar.update(1)
     finally:
