@@ -96,21 +96,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "sensitivity_samples": 100},
     },
     "vgvapg": {
-        # `make science` (≤ 60 min on 2 CPU cores): an equilibrium ensemble of 10 packed
-        # replicas, one per bundled conformation (benchmarks/vgvapg_packing.py: 8, 10 and 16
-        # copies per Context give the same ~900 replica-steps/s within the noise of a shared
-        # 2-core machine, 2.5× one copy), 10 ps equilibration discarded and 100 ps kept per
-        # replica (1 ns, 12-16 min in all. 4 ns, --equilibrium-steps 200000, 37-44 min, gave
-        # dihedral ratios 7.07, 8.55, 1.41 on seeds 0-2 against 2.98, 1.06, 3.68, but the
-        # paper's atoms 1, 1, 0 of 4 against 0, 2, 3 and channels 2, 2, 1 against 2, 2, 4:
-        # no better on the targets as a whole); Koopman pairs of consecutive frames (lag 0.5 ps), 3000 of them;
-        # 2 generations of 2 χ-MEPs with the stopping rule of pipeline.science; 6 final paths
-        # from distinct transition states in the paper's wide window χ ∈ [0.49, 0.51]; a
-        # second χ on the 10 backbone dihedrals. 300 first-fit iterations: on a 1 ns
-        # ensemble the pairwise_sym χ collapsed to a constant within 1000 iterations for 3 of
-        # 3 seeds (and is retried with other seeds when it does). 60 nodes per path: with
-        # 30, 4 of 6 final paths stopped short of χ 0.2 or 0.8 and no channel split was
-        # possible; with 60 all 6 spanned χ 0–1 (final_paths 2 min).
+        # `make science` (≤ 60 min on 2 CPU cores): an equilibrium ensemble of 10 packed replicas,
+        # one per bundled conformation (benchmarks/vgvapg_packing.py: 8, 10 and 16 copies per
+        # Context give the same ~900 replica-steps/s within the noise of a shared 2-core machine,
+        # 2.5× one copy), 10 ps equilibration discarded and 100 ps kept per replica (1 ns, 12-16 min
+        # in all. 4 ns, --equilibrium-steps 200000, 37-44 min, gave dihedral ratios 7.07, 8.55, 1.41
+        # on seeds 0-2 against 2.98, 1.06, 3.68, but the paper's atoms 1, 1, 0 of 4 against 0, 2, 3
+        # and channels 2, 2, 1 against 2, 2, 4: no better on the targets as a whole); Koopman pairs
+        # of consecutive frames (lag 0.5 ps), 3000 of them; 2 generations of 2 χ-MEPs with the
+        # stopping rule of pipeline.science; 6 final paths from distinct transition states in the
+        # paper's wide window χ ∈ [0.49, 0.51]; a second χ on the 10 backbone dihedrals. 300
+        # first-fit iterations: on a 1 ns ensemble the pairwise_sym χ collapsed to a constant within
+        # 1000 iterations for 3 of 3 seeds (and is retried with other seeds when it does). 60 nodes
+        # per path: with 30, 4 of 6 final paths stopped short of χ 0.2 or 0.8 and no channel split
+        # was possible; with 60 all 6 spanned χ 0–1 (final_paths 2 min).
         "science": {"science": True, "equilibrium_replicas": 10, "equilibrium_steps": 50000,
                     "equilibration_steps": 5000, "n_starts": 3000, "n_koopman": 1,
                     "iterations": 300, "iterations_per_generation": 100, "minibatch": 1000,

@@ -11,7 +11,8 @@ import numpy as np
 from ..data import KoopmanData, atomic_save_npz, atomic_write_text, to_jsonable, write_json
 from .report import build_report, default_figures, report_markdown
 from .runio import load_chipaths, load_paths, read_data, read_npz, save_paths
-from .stages import burst_starts, train_chi, trace_paths, trajectory_frames, write_sensitivity
+from .stages import (TRAJECTORY_PARTIAL, burst_starts, train_chi, trace_paths,
+                     trajectory_frames, write_sensitivity)
 from .state import stage_seed
 
 __all__ = ["dispatch", "summary_line"]
@@ -111,7 +112,7 @@ def trajectory(run: Any) -> dict[str, Any]:
     frames = trajectory_frames(run.system, cfg.n_starts, stride, cfg.seed, run.platform,
                                run.progress, checkpoint_dir=run.paths["checkpoint"])
     atomic_save_npz(run.paths["trajectory"], frames=frames, stride_steps=stride)
-    for partial in run.paths["checkpoint"].glob("trajectory_*.partial.npz"):
+    for partial in run.paths["checkpoint"].glob(TRAJECTORY_PARTIAL.format("*")):
         partial.unlink()
     return {}
 
@@ -188,8 +189,8 @@ def _stop_rule(run: Any, model: Any, data: KoopmanData, g: int) -> dict[str, Any
 
 def _trace(run: Any, model: Any, n: int, seed: int | None) -> list[Any]:
     cfg = run.config
-    if cfg.path_tracer == "batched" and not run.system.is_periodic:
-        run.log.info("tracing %d χ-MEP(s) batched: one Context of packed copies", n)
+    if cfg.path_tracer == "batched":   # (trace_paths warns when it cannot batch)
+        run.log.info("tracing %d χ-MEP(s) with path_tracer = batched", n)
     return trace_paths(run.system, model, run.load_data(), n,
                        window=(cfg.ts_low, cfg.ts_high), step=cfg.path_step, kappa=cfg.kappa,
                        max_nodes=cfg.path_max_nodes, platform=cfg.platform,

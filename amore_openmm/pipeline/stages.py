@@ -20,6 +20,8 @@ __all__ = ["sample_data", "train_chi", "trace_paths", "path_starts", "write_sens
            "burst_starts", "trajectory_frames", "top_atoms", "TOP_FREQUENCY_K"]
 
 _D = RunConfig()  # the one place the stage defaults come from
+#: checkpoint of initial structure i's trajectory (:func:`trajectory_frames`)
+TRAJECTORY_PARTIAL = "trajectory_{}.partial.npz"
 
 
 def sample_data(system: Any, n_starts: int = _D.n_starts, n_koopman: int = _D.n_koopman, *,
@@ -49,7 +51,7 @@ def trajectory_frames(ms: Any, n_starts: int, stride: int, seed: int, platform: 
                       ) -> np.ndarray:
     """``n_starts`` frames (float32, nm), split evenly over the initial structures.
     ``checkpoint_dir``: each structure's trajectory is checkpointed there
-    (``trajectory_<i>.partial.npz``, see :func:`~amore_openmm.sampling.sample_trajectory`) and
+    (:data:`TRAJECTORY_PARTIAL`, see :func:`~amore_openmm.sampling.sample_trajectory`) and
     resumed from it; the caller removes the files when the frames are saved."""
     from ..sampling import sample_trajectory
     n_struct = len(ms.positions)
@@ -59,7 +61,7 @@ def trajectory_frames(ms: Any, n_starts: int, stride: int, seed: int, platform: 
     for i, (x0, n) in enumerate(zip(ms.positions, counts)):
         if n:
             ck = None if checkpoint_dir is None else \
-                Path(checkpoint_dir) / f"trajectory_{i}.partial.npz"
+                Path(checkpoint_dir) / TRAJECTORY_PARTIAL.format(i)
             frames.append(np.asarray(sample_trajectory(
                 ms, n, stride, stage_seed(seed, f"trajectory/{i}"), x0=x0, platform=platform,
                 progress=progress, checkpoint=ck), dtype=np.float32))

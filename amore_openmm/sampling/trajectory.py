@@ -53,13 +53,13 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
     ``checkpoint``: a ``.npz`` path to which the frames so far and the Context's checkpoint
     (``Context.createCheckpoint``: positions, velocities, the integrator's random state) are
     written atomically after a frame, at most every ``checkpoint_interval`` s, or less often
-    where writing takes more than 5 % of the time (0: after every frame; an interruption loses the frames since the
-    last write: the Context is only saved where it matches the frames). If the
-    file exists and was written for the same trajectory (frames,
-    stride, seed, atoms, platform), the run continues from it, with the frames an
-    uninterrupted run gives on that machine; a file for another trajectory, or a Context
-    checkpoint this machine cannot load (they are platform- and hardware-specific), is ignored
-    with a warning and the trajectory starts over. The caller removes the file when done.
+    where writing takes more than 5 % of the time (0: after every frame). An interruption
+    loses the frames since the last write. If the file exists and was written for the same
+    trajectory (frames, stride, seed, start, platform), the run continues from it, with the
+    frames an uninterrupted run gives on that machine; a file for another trajectory, or a
+    Context checkpoint this machine cannot load (they are platform- and hardware-specific),
+    is ignored with a warning and the trajectory starts over. The caller removes the file
+    when done.
     """
     if n_frames < 1 or stride_steps < 1:
         raise ValueError(f"n_frames and stride_steps must be >= 1, got {n_frames}, "
@@ -85,7 +85,7 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
     frames = np.empty((int(n_frames), system.n_atoms, 3), dtype=np.float64)
     key = np.array([int(n_frames), int(stride_steps), int(seed), system.n_atoms])
     ck = None if checkpoint is None else Path(checkpoint)
-    first = _resume(ck, key, platform, ctx, frames) if ck is not None else 0
+    first = _resume(ck, key, x, platform, ctx, frames) if ck is not None else 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -96,7 +96,7 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
     done, saved_at, interval = first, time.monotonic(), float(checkpoint_interval)
 
     def save() -> None:
-        atomic_save_npz(ck, key=key, platform=platform, frames=frames[:done],
+        atomic_save_npz(ck, key=key, x0=x, platform=platform, frames=frames[:done],
                         context=np.frombuffer(ctx.createCheckpoint(), dtype=np.uint8))
     try:
         for i in range(first, int(n_frames)):
@@ -129,15 +129,16 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
     return frames
 
 
-def _resume(path: Path, key: np.ndarray, platform: str, ctx: openmm.Context,
-            frames: np.ndarray) -> int:
+def _resume(path: Path, key: np.ndarray, x0: np.ndarray, platform: str,
+            ctx: openmm.Context, frames: np.ndarray) -> int:
     """Frames restored from a :func:`sample_trajectory` checkpoint into ``frames`` (and the
     Context's state), or 0 when there is none for this trajectory."""
     if not path.is_file():
         return 0
     try:
         with np.load(path) as f:
-            same = np.array_equal(f["key"], key) and str(f["platform"]) == platform
+            same = (np.array_equal(f["key"], key) and np.array_equal(f["x0"], x0)
+                    and str(f["platform"]) == platform)
             done = f["frames"] if same else None
             blob = f["context"].tobytes() if same else b""
     except Exception as exc:  # noqa: BLE001 - an unreadable file is ignored, not fatal
@@ -145,7 +146,7 @@ def _resume(path: Path, key: np.ndarray, platform: str, ctx: openmm.Context,
                       RuntimeWarning, stacklevel=3)
         return 0
     if done is None:
-        warnings.warn(f"{path}: a checkpoint of another trajectory (frames, stride, seed, atoms "
+        warnings.warn(f"{path}: a checkpoint of another trajectory (frames, stride, seed, start "
                       f"or platform differ); starting over", RuntimeWarning, stacklevel=3)
         return 0
     try:
