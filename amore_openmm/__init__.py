@@ -23,7 +23,8 @@ Pipeline, one module or sub-package per stage (a start goes from ``load_system``
 * :mod:`amore_openmm.pipeline`    AmoreRun: adaptive generations in a resumable run directory;
   settings in :mod:`amore_openmm.config`
 * :mod:`amore_openmm.distributed` Dask executor;  :mod:`amore_openmm.cli` the ``amore``
-  command;  :mod:`amore_openmm.plots` figures
+  command;  :mod:`amore_openmm.plots` figures;  :mod:`amore_openmm.threads` worker threads
+  that have left the process when their pool has shut down
 
 Names are imported lazily so that ``import amore_openmm`` stays cheap (torch loads on first use).
 """

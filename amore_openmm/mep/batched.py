@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from ..systems import MolecularSystem
+from ..threads import wait_threads_gone
 from .copy_lbfgs import CopyLBFGS
 from .packed_levels import PackedLevelSets, Request, Snapshot
 from .path import ChiPath
@@ -284,7 +285,10 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
     rounds = serve(levels, slots)
     paths: list[ChiPath | None] = [None] * len(starts)
 
+    native_ids: list[int] = []
+
     def work(slot: int) -> None:
+        native_ids.append(threading.get_native_id())
         tracer = _CopyTracer(slot, rounds, model, system.kT)
         try:
             for i in range(slot, len(starts), slots):
@@ -301,6 +305,7 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
     rounds.serve()
     for t in threads:
         t.join()
+    wait_threads_gone(native_ids)   # their torch state is torn down after join
     if rounds.error is not None:
         raise rounds.error
     return [p for p in paths if p is not None]

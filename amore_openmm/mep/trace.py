@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 from openmm import unit
 
 from ..systems import MolecularSystem
+from ..threads import JoinedThreadPool
 from .certify import CERTIFICATE, Certificate
 from .geometry import as_structure, superposed_rmsd
 from .path import ChiPath
@@ -306,7 +306,7 @@ def trace_chi_meps(system: MolecularSystem, model: Any, starts: Any,
 
     if size == 1:
         return [work(i) for i in range(len(starts))]
-    with ThreadPoolExecutor(max_workers=size, thread_name_prefix="chi-mep") as ex:
+    with JoinedThreadPool(max_workers=size, thread_name_prefix="chi-mep") as ex:
         futures = [ex.submit(work, i) for i in range(len(starts))]
         if progress:
             from tqdm import tqdm

@@ -229,8 +229,8 @@ def trace_paths(system: Any, model: Any, data: Any, n_paths: int = _D.final_path
     """χ-MEPs from ``n_paths`` transition states of ``data`` (KoopmanData or positions):
     random ones when ``seed`` is given, otherwise the lowest-energy ones. ``step``,
     ``kappa``, ``max_nodes``: None uses :func:`~amore_openmm.mep.trace_chi_mep`'s default.
-    ``platform``: see :func:`mep_platform` (Reference, or CPU for a periodic System, unless
-    CPU, CUDA or OpenCL is asked for). ``tracer``: "pool" (one path at a time per worker,
+    ``platform``: see :func:`mep_platform` (Reference, or CPU for a periodic or
+    implicit-solvent System, unless CPU, CUDA or OpenCL is asked for). ``tracer``: "pool" (one path at a time per worker,
     :func:`~amore_openmm.mep.trace_chi_meps`) or "batched" (all paths in one Context of packed
     copies, :func:`~amore_openmm.mep.trace_chi_meps_batched`, on the CPU platform unless
     another is asked for; a periodic System falls back to "pool" with a warning)."""
@@ -278,16 +278,21 @@ def mep_platform(ms: Any, platform: str, workers: int | None = None
                  ) -> tuple[str, dict[str, str] | None]:
     """(platform, properties) of the χ-MEP Contexts for the run setting ``platform``.
 
-    CPU, CUDA and OpenCL are used when asked for. "auto" (and "Reference") give Reference,
-    except for a periodic (solvated) System: there every node minimises the whole water box
-    with PME, about 5× faster on the CPU platform (measured on alanine dipeptide in TIP3P),
-    so "auto" gives CPU wherever the minimiser runs on it, with the cores shared among the
+    CPU, CUDA and OpenCL are used when asked for. "auto" (and "Reference") give Reference
+    (fastest for a small molecule in vacuum), except for
+    - a periodic (solvated) System: every node minimises the whole water box with PME, about
+      5× faster on the CPU platform (measured on alanine dipeptide in TIP3P);
+    - implicit solvent: the generalized-Born force is compiled on the CPU platform (VGVAPG,
+      amber14 + OBC2: one force evaluation 1.2 ms on CPU with 1 thread, 3.1 ms on Reference;
+      6 final χ-MEPs of a science run on 2 worker threads 129 s instead of 277 s);
+    there "auto" gives CPU wherever the minimiser runs on it, with the cores shared among the
     ``workers`` threads.
     """
     from ..sampling import platform_can_minimize
     if platform in ("CPU", "CUDA", "OpenCL"):
         return platform, None
-    if platform == "auto" and ms.is_periodic and platform_can_minimize("CPU"):
+    if platform == "auto" and (ms.is_periodic or ms.has_implicit_solvent) and \
+            platform_can_minimize("CPU"):
         cores = os.cpu_count() or 1
         threads = max(1, cores // max(1, int(workers or cores)))
         return "CPU", {"Threads": str(threads)}

@@ -18,6 +18,7 @@ import numpy as np
 import openmm
 
 from amore_openmm.systems import MolecularSystem
+from amore_openmm.threads import JoinedThreadPool
 
 from .engine import GPU_PLATFORMS, BurstSpec, Engine, default_platform_properties
 from .layout import choose_cpu_layout, layout_matters
@@ -253,14 +254,14 @@ class ContextPool:
         self.properties = props
         self._slots: list[Any] = []
         self._free: queue.SimpleQueue = queue.SimpleQueue()
-        self._executor: cf.ThreadPoolExecutor | None = None
+        self._executor: JoinedThreadPool | None = None
         self.fast_reseed = False
         if local:
             self._start_slots()
         for slot in self._slots:
             self._free.put(slot)
         if self.mode in ("process", "thread"):
-            self._executor = cf.ThreadPoolExecutor(self.size, thread_name_prefix="amore-burst")
+            self._executor = JoinedThreadPool(self.size, thread_name_prefix="amore-burst")
         self._finalizer = weakref.finalize(self, ContextPool._shutdown, self._executor,
                                            list(self._slots))
 

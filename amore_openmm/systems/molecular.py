@@ -157,6 +157,13 @@ class MolecularSystem:
         return bool(self.system.usesPeriodicBoundaryConditions())
 
     @property
+    def has_implicit_solvent(self) -> bool:
+        """True when the System has a generalized-Born force (``implicit_solvent=`` of the
+        app layer: a CustomGBForce, or a GBSAOBCForce)."""
+        return any(isinstance(f, (openmm.CustomGBForce, openmm.GBSAOBCForce))
+                   for f in self.system.getForces())
+
+    @property
     def n_selected(self) -> int:
         """Number of atoms in :attr:`selection`."""
         return int(len(self.selection))
