@@ -230,10 +230,11 @@ def trace_paths(system: Any, model: Any, data: Any, n_paths: int = _D.final_path
     random ones when ``seed`` is given, otherwise the lowest-energy ones. ``step``,
     ``kappa``, ``max_nodes``: None uses :func:`~amore_openmm.mep.trace_chi_mep`'s default.
     ``platform``: see :func:`mep_platform` (Reference, or CPU for a periodic or
-    implicit-solvent System, unless CPU, CUDA or OpenCL is asked for). ``tracer``: "pool" (one path at a time per worker,
-    :func:`~amore_openmm.mep.trace_chi_meps`) or "batched" (all paths in one Context of packed
-    copies, :func:`~amore_openmm.mep.trace_chi_meps_batched`, on the CPU platform unless
-    another is asked for; a periodic System falls back to "pool" with a warning)."""
+    implicit-solvent System, unless CPU, CUDA or OpenCL is asked for). ``tracer``: "pool" (one
+    path at a time per worker, :func:`~amore_openmm.mep.trace_chi_meps`) or "batched" (all
+    paths in one Context of packed copies, :func:`~amore_openmm.mep.trace_chi_meps_batched`, on
+    the CPU platform unless another is asked for; a periodic System falls back to "pool" with
+    a warning)."""
     from ..mep import trace_chi_meps, trace_chi_meps_batched
     from ..systems import load_system
     check_settings({"final_paths": n_paths, "path_step": step, "kappa": kappa,
