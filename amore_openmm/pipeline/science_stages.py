@@ -61,21 +61,21 @@ def _angles(run: Any, x: np.ndarray) -> np.ndarray:
 def equilibrium(run: Any) -> dict[str, Any]:
     """Packed replicas from the bundled conformations; frames every lag after each replica's
     equilibration; halves check per backbone dihedral."""
-    cfg = run.config
+    cfg, files = run.config, science_paths(run)
     lag = run.lag_steps
     platform = run.platform if run.platform != "Reference" else "CPU"
     traj = science.equilibrium_trajectories(
         run.system, cfg.equilibrium_replicas, cfg.equilibrium_steps, cfg.equilibration_steps,
         lag, stage_seed(cfg.seed, "equilibrium"), platform=platform, progress=run.progress,
-        checkpoint=science_paths(run)["equilibrium_partial"])
+        checkpoint=files["equilibrium_partial"])
     _, names = _dihedrals(run)
     ang = _angles(run, traj.reshape(-1, *traj.shape[2:])).reshape(*traj.shape[:2], -1)
     halves = science.halves_check(ang, names)
     dt = float(run.system.timestep)
     ns = cfg.equilibrium_replicas * traj.shape[1] * lag * dt / 1000.0
     ns_eq = cfg.equilibrium_replicas * cfg.equilibration_steps * dt / 1000.0
-    atomic_save_npz(science_paths(run)["equilibrium"], traj=traj, stride_steps=lag)
-    science_paths(run)["equilibrium_partial"].unlink(missing_ok=True)
+    atomic_save_npz(files["equilibrium"], traj=traj, stride_steps=lag)
+    files["equilibrium_partial"].unlink(missing_ok=True)
     run.log.info("equilibrium: %d replicas, %.3f ns kept (%.3f ns equilibration discarded); "
                  "halves: largest TV %.3f (%s), %s", cfg.equilibrium_replicas, ns, ns_eq,
                  halves["max_tv"], halves["worst"],
