@@ -139,7 +139,8 @@ def test_pythonforce_restraint_serialises_and_reloads(ala, frames, model, tmp_pa
     np.testing.assert_allclose(f1, f0, rtol=1e-12, atol=1e-12 * np.abs(f0).max())
     comp = pickle.loads(pickle.dumps(restraint.computation))
     assert isinstance(comp, ChiComputation) and comp.restraint
-    assert set(vars(pickle.loads(pickle.dumps(comp)))) == {"module_bytes", "restraint", "key"}
+    assert set(vars(pickle.loads(pickle.dumps(comp)))) == {"module_bytes", "restraint", "key",
+                                                           "prefix", "z_param", "kappa_param"}
     # a fresh process (module loaded lazily from the pickled bytes) gives the same energy
     (tmp_path / "system.xml").write_text(xml)
     np.save(tmp_path / "x.npy", frames[0])

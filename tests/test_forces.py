@@ -16,7 +16,8 @@ from openmm import app, unit
 
 from amore_openmm.chi import ChiModel, make_featurizer, read_torchscript_metadata
 from amore_openmm.forces import (BACKENDS, ChiReporter, ChiRestraintForce, KappaWindowError,
-                                 chi_force, chi_from_context, kappa_window, md_kappa)
+                                 chi_force, chi_from_context, find_chi_restraints,
+                                 kappa_window, md_kappa)
 from amore_openmm.forces.backend import torchforce_problem
 
 torch.set_num_threads(1)
@@ -142,6 +143,52 @@ def test_parameter_names_do_not_collide_with_user_parameters(ala, frames, model,
     c = model64.chi(x)[0]
     e_r = ctx.getState(getEnergy=True, groups={2}).getPotentialEnergy()._value
     assert e_r == pytest.approx(0.5 * 80.0 * (c - 0.7) ** 2, rel=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_two_prefixed_restraints_in_one_system_survive_getforce_and_xml(ala, frames, model,
+                                                                         model64, backend):
+    """Two χ restraints with their own parameter names live in one System; after an XML
+    round trip (and ``getForce``) they are ChiRestraintForces again, each setting only its
+    own parameters."""
+    system = _bare_system(ala)
+    first = ChiRestraintForce(model, z=0.1, kappa=50.0, force_group=1, backend=backend)
+    second = ChiRestraintForce(model, z=0.9, kappa=20.0, force_group=2, backend=backend,
+                               prefix="amore_chi2")
+    assert (second.z_param, second.kappa_param) == ("amore_chi2_z", "amore_chi2_kappa")
+    system.addForce(first)
+    system.addForce(second)
+    restored = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))
+    found = find_chi_restraints(restored)
+    assert sorted(found) == [0, 1]
+    a, b = found[0], found[1]
+    assert isinstance(a, ChiRestraintForce) and a.backend == backend and b.prefix == "amore_chi2"
+    again = ChiRestraintForce.from_force(restored.getForce(1))
+    assert again.z_param == "amore_chi2_z"
+    ctx = _context(restored, "Reference")
+    x = frames[2]
+    ctx.setPositions(x)
+    c = model64.chi(x)[0]
+    b.set(ctx, z=0.4, kappa=30.0)              # the second restraint only
+    assert ctx.getParameter("amore_chi_z") == 0.1 and ctx.getParameter("amore_chi2_z") == 0.4
+
+    def energy(group):
+        return ctx.getState(getEnergy=True, groups={group}).getPotentialEnergy()._value
+
+    assert energy(1) == pytest.approx(0.5 * 50.0 * (c - 0.1) ** 2, rel=1e-9)
+    assert energy(2) == pytest.approx(0.5 * 30.0 * (c - 0.4) ** 2, rel=1e-9)
+    assert a.chi(ctx) == pytest.approx(c, abs=1e-10) and b.chi(ctx) == pytest.approx(c, abs=1e-10)
+    ChiRestraintForce.set(ctx, z=0.6)          # on the class: the default names
+    assert ctx.getParameter("amore_chi_z") == 0.6 and ctx.getParameter("amore_chi2_z") == 0.4
+
+
+def test_restraint_prefix_and_plain_forces_are_checked(model):
+    with pytest.raises(ValueError, match="prefix must be an identifier"):
+        ChiRestraintForce(model, prefix="2 bad", backend="pythonforce")
+    with pytest.raises(ValueError, match="is not a χ restraint"):
+        ChiRestraintForce.from_force(openmm.CustomCVForce("x"))
+    with pytest.raises(ValueError, match="is not a χ restraint"):
+        ChiRestraintForce.from_force(openmm.HarmonicBondForce())
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)

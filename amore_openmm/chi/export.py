@@ -12,15 +12,12 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from ..data import atomic_write_bytes
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .model import ChiModel
 
 __all__ = ["ExportedChi", "METADATA_FILE", "FORMAT", "FORMAT_VERSION",
            "read_torchscript_metadata", "write_torchscript", "is_torchscript"]
@@ -29,6 +26,18 @@ __all__ = ["ExportedChi", "METADATA_FILE", "FORMAT", "FORMAT_VERSION",
 METADATA_FILE = "amore_chi.json"
 FORMAT = "amore_chi"
 FORMAT_VERSION = 1
+
+
+class ChiParts(Protocol):
+    """What export needs of a χ model (a :class:`~amore_openmm.chi.ChiModel`, an
+    ``nn.Module``): its featurizer and network modules and its atom count; typed structurally
+    so that this module does not import the model's (no import cycle)."""
+
+    featurizer: nn.Module
+    network: nn.Module
+    n_atoms: int
+
+    def parameters(self) -> Any: ...
 
 
 class ExportedChi(nn.Module):
@@ -41,7 +50,7 @@ class ExportedChi(nn.Module):
     trained on a solute can run inside a System that holds more particles.
     """
 
-    def __init__(self, model: "ChiModel") -> None:
+    def __init__(self, model: ChiParts) -> None:
         super().__init__()
         inner = copy.deepcopy(model).cpu().double()
         # OpenMM differentiates with respect to positions only
@@ -69,7 +78,7 @@ def is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
 
 
-def write_torchscript(model: "ChiModel", path: str | os.PathLike, desc: dict[str, Any]
+def write_torchscript(model: ChiParts, path: str | os.PathLike, desc: dict[str, Any]
                       ) -> Path:
     """Script ``model`` as :class:`ExportedChi` and write it (atomically) with ``desc``."""
     scripted = torch.jit.script(ExportedChi(model))

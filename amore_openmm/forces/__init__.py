@@ -2,8 +2,11 @@
 
 * :func:`chi_force` — the χ collective variable as an OpenMM force whose energy is χ.
 * :class:`ChiRestraintForce` — the restraint 0.5·κ·(χ − z)²; z and κ are the global
-  parameters ``amore_chi_z`` and ``amore_chi_kappa`` on every backend, changed with
-  ``Context.setParameter`` (or :meth:`ChiRestraintForce.set`) without rebuilding the Context.
+  parameters ``amore_chi_z`` and ``amore_chi_kappa`` on every backend (``prefix=`` renames
+  them, so that two restraints fit in one System), changed with ``Context.setParameter`` (or
+  :meth:`ChiRestraintForce.set`) without rebuilding the Context;
+  :func:`find_chi_restraints` / :meth:`ChiRestraintForce.from_force` recover them from a
+  System read back from XML or from ``System.getForce``.
 * :class:`ChiReporter` — logs step, time, χ (and ‖∇χ‖) of a running ``openmm.app.Simulation``.
 * :func:`md_kappa` — the restraint stiffness for restrained MD (see :mod:`.kappa`).
 * :func:`backend_info` — which backend ``backend="auto"`` picks here, and why.
@@ -27,9 +30,10 @@ from .common import KAPPA_PARAM, Z_PARAM, evaluate_chi, load_chi_module
 from .kappa import KappaWindow, KappaWindowError, kappa_window, md_kappa
 from .pythonforce import ChiComputation
 from .reporter import ChiReporter
-from .restraint import ChiRestraintForce, chi_force, chi_from_context
+from .restraint import ChiRestraintForce, chi_force, chi_from_context, find_chi_restraints
 
 __all__ = ["chi_force", "ChiRestraintForce", "ChiReporter", "load_chi_module",
            "chi_from_context", "backend_info", "resolve_backend", "BACKENDS",
            "ChiBackendError", "openmmtorch_version", "md_kappa", "kappa_window", "KappaWindow",
-           "KappaWindowError", "ChiComputation", "evaluate_chi", "Z_PARAM", "KAPPA_PARAM"]
+           "KappaWindowError", "ChiComputation", "evaluate_chi", "Z_PARAM", "KAPPA_PARAM",
+           "find_chi_restraints"]

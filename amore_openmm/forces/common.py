@@ -5,8 +5,10 @@ Nothing here imports ``openmmtorch``.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,22 @@ from openmm import unit
 
 ModelLike = Any  # ChiModel | torch.jit.ScriptModule | str | os.PathLike
 
-#: Global parameter names of the χ restraint, identical on every backend. The ``amore_``
-#: prefix keeps them from colliding with a user's own global parameters.
-Z_PARAM = "amore_chi_z"
-KAPPA_PARAM = "amore_chi_kappa"
+#: Default prefix of the χ restraint's global parameters (``<prefix>_z``, ``<prefix>_kappa``),
+#: identical on every backend; the ``amore_`` part keeps them from colliding with a user's own
+#: global parameters. Two χ restraints in one System need two prefixes.
+DEFAULT_PREFIX = "amore_chi"
+Z_PARAM = f"{DEFAULT_PREFIX}_z"
+KAPPA_PARAM = f"{DEFAULT_PREFIX}_kappa"
 #: Name of the χ collective variable inside the TorchForce restraint's CustomCVForce.
 CV_NAME = "amore_chi"
+
+
+def parameter_names(prefix: str) -> tuple[str, str]:
+    """The restraint's global parameter names (z, κ) for ``prefix``; checks the prefix."""
+    if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
+        raise ValueError(f"prefix must be an identifier (letters, digits, '_'; e.g. "
+                         f"'{DEFAULT_PREFIX}' or 'amore_chi2'), got {prefix!r}")
+    return f"{prefix}_z", f"{prefix}_kappa"
 
 
 def existing_file(model: str | os.PathLike) -> Path:
@@ -91,6 +103,19 @@ def kj(value: Any) -> float:
     return as_float(value, unit.kilojoule_per_mole, "kappa")
 
 
+class _ClassOrInstanceMethod:
+    """A method bound to the instance when called on one, else to the class (so
+    ``ChiRestraintForce.set(ctx, ...)`` sets the default parameters and ``force.set(ctx, ...)``
+    the force's own)."""
+
+    def __init__(self, func: Any) -> None:
+        self.func = func
+        functools.update_wrapper(self, func)
+
+    def __get__(self, obj: Any, owner: Any) -> Any:
+        return functools.partial(self.func, owner if obj is None else obj)
+
+
 class ChiRestraintBase:
     """The interface every backend's restraint 0.5·κ·(χ − z)² offers (see ChiRestraintForce)."""
 
@@ -98,14 +123,27 @@ class ChiRestraintBase:
     KAPPA_PARAM = KAPPA_PARAM
     CV_NAME = CV_NAME
     backend = ""
+    #: this restraint's global parameter names (instances with another prefix override them)
+    z_param = Z_PARAM
+    kappa_param = KAPPA_PARAM
 
-    @classmethod
-    def set(cls, context: openmm.Context, z: float | None = None, kappa: Any = None) -> None:
-        """Set the restraint centre and/or stiffness (kJ/mol) of ``context``."""
+    @_ClassOrInstanceMethod
+    def set(self, context: openmm.Context, z: float | None = None, kappa: Any = None) -> None:
+        """Set the restraint centre and/or stiffness (kJ/mol) of ``context``: the default
+        parameters when called on the class, this force's own when called on an instance."""
         if z is not None:
-            context.setParameter(Z_PARAM, float(z))
+            context.setParameter(self.z_param, float(z))
         if kappa is not None:
-            context.setParameter(KAPPA_PARAM, kj(kappa))
+            context.setParameter(self.kappa_param, kj(kappa))
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of this restraint's global parameters."""
+        return self.z_param[:-len("_z")]
+
+    def _use_prefix(self, prefix: str) -> tuple[str, str]:
+        self.z_param, self.kappa_param = parameter_names(prefix)
+        return self.z_param, self.kappa_param
 
     def chi(self, context: openmm.Context) -> float:  # pragma: no cover - overridden
         """χ at the Context's current positions (this force must be in its System)."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
+import re
 import threading
 from typing import Any
 
@@ -19,8 +21,8 @@ import openmm
 import torch
 from openmm import unit
 
-from .common import KAPPA_PARAM, Z_PARAM, ModelLike, ChiRestraintBase, chi_module_bytes, \
-    evaluate_chi, kj
+from .common import DEFAULT_PREFIX, ModelLike, ChiRestraintBase, chi_module_bytes, evaluate_chi, \
+    kj, parameter_names
 
 NAME = "pythonforce"
 _MODULES: dict[str, Any] = {}   # sha256 of the TorchScript bytes -> loaded module
@@ -39,22 +41,29 @@ def _load(key: str, data: bytes) -> Any:
 
 class ChiComputation:
     """PythonForce callback: energy χ (``restraint=False``) or 0.5·κ·(χ − z)² with κ and z
-    read from the State's global parameters :data:`KAPPA_PARAM` and :data:`Z_PARAM`.
+    read from the State's global parameters ``<prefix>_kappa`` and ``<prefix>_z`` (default
+    ``amore_chi_kappa`` and ``amore_chi_z``).
 
     Positions arrive in float64 nm (unwrapped unless the force uses periodic boundary
     conditions); χ and ∇χ are computed in float64 by the TorchScript module.
     """
 
-    def __init__(self, module_bytes: bytes, restraint: bool) -> None:
+    def __init__(self, module_bytes: bytes, restraint: bool, prefix: str = DEFAULT_PREFIX
+                 ) -> None:
         self.module_bytes = bytes(module_bytes)
         self.restraint = bool(restraint)
+        self.prefix = prefix
+        self.z_param, self.kappa_param = parameter_names(prefix)
         self.key = hashlib.sha256(self.module_bytes).hexdigest()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"module_bytes": self.module_bytes, "restraint": self.restraint}
+        return {"module_bytes": self.module_bytes, "restraint": self.restraint,
+                "prefix": self.prefix}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["module_bytes"], state["restraint"])
+        # pickles written before prefixes existed have none: the default names
+        self.__init__(state["module_bytes"], state["restraint"],
+                      state.get("prefix", DEFAULT_PREFIX))
 
     @property
     def module(self) -> Any:
@@ -74,8 +83,8 @@ class ChiComputation:
         if not self.restraint:
             return chi, -grad
         params = state.getParameters()
-        dz = chi - params[Z_PARAM]
-        kappa = params[KAPPA_PARAM]
+        dz = chi - params[self.z_param]
+        kappa = params[self.kappa_param]
         return 0.5 * kappa * dz * dz, (-kappa * dz) * grad
 
 
@@ -96,10 +105,12 @@ class PythonChiRestraint(ChiRestraintBase, openmm.PythonForce):
     backend = NAME
 
     def __init__(self, model: ModelLike, z: float = 0.5, kappa: Any = 1e5,
-                 force_group: int | None = None) -> None:
-        self.computation = ChiComputation(chi_module_bytes(model), restraint=True)
+                 force_group: int | None = None, prefix: str = DEFAULT_PREFIX) -> None:
+        z_param, kappa_param = self._use_prefix(prefix)
+        self.computation = ChiComputation(chi_module_bytes(model), restraint=True,
+                                          prefix=prefix)
         openmm.PythonForce.__init__(self, self.computation,
-                                    {Z_PARAM: float(z), KAPPA_PARAM: kj(kappa)})
+                                    {z_param: float(z), kappa_param: kj(kappa)})
         self.setUsesPeriodicBoundaryConditions(False)
         self.setName("AmoreChiRestraint")
         if force_group is not None:
@@ -110,6 +121,24 @@ class PythonChiRestraint(ChiRestraintBase, openmm.PythonForce):
         x = context.getState(getPositions=True).getPositions(asNumpy=True)
         return evaluate_chi(self.computation.module, x.value_in_unit(unit.nanometer),
                             gradient=False)[0]
+
+
+def recover_python_restraint(force: openmm.PythonForce) -> PythonChiRestraint | None:
+    """``force`` as a :class:`PythonChiRestraint` when it is one that lost its Python class
+    (``System.getForce``, an XML round trip), else None."""
+    # getPickledFunction() returns an unwrapped C++ vector; the XML carries the same bytes
+    # hex-encoded in its "function" attribute
+    match = re.search(r'function="([0-9a-fA-F]*)"', openmm.XmlSerializer.serialize(force))
+    try:
+        computation = pickle.loads(bytes.fromhex(match.group(1))) if match else None
+    except Exception:  # another callable, or one that does not unpickle here
+        return None
+    if not isinstance(computation, ChiComputation) or not computation.restraint:
+        return None
+    force.__class__ = PythonChiRestraint    # the same C++ force; the Python methods come back
+    force.computation = computation
+    force._use_prefix(computation.prefix)
+    return force
 
 
 class BatchedChiRestraint:

@@ -8,9 +8,9 @@ from typing import Any
 import openmm
 
 from .backend import resolve_backend
-from .common import CV_NAME, KAPPA_PARAM, Z_PARAM, ModelLike, ChiRestraintBase
-from .pythonforce import PythonChiRestraint, python_chi_force
-from .torchforce import TorchChiRestraint, torch_chi_force
+from .common import CV_NAME, DEFAULT_PREFIX, KAPPA_PARAM, Z_PARAM, ModelLike, ChiRestraintBase
+from .pythonforce import PythonChiRestraint, python_chi_force, recover_python_restraint
+from .torchforce import TorchChiRestraint, recover_torch_restraint, torch_chi_force
 
 _RESTRAINTS = {TorchChiRestraint.backend: TorchChiRestraint,
                PythonChiRestraint.backend: PythonChiRestraint}
@@ -46,14 +46,21 @@ class ChiRestraintForce(ChiRestraintBase, metaclass=abc.ABCMeta):
             For MD choose it with :func:`~amore_openmm.forces.md_kappa`.
         force_group: optional force group of the restraint.
         backend: "auto", "torchforce" or "pythonforce".
+        prefix: the global parameters are ``<prefix>_z`` and ``<prefix>_kappa`` (default
+            ``amore_chi``); give each χ restraint of one System its own prefix.
 
     Constructing it returns the backend's force: a ``CustomCVForce`` over a TorchForce χ
     ("torchforce") or one ``openmm.PythonForce`` ("pythonforce"); both are instances of this
-    class. On both the global parameters are :attr:`Z_PARAM` (``amore_chi_z``) and
-    :attr:`KAPPA_PARAM` (``amore_chi_kappa``): change them on a live Context with
-    ``context.setParameter`` or :meth:`set`, no rebuild needed. :meth:`chi` reads χ of a
-    Context; :attr:`backend` names the backend. Neither uses periodic boundary conditions,
-    so χ sees the Context's unwrapped positions.
+    class. On both the global parameters are :attr:`z_param` and :attr:`kappa_param`
+    (by default :attr:`Z_PARAM` ``amore_chi_z`` and :attr:`KAPPA_PARAM` ``amore_chi_kappa``):
+    change them on a live Context with ``context.setParameter`` or ``force.set(context, z=,
+    kappa=)``, no rebuild needed (``ChiRestraintForce.set`` on the class sets the default
+    names). :meth:`chi` reads χ of a Context; :attr:`backend` names the backend. Neither
+    uses periodic boundary conditions, so χ sees the Context's unwrapped positions.
+
+    ``System.getForce(i)`` and an XML round trip hand back a plain ``CustomCVForce`` or
+    ``PythonForce``: :meth:`from_force` (or :func:`find_chi_restraints`) makes it a
+    ChiRestraintForce again.
     """
 
     Z_PARAM = Z_PARAM
@@ -61,13 +68,44 @@ class ChiRestraintForce(ChiRestraintBase, metaclass=abc.ABCMeta):
     CV_NAME = CV_NAME
 
     def __new__(cls, model: ModelLike, z: float = 0.5, kappa: Any = 1e5,
-                force_group: int | None = None, backend: str = "auto") -> Any:
+                force_group: int | None = None, backend: str = "auto",
+                prefix: str = DEFAULT_PREFIX) -> Any:
         name, _ = resolve_backend(backend)
-        return _RESTRAINTS[name](model, z, kappa, force_group)
+        return _RESTRAINTS[name](model, z, kappa, force_group, prefix)
+
+    @staticmethod
+    def from_force(force: openmm.Force) -> Any:
+        """A χ restraint taken out of a System (``system.getForce(i)``, or a System read back
+        with ``XmlSerializer``) as a ChiRestraintForce again: :meth:`set`, :meth:`chi` and its
+        parameter names work as on the force that was added. Raises ValueError for a force
+        that is not a χ restraint."""
+        if isinstance(force, ChiRestraintBase):
+            return force
+        recovered = None
+        if isinstance(force, openmm.PythonForce):
+            recovered = recover_python_restraint(force)
+        elif isinstance(force, openmm.CustomCVForce):
+            recovered = recover_torch_restraint(force)
+        if recovered is None:
+            raise ValueError(f"force {force.getName()!r} ({type(force).__name__}) is not a χ "
+                             "restraint; find them with find_chi_restraints(system)")
+        return recovered
 
 
 for _cls in _RESTRAINTS.values():
     ChiRestraintForce.register(_cls)
+
+
+def find_chi_restraints(system: openmm.System) -> dict[int, Any]:
+    """The χ restraints of ``system`` (e.g. read from XML) by force index, each as a
+    :class:`ChiRestraintForce`."""
+    found = {}
+    for i in range(system.getNumForces()):
+        try:
+            found[i] = ChiRestraintForce.from_force(system.getForce(i))
+        except ValueError:
+            continue
+    return found
 
 
 def chi_from_context(context: openmm.Context, force: Any, index: int = 0) -> float:

@@ -12,8 +12,8 @@ from typing import Any
 
 import openmm
 
-from .common import (CV_NAME, KAPPA_PARAM, Z_PARAM, ModelLike, ChiRestraintBase,
-                     existing_file, kj, load_chi_module)
+from .common import (CV_NAME, DEFAULT_PREFIX, ModelLike, ChiRestraintBase, existing_file, kj,
+                     load_chi_module)
 
 NAME = "torchforce"
 _CACHE: dict[str, Any] = {}
@@ -65,11 +65,12 @@ class TorchChiRestraint(ChiRestraintBase, openmm.CustomCVForce):
     backend = NAME
 
     def __init__(self, model: ModelLike, z: float = 0.5, kappa: Any = 1e5,
-                 force_group: int | None = None) -> None:
+                 force_group: int | None = None, prefix: str = DEFAULT_PREFIX) -> None:
+        z_param, kappa_param = self._use_prefix(prefix)
         chi = torch_chi_force(model)
-        openmm.CustomCVForce.__init__(self, f"0.5*{KAPPA_PARAM}*({CV_NAME}-{Z_PARAM})^2")
-        self.addGlobalParameter(Z_PARAM, float(z))
-        self.addGlobalParameter(KAPPA_PARAM, kj(kappa))
+        openmm.CustomCVForce.__init__(self, f"0.5*{kappa_param}*({CV_NAME}-{z_param})^2")
+        self.addGlobalParameter(z_param, float(z))
+        self.addGlobalParameter(kappa_param, kj(kappa))
         self.addCollectiveVariable(CV_NAME, chi)
         self.setName("AmoreChiRestraint")
         if force_group is not None:
@@ -78,3 +79,17 @@ class TorchChiRestraint(ChiRestraintBase, openmm.CustomCVForce):
     def chi(self, context: openmm.Context) -> float:
         """χ at the Context's current positions, read through OpenMM."""
         return float(self.getCollectiveVariableValues(context)[0])
+
+
+def recover_torch_restraint(force: openmm.CustomCVForce) -> TorchChiRestraint | None:
+    """``force`` as a :class:`TorchChiRestraint` when it is one that lost its Python class
+    (``System.getForce``, an XML round trip), else None."""
+    if force.getNumCollectiveVariables() != 1 or force.getCollectiveVariableName(0) != CV_NAME:
+        return None
+    names = [force.getGlobalParameterName(i) for i in range(force.getNumGlobalParameters())]
+    z_params = [n for n in names if n.endswith("_z") and n[:-2] + "_kappa" in names]
+    if len(z_params) != 1:
+        return None
+    force.__class__ = TorchChiRestraint     # the same C++ force; the Python methods come back
+    force._use_prefix(z_params[0][:-2])
+    return force

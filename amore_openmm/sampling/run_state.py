@@ -117,6 +117,16 @@ class RunState:
         self.checkpoint_interval = 10.0
         self._last_commit = time.monotonic()
 
+    def restore(self, path: Path) -> None:
+        """Mark the starts that the checkpoint ``path`` of this run finished as done."""
+        kept, dropped = ckpt.load_finished(path, self.run_key, self.idx, self.x)
+        for r, y in kept.items():
+            self.y_all[r] = y
+            self.done[r] = self.kept[r] = True
+        for r, entry in dropped:
+            self.done[r] = True
+            self.dropped.append(entry)
+
     def task(self, chunk: int, members: np.ndarray) -> dict[str, Any]:
         """The chunk task (engine protocol) for the starts ``members`` (rows)."""
         return {"chunk": chunk, "x": self.x[members], "start_index": self.idx[members],

@@ -216,7 +216,7 @@ class BurstSampler:
                          store_atoms, memory_budget_gb)
         ck_path = ckpt.as_path(checkpoint)
         if ck_path is not None and resume and ck_path.exists():
-            ckpt.resume(ck_path, st)
+            st.restore(ck_path)
         st.checkpoint_path, st.checkpoint_interval = ck_path, float(checkpoint_interval)
         hooks = [h for h in (checkpoint, on_chunk) if callable(h)]
         units = _work_units(np.nonzero(~st.done)[0], st.idx, st.block)
