@@ -15,25 +15,25 @@ to exit codes. Every setting flag is a :class:`~amore_openmm.config.RunConfig` s
 help, type, checks and default come from there (χ-MEP settings left at "auto" use
 :func:`~amore_openmm.mep.trace_chi_mep`'s defaults).
 Exit codes: 0 success, 2 bad input (usage, settings, files), 1 runtime failure, 130
-interrupted (Ctrl-C or SIGTERM).
+interrupted by Ctrl-C (SIGINT), 143 by SIGTERM. Either signal stops the command at the next
+safe point (:mod:`amore_openmm.interrupt`); a second one quits at once.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 from .config import ConfigError, RunConfig, check_settings
+from .interrupt import exit_code, stop_on_signals
 
 __all__ = ["main", "build_parser", "info", "COMMANDS", "STAGE_OPTIONS"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 #: the settings each single-stage command takes: RunConfig field names, or (flag, field)
 #: where the flag reads better than the setting's name
@@ -291,7 +291,8 @@ def info() -> dict[str, Any]:
         out["torch"] = f"not importable ({exc})"
         out["gpu"] = None
     try:
-        import openmmtorch
+        from .forces.torchforce import import_openmmtorch
+        openmmtorch = import_openmmtorch()
         out["openmmtorch"] = getattr(openmmtorch, "__version__", "installed")
     except Exception as exc:  # noqa: BLE001
         out["openmmtorch"] = f"not importable ({exc})"
@@ -333,10 +334,6 @@ _BAD_INPUT = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryErr
               FileExistsError, PermissionError)
 
 
-def _sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt("SIGTERM")
-
-
 def _dispatch(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
@@ -345,10 +342,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise
         print(f"amore {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"amore {args.command}: interrupted; completed stages are saved (resume with "
               "--resume)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code(exc)
     except Exception as exc:  # noqa: BLE001 - the command line reports, never tracebacks
         if os.environ.get("AMORE_DEBUG"):
             raise
@@ -359,7 +356,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``amore``; returns the exit code (0 ok, 2 bad input, 1 failure,
-    130 interrupted). SIGTERM is handled like Ctrl-C, so temporary files are cleaned up."""
+    130/143 interrupted by SIGINT/SIGTERM, at a safe point: checkpoints and temporary files
+    are dealt with before it returns)."""
     parser = build_parser()
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -371,13 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
-    try:
+    with stop_on_signals():
         return _dispatch(args)
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

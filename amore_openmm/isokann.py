@@ -30,6 +30,7 @@ from torch import nn
 from .chi import ChiModel, make_featurizer
 from .chi.network import default_network_spec
 from .data import KoopmanData
+from .interrupt import check_interrupt
 from .isokann_memory import check_training_memory, chi_of_ends, chunk_rows, featurize
 from .orientation import orient
 
@@ -157,7 +158,7 @@ class Isokann:
             None uses the system's default.
         network: network spec or module for new models (None: the default for the featurizer).
         dtype: training precision (float32 is plenty; export is always float64).
-        progress: show a tqdm bar.
+        progress: show progress (a tqdm bar on a terminal, a few lines otherwise).
         validation_fraction: fraction of starts held out for the validation loss (see
             :func:`validation_split`); 0 trains on all starts and reports no validation loss.
         shift_scale: "minmax" (default) or "quantile" (lo, hi = the ``shift_quantile`` and
@@ -354,12 +355,13 @@ class Isokann:
         marks = {max(1, math.ceil(iters * r / LOSS_RECORDS)) for r in range(1, LOSS_RECORDS + 1)}
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=iters, desc="ISOKANN", leave=False)
+            from .progress import progress_bar
+            bar = progress_bar(iters, desc="ISOKANN", unit="iteration", leave=False)
         history: list[float] = []
         records: list[dict[str, Any]] = []
         net.train()
         for it in range(1, iters + 1):
+            check_interrupt()
             t = target()
             perm = train[torch.randperm(len(train), generator=gen).to(dev)]
             total = 0.0

@@ -25,7 +25,7 @@ import openmm
 from openmm import unit
 
 from .mep.geometry import as_structure
-from .systems import MolecularSystem
+from .systems import MolecularSystem, get_platform
 
 __all__ = ["string_method", "StringPath", "path_distance", "reparametrize"]
 
@@ -172,7 +172,7 @@ class _ForceEvaluator:
     """Energies and forces of many structures from one Context (positions reused)."""
 
     def __init__(self, system: openmm.System, platform: str, properties: dict | None):
-        plat = openmm.Platform.getPlatformByName(platform)
+        plat = get_platform(platform)
         self.context = openmm.Context(system, openmm.VerletIntegrator(1e-6), plat,
                                       properties or {})
 

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
+from typing import Any, Iterable
 
 __all__ = ["JoinedThreadPool", "wait_threads_gone"]
 
@@ -63,3 +63,9 @@ class JoinedThreadPool(ThreadPoolExecutor):
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
         if wait:
             wait_threads_gone(self.native_ids)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        # leaving on an exception (a failed task, a requested stop): tasks not yet started
+        # are cancelled; the running ones finish or stop at their next safe point
+        self.shutdown(wait=True, cancel_futures=exc_type is not None)
+        return False

@@ -71,6 +71,9 @@ def test_implicit_solvent_paths_use_the_cpu_platform_under_auto():
     else:
         assert plat == "Reference"
     assert mep_platform(vg, "Reference") == ("Reference", None)
+    # CPU asked for: the worker threads share the cores (not each Context on all of them)
+    assert mep_platform(ala, "CPU", workers=2) == \
+        ("CPU", {"Threads": str(max(1, (os.cpu_count() or 1) // 2))})
 
 
 @pytest.mark.slow

@@ -184,3 +184,16 @@ def test_make_whole_is_identity_without_periodic_boundaries(ala):
     assert np.array_equal(make_whole(x, ala), x)
     with pytest.raises(ValueError, match="positions"):
         make_whole(x[:, :5], ala)
+
+
+def test_a_selection_that_does_not_parse_gets_one_short_line():
+    """mdtraj's parser error lists its whole grammar (kilobytes): the message keeps the
+    selection, where the parser stopped and an example, on one line."""
+    with pytest.raises(SystemLoadError) as err:
+        load_system("alanine_dipeptide", atoms="name CA CB or )")
+    msg = str(err.value)
+    assert "\n" not in msg and len(msg) < 400, msg
+    assert "'name CA CB or )'" in msg and "character 15" in msg and "at ')'" in msg
+    assert "such as 'not water'" in msg
+    with pytest.raises(SystemLoadError, match="at the end"):
+        load_system("alanine_dipeptide", atoms="name CA and (")

@@ -6,6 +6,7 @@ variable, the restraint as a ``CustomCVForce``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import Any
@@ -19,6 +20,13 @@ NAME = "torchforce"
 _CACHE: dict[str, Any] = {}
 
 
+class _SimtkNotice(logging.Filter):
+    """Drops the ``simtk`` shim's deprecation notice (see :func:`import_openmmtorch`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "simtk.openmm" not in record.getMessage()
+
+
 def import_openmmtorch() -> Any:
     """The ``openmmtorch`` module, imported once (after torch, as it needs).
 
@@ -26,14 +34,21 @@ def import_openmmtorch() -> Any:
     """
     if "module" not in _CACHE:
         import torch  # noqa: F401  (torch must be imported before openmmtorch)
+        # openmmtorch's SWIG wrapper still runs ``import simtk.openmm``, whose shim logs
+        # "importing 'simtk.openmm' is deprecated" on the root logger (not a warning);
+        # the import is ours, so its notice is dropped here and nowhere else
+        root, notice = logging.getLogger(), _SimtkNotice()
+        root.addFilter(notice)
         try:
-            with warnings.catch_warnings():  # its wrapper still imports the ``simtk`` name
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 import openmmtorch
         except Exception as exc:  # ImportError, or OSError from a missing CUDA library
             _CACHE["module"], _CACHE["error"] = None, exc
         else:
             _CACHE["module"], _CACHE["error"] = openmmtorch, None
+        finally:
+            root.removeFilter(notice)
     if _CACHE["module"] is None:
         err = _CACHE["error"]
         raise ImportError(f"openmmtorch does not import ({type(err).__name__}: {err})") from err

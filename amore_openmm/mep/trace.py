@@ -11,6 +11,8 @@ import numpy as np
 from openmm import unit
 
 from ..systems import MolecularSystem
+from ..interrupt import check_interrupt
+from ..progress import progress_bar
 from ..threads import JoinedThreadPool
 from .certify import CERTIFICATE, Certificate
 from .geometry import as_structure, superposed_rmsd
@@ -72,6 +74,7 @@ def _next_node(tr: LevelSetTracer, cur: LevelSetNode, sign: int, walk: _Walk
     """
     node, h, why = None, walk.step, ""
     for halving in range(walk.max_halvings + 1):
+        check_interrupt()  # between relaxations: a requested stop ends the path here
         h = walk.step * 0.5 ** halving
         x = tr.set_positions(_euler_step(cur, sign, h, walk, tr.n_atoms))
         z, _ = tr.chi_grad(x)
@@ -308,10 +311,15 @@ def trace_chi_meps(system: MolecularSystem, model: Any, starts: Any,
         return [work(i) for i in range(len(starts))]
     with JoinedThreadPool(max_workers=size, thread_name_prefix="chi-mep") as ex:
         futures = [ex.submit(work, i) for i in range(len(starts))]
-        if progress:
-            from tqdm import tqdm
-            return [f.result() for f in tqdm(futures, desc="χ-MEPs")]
-        return [f.result() for f in futures]
+        bar = progress_bar(len(futures), desc="χ-MEPs", unit="path") if progress else None
+        out = []
+        for f in futures:
+            out.append(f.result())
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return out
 
 
 def transition_states(model: Any, data_or_positions: Any, system: MolecularSystem | None = None,

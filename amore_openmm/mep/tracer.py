@@ -28,7 +28,7 @@ import numpy as np
 import openmm
 from openmm import unit
 
-from ..systems import MolecularSystem
+from ..systems import MolecularSystem, get_platform
 from .certify import CERTIFICATE, Certificate, ConstraintProjector, orthogonal_force_rms, rms
 
 __all__ = ["LevelSetTracer", "LevelSetNode", "RelaxSettings", "as_chi_model"]
@@ -174,7 +174,7 @@ class LevelSetTracer:
         self.physical_groups = sum(1 << g for g in range(32) if g != group)
         self._z, self._k = forces.ChiRestraintForce.Z_PARAM, forces.ChiRestraintForce.KAPPA_PARAM
         self.context = openmm.Context(omm, openmm.VerletIntegrator(0.001),
-                                      openmm.Platform.getPlatformByName(platform),
+                                      get_platform(platform),
                                       properties or {})
         self.projector = ConstraintProjector.from_system(omm)
         self.has_constraints = omm.getNumConstraints() > 0

@@ -39,6 +39,8 @@ from typing import Any, Mapping
 from ..config import (TRAINING_SETTINGS, ConfigError, RunConfig, apply_settings,
                       load_config_file, resolve_config)
 from ..data import KoopmanData, write_json
+from ..interrupt import check_interrupt
+from ..systems import get_platform
 from . import run_stages
 from .runio import read_data, read_model
 from .state import (LOGGER_NAME, STATE_VERSION, RunDirError, RunLock, check_writable,
@@ -363,6 +365,8 @@ class AmoreRun:
     def run(self, until: str | None = None) -> dict[str, Any]:
         """Run every stage not yet completed (up to and including ``until``); returns the
         report (or the state when stopped early)."""
+        if self.config.platform != "auto":
+            get_platform(self.config.platform)  # a missing platform is bad input, up front
         if self.state is None:
             self._init_state()
             self.log.info("new run of %s (%d atoms) in %s, preset %s", self.system.name,
@@ -379,6 +383,7 @@ class AmoreRun:
         for stage in self.stages():
             if stage in self.completed or self._skip_by_stop_rule(stage):
                 continue
+            check_interrupt()  # a stop requested between stages
             self._run_stage(stage)
             if until is not None and stage == until:
                 break
@@ -399,6 +404,11 @@ class AmoreRun:
                 if not issubclass(w.category, (DeprecationWarning, FutureWarning,
                                                PendingDeprecationWarning)):
                     self.log.warning("%s: %s", w.category.__name__, w.message)
+        except KeyboardInterrupt as exc:
+            self.log.error("stage %s interrupted (%s) after %.1f s; completed stages are "
+                           "saved: resume with --resume", stage, exc or "Ctrl-C",
+                           time.perf_counter() - t0)
+            raise
         except BaseException as exc:
             self.log.error("stage %s failed after %.1f s: %s: %s (completed stages are "
                            "saved; fix the cause and resume with --resume)", stage,

@@ -279,7 +279,8 @@ def mep_platform(ms: Any, platform: str, workers: int | None = None
                  ) -> tuple[str, dict[str, str] | None]:
     """(platform, properties) of the χ-MEP Contexts for the run setting ``platform``.
 
-    CPU, CUDA and OpenCL are used when asked for. "auto" (and "Reference") give Reference
+    CPU (its cores shared among the ``workers`` threads), CUDA and OpenCL are used when asked
+    for. "auto" (and "Reference") give Reference
     (fastest for a small molecule in vacuum), except for
     - a periodic (solvated) System: every node minimises the whole water box with PME, about
       5× faster on the CPU platform (measured on alanine dipeptide in TIP3P);
@@ -290,13 +291,15 @@ def mep_platform(ms: Any, platform: str, workers: int | None = None
     ``workers`` threads.
     """
     from ..sampling import platform_can_minimize
-    if platform in ("CPU", "CUDA", "OpenCL"):
+    cores = os.cpu_count() or 1
+    cpu = {"Threads": str(max(1, cores // max(1, int(workers or cores))))}
+    if platform == "CPU":  # the cores shared among the worker threads, not each on all
+        return platform, cpu
+    if platform in ("CUDA", "OpenCL"):
         return platform, None
     if platform == "auto" and (ms.is_periodic or ms.has_implicit_solvent) and \
             platform_can_minimize("CPU"):
-        cores = os.cpu_count() or 1
-        threads = max(1, cores // max(1, int(workers or cores)))
-        return "CPU", {"Threads": str(threads)}
+        return "CPU", cpu
     return "Reference", None
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import openmm
 from openmm import unit
 
+from ..systems import get_platform
 from . import sanity as sn
 from .seeds import FORCE_TAG, REF_LOCK, reference_seed_function, stream_seeds, BLOCK_TAG
 
@@ -197,7 +198,7 @@ class Engine(BurstEngine):
         self.spec = spec
         self.system = system = openmm.XmlSerializer.deserialize(spec.system_xml)
         self.integrator = openmm.XmlSerializer.deserialize(spec.integrator_xml)
-        plat = openmm.Platform.getPlatformByName(spec.platform)
+        plat = get_platform(spec.platform)
         self.context = openmm.Context(system, self.integrator, plat, dict(spec.properties))
         self.temperature = spec.temperature
         self.brownian = spec.brownian

@@ -15,7 +15,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from amore_openmm.systems import BOLTZ, MolecularSystem
+from amore_openmm.systems import BOLTZ, MolecularSystem, get_platform
 
 from . import sanity as sn
 from .engine import BurstEngine, default_platform_properties, read_positions
@@ -109,7 +109,7 @@ class PackedEngine(BurstEngine):
         self.copies = spec.copies
         self.n = single.n_atoms
         self.integrator = single.make_integrator(seed=1)
-        plat = openmm.Platform.getPlatformByName(spec.platform)
+        plat = get_platform(spec.platform)
         props = default_platform_properties(spec.platform, dict(spec.properties))
         self.context = openmm.Context(self.packed.system, self.integrator, plat, props)
         self.brownian = single.integrator == "brownian"

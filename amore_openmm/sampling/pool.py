@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import openmm
 
-from amore_openmm.systems import MolecularSystem
+from amore_openmm.systems import MolecularSystem, get_platform, platform_names
 from amore_openmm.threads import JoinedThreadPool
 
 from .engine import GPU_PLATFORMS, BurstSpec, Engine, default_platform_properties
@@ -32,8 +32,7 @@ log = logging.getLogger("amore_openmm.sampling")
 
 def available_platforms() -> list[str]:
     """Names of the OpenMM platforms that load in this installation."""
-    return [openmm.Platform.getPlatform(i).getName()
-            for i in range(openmm.Platform.getNumPlatforms())]
+    return platform_names()
 
 
 def usable_cpus() -> int:
@@ -133,10 +132,8 @@ def choose_platform(system: MolecularSystem, candidates: Sequence[str] | None = 
     if not candidates and "OpenCL" in cands and opencl_is_pocl():
         cands.remove("OpenCL")
         skipped["OpenCL"] = f"OpenCL platform is {POCL_NAME} (pocl, a CPU emulation)"
-    unknown = [c for c in cands if c not in available_platforms()]
-    if unknown:
-        raise ValueError(f"platform(s) {unknown} are not available; available: "
-                         f"{available_platforms()}")
+    for name in cands:
+        get_platform(name)  # PlatformError naming the platforms that exist and the fix
     sys_xml = openmm.XmlSerializer.serialize(system.system)
     key = hashlib.sha1((sys_xml + system.integrator + repr(system.timestep) +
                         repr(sorted(cands))).encode()).hexdigest()

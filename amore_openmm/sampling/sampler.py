@@ -38,13 +38,14 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import os
-import sys
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from amore_openmm.data import ORIGINS, KoopmanData
+from amore_openmm.interrupt import check_interrupt
+from amore_openmm.progress import progress_bar
 from amore_openmm.systems import make_whole
 
 from . import checkpoint as ckpt
@@ -154,7 +155,7 @@ class BurstSampler:
                 unique indices when adding starts to an existing data set so that no two
                 starts share a random stream.
             generation, origin: per-start metadata (scalar or one entry per start).
-            progress: show a tqdm progress bar (stderr).
+            progress: show progress on stderr (a tqdm bar on a terminal, a few lines otherwise).
             max_retries: retries with a new derived seed per failing burst before the start is
                 dropped (warning :class:`BurstFailureWarning` names the start).
             max_displacement: nm; a burst that moves any coordinate further fails.
@@ -279,10 +280,8 @@ class BurstSampler:
     def _progress_bar(st: RunState, progress: bool) -> Any:
         if not progress:
             return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=st.N * st.K, initial=int(st.done.sum()) * st.K, unit="burst",
-                    desc=f"bursts {st.system.name}", file=sys.stderr, dynamic_ncols=True)
+        return progress_bar(st.N * st.K, desc=f"bursts {st.system.name}", unit="burst",
+                            initial=int(st.done.sum()) * st.K)
 
     def _dispatch(self, st: RunState, units: list[np.ndarray], chunk_size: int | None,
                   hooks: list[Callable[[KoopmanData], None]], bar: Any) -> tuple[int, float]:
@@ -301,6 +300,7 @@ class BurstSampler:
                 n_chunks += 1
                 if sizer.measuring and len(pending) >= slots:
                     break
+            check_interrupt()  # a requested stop: _stop keeps the finished chunks
             finished, _ = cf.wait(list(pending), timeout=0.25, return_when=cf.FIRST_COMPLETED)
             for fut in finished:
                 members = pending.pop(fut)

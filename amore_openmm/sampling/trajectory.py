@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -12,7 +11,9 @@ import numpy as np
 import openmm
 
 from amore_openmm.data import atomic_save_npz
-from amore_openmm.systems import MolecularSystem, make_whole
+from amore_openmm.interrupt import check_interrupt
+from amore_openmm.progress import progress_bar
+from amore_openmm.systems import MolecularSystem, get_platform, make_whole
 
 from .engine import (DEFAULT_MAX_DISPLACEMENT, as_starts, box_vectors,
                      default_platform_properties, read_positions)
@@ -72,7 +73,7 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
     s_int, s_vel = stream_seeds(seed, 0, 0, 0, tag=TRAJ_TAG)
     integ = system.make_integrator()
     integ.setRandomNumberSeed(s_int)
-    ctx = openmm.Context(system.system, integ, openmm.Platform.getPlatformByName(platform),
+    ctx = openmm.Context(system.system, integ, get_platform(platform),
                          props)
     x = np.asarray(system.positions[0] if x0 is None else as_starts(x0, system.n_atoms)[0],
                    dtype=np.float64)
@@ -88,10 +89,8 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
     first = _resume(ck, key, x, platform, ctx, frames) if ck is not None else 0
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=int(n_frames), initial=first, unit="frame",
-                   desc=f"trajectory {system.name}", file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(int(n_frames), desc=f"trajectory {system.name}", unit="frame",
+                           initial=first)
     prev = None if first else x   # (a restored frame may have been made whole: not compared)
     done, saved_at, interval = first, time.monotonic(), float(checkpoint_interval)
 
@@ -100,6 +99,7 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
                         context=np.frombuffer(ctx.createCheckpoint(), dtype=np.uint8))
     try:
         for i in range(first, int(n_frames)):
+            check_interrupt()
             try:
                 _step(integ, int(stride_steps), platform == "Reference")
             except openmm.OpenMMException as exc:
@@ -123,6 +123,10 @@ def sample_trajectory(system: MolecularSystem, n_frames: int, stride_steps: int,
                     interval = max(float(checkpoint_interval), 20.0 * (saved_at - t0))
             if bar is not None:
                 bar.update(1)
+    except KeyboardInterrupt:
+        if ck is not None and done > first:
+            save()  # a stop keeps the frames made so far
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -17,7 +17,8 @@ from .builder import (BuiltPeptide, add_hydrogens, build_peptide, create_system,
                       minimize_structure, write_amber, write_pdb)
 from .bundled import (ALANINE_PHI_PSI, BUNDLED_BUILDERS, VGVAPG_CONFORMATIONS,
                       BundledConformation, build_bundled_systems, build_solvated_alanine)
-from .common import BOLTZ, SystemLoadError, as_positions_nm, load_forcefield
+from .common import (BOLTZ, PlatformError, SystemLoadError, as_positions_nm, get_platform,
+                     load_forcefield, platform_names)
 from .geometry import backbone_dihedral_atoms, backbone_dihedrals, dihedral_angles
 from .loader import bundled_systems, load_system, systems_root
 from .manifest import MANIFEST_SCHEMA, read_manifest, read_toml, toml_text
@@ -34,6 +35,8 @@ __all__ = [
     "MolecularSystem", "SystemLoadError", "load_system", "bundled_systems", "systems_root",
     "read_manifest", "read_toml", "toml_text", "MANIFEST_SCHEMA", "INTEGRATORS",
     "as_positions_nm", "load_forcefield", "BOLTZ",
+    # OpenMM platforms
+    "get_platform", "platform_names", "PlatformError",
     # the molecule of interest
     "default_selection", "select_atoms", "make_whole", "molecules", "periodic_box",
     "WATER_RESIDUES",

@@ -14,7 +14,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from .common import BOLTZ, SystemLoadError, strip_units, as_positions_nm
+from .common import BOLTZ, SystemLoadError, as_positions_nm, get_platform, strip_units
 from .selection import check_selection, default_selection, select_atoms
 
 __all__ = ["MolecularSystem", "INTEGRATORS"]
@@ -216,7 +216,7 @@ class MolecularSystem:
                      system: openmm.System | None = None) -> openmm.Context:
         """A Context on ``platform`` at the first initial structure."""
         plat = platform if isinstance(platform, openmm.Platform) else \
-            openmm.Platform.getPlatformByName(platform)
+            get_platform(platform)
         ctx = openmm.Context(system or self.system, self.make_integrator(seed), plat,
                              properties or {})
         ctx.setPositions(self.positions[0])

@@ -20,7 +20,7 @@ from openmm import app, unit
 from .common import SystemLoadError
 
 __all__ = ["WATER_RESIDUES", "ION_RESIDUES", "default_selection", "select_atoms",
-           "check_selection", "make_whole", "molecules", "periodic_box"]
+           "check_selection", "selection_problem", "make_whole", "molecules", "periodic_box"]
 
 #: residue names of water models (Amber, CHARMM, GROMACS, OpenMM spellings)
 WATER_RESIDUES = frozenset({
@@ -83,9 +83,30 @@ def select_atoms(topology: app.Topology, text: str, min_atoms: int = 2,
     try:
         idx = np.asarray(top.select(text), dtype=np.int64)
     except (ValueError, SyntaxError, KeyError, TypeError) as exc:
-        raise SystemLoadError(f"{where} = {text!r} is not a valid mdtraj selection ({exc}); "
-                              f"{SELECTION_HELP}") from exc
+        raise SystemLoadError(f"{where} = {text!r} is not a valid mdtraj selection "
+                              f"({selection_problem(text, exc)}); {SELECTION_HELP}") from None
     return check_selection(idx, topology.getNumAtoms(), min_atoms, f"{where} = {text!r}")
+
+
+#: longest parser message quoted in an error (mdtraj's pyparsing messages list the grammar)
+_PROBLEM_CHARS = 120
+
+
+def selection_problem(text: str, exc: BaseException) -> str:
+    """One short line saying where mdtraj's parser stopped in ``text``.
+
+    mdtraj re-raises pyparsing's error as a ValueError whose message spells out the whole
+    grammar (kilobytes); the position is on the pyparsing exception it was raised from."""
+    for err in (exc, exc.__cause__, exc.__context__):
+        loc = getattr(err, "loc", None)
+        if isinstance(loc, int) and 0 <= loc <= len(text):
+            while loc < len(text) and text[loc].isspace():
+                loc += 1  # pyparsing points at the blank before the token
+            rest = text[loc:].rstrip()
+            found = f"at {rest[:20]!r}" if rest else "at the end"
+            return f"parse error at character {loc + 1}, {found}"
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return msg if len(msg) <= _PROBLEM_CHARS else msg[:_PROBLEM_CHARS] + "…"
 
 
 def check_selection(indices: Any, n_atoms: int, min_atoms: int = 2,

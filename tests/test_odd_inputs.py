@@ -1,0 +1,95 @@
+"""Odd inputs a new user tries: a platform this machine lacks, output that is not a terminal,
+the deprecated ``simtk`` import notice."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from amore_openmm.cli import main
+from amore_openmm.progress import LineProgress, progress_bar
+from amore_openmm.systems import PlatformError, get_platform, load_system, platform_names
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _missing_gpu_platform() -> str:
+    have = platform_names()
+    missing = [p for p in ("CUDA", "OpenCL", "HIP") if p not in have]
+    if not missing:
+        pytest.skip("every GPU platform is installed here")
+    return missing[0]
+
+
+def test_missing_platform_exit_2_names_the_platforms_here_and_the_install(tmp_path, capsys):
+    name = _missing_gpu_platform()
+    out = tmp_path / "run"
+    assert main(["run", "alanine_dipeptide", "--out", str(out), "--preset", "quick",
+                 "--platform", name]) == 2
+    err = capsys.readouterr().err
+    assert f"platform {name!r} is not available here" in err
+    assert all(p in err for p in platform_names())      # what there is instead
+    assert "install" in err and "Traceback" not in err
+    assert "There is no registered Platform" not in err  # OpenMM's raw message
+    assert not out.exists()                             # refused before anything is written
+
+
+def test_get_platform_errors_are_bad_input():
+    assert get_platform("Reference").getName() == "Reference"
+    with pytest.raises(PlatformError, match="check the spelling") as err:
+        get_platform("cuda")  # names are case-sensitive
+    assert isinstance(err.value, ValueError)
+    with pytest.raises(PlatformError, match="not available here"):
+        load_system("alanine_dipeptide").make_context(_missing_gpu_platform())
+
+
+def test_progress_is_whole_lines_when_stderr_is_not_a_terminal():
+    buf = io.StringIO()
+    bar = progress_bar(1000, desc="bursts x", unit="burst", file=buf)
+    assert isinstance(bar, LineProgress)
+    for _ in range(1000):
+        bar.update(1)
+    bar.set_postfix(loss="1.0e-02")
+    bar.close()
+    text = buf.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    # a start and an end line, none per update (interval 30 s)
+    assert lines[0].startswith("bursts x: 0/1000 bursts (0%)") and "started" in lines[0]
+    assert lines[-1].startswith("bursts x: 1000/1000 bursts (100%)") and \
+        lines[-1].endswith("loss=1.0e-02, done")
+    assert len(lines) == 2
+    often = LineProgress(3, desc="p", unit="path", file=io.StringIO(), interval=0.0)
+    often.update(1)
+    often.update(1)
+    often.close()
+    assert often.file.getvalue().count("\n") == 4 and "stopped" in often.file.getvalue()
+
+
+def test_progress_is_a_bar_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+    from tqdm import tqdm
+    bar = progress_bar(10, desc="d", file=Terminal())
+    assert isinstance(bar, tqdm)
+    bar.close()
+
+
+def test_openmmtorch_import_prints_no_simtk_notice():
+    """openmmtorch's wrapper imports ``simtk.openmm``, whose shim logs a deprecation notice on
+    the root logger; the package's one import of it drops that notice."""
+    code = ("from amore_openmm.forces.torchforce import import_openmmtorch\n"
+            "try:\n    import_openmmtorch()\nexcept ImportError:\n    raise SystemExit(3)\n"
+            "import logging; logging.getLogger().warning('still logging')\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if res.returncode == 3:
+        pytest.skip("openmmtorch is not installed")
+    assert res.returncode == 0, res.stderr
+    assert "simtk" not in res.stderr
+    assert "still logging" in res.stderr  # the root logger itself is left alone
