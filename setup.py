@@ -22,7 +22,14 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["amore_openmm", "amore_openmm.*"]),
+    # the bundled systems (systems/: manifests, structures, topologies) ship inside the
+    # package as amore_openmm.systems_data, so a non-editable install can load them
+    packages=find_packages(include=["amore_openmm", "amore_openmm.*"]) +
+    ["amore_openmm.systems_data"],
+    package_dir={"amore_openmm.systems_data": "systems"},
+    package_data={"amore_openmm.systems_data": [
+        "*/system.toml", "*/*.pdb", "*/*.prmtop", "*/*.inpcrd", "*/*.xml",
+        "*/conformations/*.pdb"]},
     install_requires=[
         "numpy>=1.24",
         # the core runs χ through openmm.PythonForce (OpenMM >= 8.5), 8.6 included; the
@@ -35,6 +42,7 @@ setup(
         "tqdm>=4.60",
         "tomli>=2.0; python_version<'3.11'",
         "tomli-w>=1.0",
+        "pymbar>=4.0",   # MBAR reweighting of χ-biased windows (amore_openmm.biased)
     ],
     extras_require={
         **TORCHFORCE,

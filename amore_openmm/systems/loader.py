@@ -39,11 +39,17 @@ BUILD_OVERRIDES = ("forcefield", "implicit_solvent", "nonbonded_method", "nonbon
 
 
 def systems_root() -> Path:
-    """Folder holding the bundled systems (``$AMORE_SYSTEMS_DIR`` overrides)."""
+    """Folder holding the bundled systems: ``$AMORE_SYSTEMS_DIR`` if set, else ``systems/``
+    of the source checkout this package runs from, else the copy an installed package
+    carries (``amore_openmm/systems_data``, see setup.py)."""
     env = os.environ.get("AMORE_SYSTEMS_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "systems"
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parent / "systems"
+    if (checkout / "build.py").is_file():
+        return checkout
+    return package / "systems_data"
 
 
 def bundled_systems() -> list[str]:
