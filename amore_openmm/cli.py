@@ -6,6 +6,7 @@
     amore train DATA --system SYSTEM --out chi_state.pt [--script chi.pt] [--init MODEL]
     amore mep --model MODEL --system SYSTEM --data DATA --out DIR
     amore sensitivity --model MODEL --system SYSTEM --data DATA --out DIR [--paths paths.npz]
+    amore fes --model MODEL --system SYSTEM --out DIR [--windows 21 --kappa auto]
     amore report RUN                      # rewrite report.json / report.md of a run
     amore info                            # platforms, versions, GPU
     amore build-systems [NAMES] [--out systems/]
@@ -21,6 +22,7 @@ safe point (:mod:`amore_openmm.interrupt`); a second one quits at once.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -103,6 +105,27 @@ def _add_stage_options(p: argparse.ArgumentParser, command: str) -> None:
         _add_setting(p, name, flag)
 
 
+def _add_fes(sub: Any) -> None:
+    import inspect
+    from .biased import umbrella_free_energy
+    defaults = {k: v.default for k, v in inspect.signature(umbrella_free_energy).parameters.items()}
+    f = sub.add_parser("fes", help="F(χ) and the barrier ΔF‡ from umbrella windows along χ "
+                                   "(MBAR)")
+    f.add_argument("--model", required=True, help="χ model (a run's model/chi_state.pt or "
+                                                  "chi.pt)")
+    f.add_argument("--system", required=True, help="system (bundled name, folder or file)")
+    f.add_argument("--out", required=True, help="folder for fes.csv, fes.png, fes.json, "
+                                                "fes.npz, umbrella_samples.npz")
+    f.add_argument("--windows", type=int, default=defaults["windows"],
+                   help="number of window centres, evenly spaced on [0, 1]")
+    f.add_argument("--kappa", default=defaults["kappa"],
+                   help="restraint stiffness in kJ/mol (auto: kT/Δz², Δz the window spacing)")
+    for name in ("frames", "equilibration", "bins", "bootstrap", "seed"):
+        f.add_argument(f"--{name}", type=int, default=defaults[name])
+    f.add_argument("--platform", default=defaults["platform"], help="OpenMM platform")
+    f.add_argument("--quiet", action="store_true")
+
+
 def _add_run(sub: Any) -> None:
     r = sub.add_parser("run", help="the whole pipeline into a resumable run directory")
     r.add_argument("system_arg", nargs="?", metavar="SYSTEM",
@@ -164,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(written into --out)")
     _add_stage_options(se, "sensitivity")
 
+    _add_fes(sub)
     rp = sub.add_parser("report", help="rewrite report.json / report.md of a run")
     rp.add_argument("run_dir", metavar="RUN")
     sub.add_parser("info", help="OpenMM platforms, versions, GPU")
@@ -261,6 +285,39 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_fes(args: argparse.Namespace) -> int:
+    from .biased import MIN_OVERLAP, umbrella_free_energy
+    from .pipeline import read_model
+    from .pipeline.state import check_out_dir
+    from .systems import load_system
+    check_out_dir(Path(args.out))
+    kappa: Any = args.kappa
+    if kappa != "auto":
+        try:
+            kappa = float(kappa)
+        except ValueError:
+            raise ConfigError(f"--kappa {kappa!r} is not a number; give the stiffness in "
+                              "kJ/mol (e.g. 5000) or auto") from None
+    ms = load_system(args.system)
+    fes = umbrella_free_energy(ms, read_model(args.model), args.out, windows=args.windows,
+                               kappa=kappa, frames=args.frames,
+                               equilibration=args.equilibration, bins=args.bins,
+                               bootstrap=args.bootstrap, seed=args.seed,
+                               platform=args.platform, progress=not args.quiet)
+    b = json.loads((Path(args.out) / "fes.json").read_text())
+    if not b["certified"]:
+        raise RuntimeError(f"F(χ) is not certified: neighbouring windows overlap by "
+                           f"{b['window_overlap_min']:.3f} at least (need "
+                           f"{MIN_OVERLAP}) or ΔF‡ is undetermined; the uncertified files "
+                           f"are in {args.out}. Give more --windows, more --frames or a "
+                           "softer --kappa")
+    print(f"F(χ) -> {Path(args.out) / 'fes.csv'}; ΔF‡ = {b['barrier_kJ_mol']:.2f} ± "
+          f"{b['barrier_err_kJ_mol']:.2f} kJ/mol ({b['barrier_kT']:.2f} ± "
+          f"{b['barrier_err_kT']:.2f} kT); effective sample size "
+          f"{fes.effective_sample_size:.0f}")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .pipeline import AmoreRun
     with AmoreRun.open(args.run_dir) as run:
@@ -325,7 +382,7 @@ def cmd_build_systems(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "sample": cmd_sample, "train": cmd_train, "mep": cmd_mep,
-            "sensitivity": cmd_sensitivity, "report": cmd_report, "info": cmd_info,
+            "sensitivity": cmd_sensitivity, "fes": cmd_fes, "report": cmd_report, "info": cmd_info,
             "build-systems": cmd_build_systems}
 
 #: bad input: settings, systems, run directories, damaged or missing files, paths that

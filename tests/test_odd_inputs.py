@@ -93,3 +93,59 @@ def test_openmmtorch_import_prints_no_simtk_notice():
     assert res.returncode == 0, res.stderr
     assert "simtk" not in res.stderr
     assert "still logging" in res.stderr  # the root logger itself is left alone
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["--kappa", "-5"], "kappa must be > 0"),
+    (["--kappa", "stiff"], "--kappa 'stiff' is not a number"),
+    (["--windows", "1"], "windows must be >= 2"),
+])
+def test_fes_bad_input_exit_2(tmp_path, capsys, flags, problem):
+    from amore_openmm.biased import projection_chi
+    model = tmp_path / "chi_state.pt"
+    projection_chi((-0.558, 1.442), (0.623, 0.028)).save(model)
+    out = tmp_path / "fes"
+    assert main(["fes", "--model", str(model), "--system", "muller_brown", "--out", str(out),
+                 "--frames", "5", "--bootstrap", "2", *flags]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and "Traceback" not in err
+
+
+def test_fes_without_a_model_exit_2(tmp_path, capsys):
+    assert main(["fes", "--model", str(tmp_path / "none.pt"), "--system", "muller_brown",
+                 "--out", str(tmp_path / "fes")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_fes_command_writes_the_profile_and_the_barrier(tmp_path, capsys):
+    import json
+    from amore_openmm.biased import projection_chi
+    model = tmp_path / "chi_state.pt"
+    projection_chi((-0.558, 1.442), (0.623, 0.028)).save(model)
+    out = tmp_path / "fes"
+    assert main(["fes", "--model", str(model), "--system", "muller_brown", "--out", str(out),
+                 "--windows", "11", "--frames", "200", "--equilibration", "20", "--bins", "10",
+                 "--bootstrap", "5", "--quiet"]) == 0
+    assert "ΔF‡ =" in capsys.readouterr().out
+    for name in ("fes.csv", "fes.png", "fes.json", "fes.npz", "umbrella_samples.npz"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "fes.json").read_text())
+    # Müller–Brown A → B along this χ: a barrier of several kT (exact 6.25 kT on [0, 1])
+    assert 2.0 < summary["barrier_kT"] < 12.0 and summary["barrier_err_kT"] > 0
+
+
+def test_fes_of_windows_that_do_not_overlap_is_not_reported(tmp_path, capsys):
+    """Three stiff windows (χ width ~0.025 around 0, 0.5, 1) share no samples: MBAR cannot
+    join them, so the command refuses the profile (exit 1) and says how to fix it."""
+    import json
+    from amore_openmm.biased import projection_chi
+    model = tmp_path / "chi_state.pt"
+    projection_chi((-0.558, 1.442), (0.623, 0.028)).save(model)
+    out = tmp_path / "fes"
+    assert main(["fes", "--model", str(model), "--system", "muller_brown", "--out", str(out),
+                 "--windows", "3", "--kappa", "2e4", "--frames", "100", "--equilibration",
+                 "10", "--bins", "10", "--bootstrap", "3", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "not certified" in err and "--windows" in err
+    summary = json.loads((out / "fes.json").read_text())
+    assert summary["certified"] is False and summary["window_overlap_min"] < 0.03

@@ -1,0 +1,99 @@
+"""What biased windows give the adaptive loop: stratified starts and reweighted sensitivities."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .mbar import ChiFreeEnergy
+from .umbrella import UmbrellaSamples
+
+__all__ = ["stratified_starts", "reweighted_sensitivity", "window_sensitivity"]
+
+
+def _samples_of(obj: Any) -> UmbrellaSamples:
+    if isinstance(obj, ChiFreeEnergy):
+        if obj.samples is None:
+            raise ValueError("samples_or_fes: this ChiFreeEnergy has no samples attached; "
+                             "load it with ChiFreeEnergy.load(path, samples=...)")
+        return obj.samples
+    if isinstance(obj, UmbrellaSamples):
+        return obj
+    raise ValueError(f"samples_or_fes must be UmbrellaSamples or a ChiFreeEnergy, got "
+                     f"{type(obj).__name__}")
+
+
+def stratified_starts(samples_or_fes: Any, n: int, rng: Any = None, bins: int | None = None,
+                      chi_range: tuple[float, float] = (0.0, 1.0),
+                      return_indices: bool = False) -> Any:
+    """``n`` start structures (n, atoms, 3) nm drawn uniformly in χ from biased frames.
+
+    χ over ``chi_range`` is cut into ``bins`` equal bins (default min(n, 20)); every
+    populated bin gets the same number of starts (the remainder goes to randomly chosen
+    bins), drawn without replacement within a bin while it has enough frames. Bursts from
+    these starts run plain (unbiased) MD, so the Koopman data stay unbiased; only the start
+    density is flat in χ. ``rng``: a numpy Generator or seed.
+    """
+    s = _samples_of(samples_or_fes)
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    rng = np.random.default_rng(rng)
+    nb = int(bins) if bins is not None else min(n, 20)
+    lo, hi = float(chi_range[0]), float(chi_range[1])
+    if nb < 1 or not hi > lo:
+        raise ValueError(f"bins must be >= 1 and chi_range (low, high) with high > low; got "
+                         f"{bins}, {chi_range}")
+    inside = np.flatnonzero((s.chi >= lo) & (s.chi <= hi))
+    if len(inside) == 0:
+        raise ValueError(f"no frame has χ in chi_range {chi_range}")
+    idx = np.clip(((s.chi[inside] - lo) / (hi - lo) * nb).astype(int), 0, nb - 1)
+    members = [inside[idx == b] for b in range(nb)]
+    full = [b for b in range(nb) if len(members[b])]
+    per = np.full(len(full), n // len(full))
+    per[rng.choice(len(full), n % len(full), replace=False)] += 1
+    pick = [rng.choice(members[b], c, replace=c > len(members[b]))
+            for b, c in zip(full, per) if c]
+    chosen = rng.permutation(np.concatenate(pick))
+    x = s.positions[chosen]
+    return (x, chosen) if return_indices else x
+
+
+def reweighted_sensitivity(fes: ChiFreeEnergy, model: Any, **kwargs: Any) -> tuple[Any, float]:
+    """Ensemble ⟨‖∇ᵢχ‖²⟩ of the unbiased Boltzmann ensemble from the biased frames:
+    :func:`~amore_openmm.sensitivity.chi_sensitivity` with the MBAR weights (its bootstrap
+    resamples frames with their weights; ``block`` defaults to the MBAR block length).
+    Returns (Sensitivity, Kish effective sample size of the weights)."""
+    from ..sensitivity import chi_sensitivity
+    s = _samples_of(fes)
+    kwargs.setdefault("block", fes.block)
+    sens = chi_sensitivity(model, s.positions, weights=fes.weights, **kwargs)
+    return sens, fes.effective_sample_size
+
+
+def window_sensitivity(samples: UmbrellaSamples, model: Any, halfwidth: float | None = None,
+                       bootstrap: int = 100, block: int = 1, seed: int = 0
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Level-set averages ⟨‖∇ᵢχ‖²⟩_z from the window at each z: plain means over the
+    window's frames with |χ − z| ≤ ``halfwidth`` (default half the window spacing).
+
+    Returns (z (K,), mean (K, n) nm⁻², bootstrap s.e. (K, n), frames used (K,)); windows with
+    fewer than 2 frames in range are NaN.
+    """
+    from ..sensitivity import chi_sensitivity
+    z = samples.z
+    if halfwidth is None:
+        halfwidth = 0.5 * float(np.min(np.diff(np.sort(z)))) if len(z) > 1 else 0.05
+    n_atoms = samples.positions.shape[1]
+    mean = np.full((len(z), n_atoms), np.nan)
+    err = np.full((len(z), n_atoms), np.nan)
+    used = np.zeros(len(z), dtype=np.int64)
+    for k in range(len(z)):
+        sel = (samples.window == k) & (np.abs(samples.chi - z[k]) <= halfwidth)
+        used[k] = int(sel.sum())
+        if used[k] < 2:
+            continue
+        sens = chi_sensitivity(model, samples.positions[sel], bins=1, bootstrap=bootstrap,
+                               min_count=1, block=block, seed=seed + k)
+        mean[k], err[k] = sens.per_atom, sens.per_atom_err
+    return z.copy(), mean, err, used

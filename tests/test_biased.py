@@ -1,0 +1,149 @@
+"""χ-biased umbrella sampling with MBAR reweighting (amore_openmm.biased) on Müller–Brown."""
+import numpy as np
+import pytest
+import torch
+
+from amore_openmm.biased import (ChiFreeEnergy, UmbrellaSampler, UmbrellaSamples,
+                                 barrier_height, fit_mbar, grid_free_energy, projection_chi,
+                                 reweighted_sensitivity,
+                                 stratified_starts, umbrella_free_energy, window_sensitivity)
+from amore_openmm.systems import muller_brown_energy, muller_brown_system
+
+torch.set_num_threads(1)
+MIN_A, MIN_B = (-0.558, 1.442), (0.623, 0.028)
+
+
+@pytest.fixture(scope="module")
+def mb():
+    return muller_brown_system()
+
+
+@pytest.fixture(scope="module")
+def chi():
+    """Fixed χ: projection onto the segment A → B (its level lines cross one valley each,
+    so restrained windows sample their level set without hidden barriers)."""
+    return projection_chi(MIN_A, MIN_B)
+
+
+@pytest.fixture(scope="module")
+def umbrella(mb, chi):
+    samples = UmbrellaSampler(mb, chi, np.linspace(0, 1, 21)).run(
+        frames=400, stride=10, equilibration=30, seed=3)
+    return samples, fit_mbar(samples, bootstrap=20, seed=1)
+
+
+def test_samples_record_windows_and_roundtrip(umbrella, tmp_path):
+    samples, _ = umbrella
+    assert samples.n_windows == 21 and np.all(samples.counts == 400)
+    assert samples.positions.shape == (21 * 400, 1, 3)
+    # each window's χ sits near its centre (pulled off by at most F'(χ)·kT/κ) with about the
+    # restraint's thermal width sqrt(kT/κ) = 0.05, and the windows move along χ
+    means = np.array([samples.chi[samples.window == k].mean() for k in range(21)])
+    stds = np.array([samples.chi[samples.window == k].std() for k in range(21)])
+    assert np.all(np.diff(means) > 0)
+    assert np.all(np.abs(means - samples.z) < 0.15)
+    assert np.all(stds < 0.1) and np.median(stds) > 0.03
+    # the physical energy excludes the restraint
+    assert np.allclose(samples.energy, muller_brown_energy(samples.positions[:, 0, :2]) +
+                       500.0 * samples.positions[:, 0, 2] ** 2, atol=1e-6)
+    back = UmbrellaSamples.load(samples.save(tmp_path / "s.npz"))
+    assert np.array_equal(back.chi, samples.chi) and np.array_equal(back.window, samples.window)
+
+
+def test_mbar_free_energy_matches_grid_integration(mb, chi, umbrella, tmp_path):
+    _, fes = umbrella
+    edges = np.linspace(0.05, 0.95, 11)
+    _, f, err = fes.profile(edges)
+    _, exact = grid_free_energy(chi, muller_brown_energy, mb.kT, edges)
+    dev = (f - f.mean()) - (exact - exact.mean())
+    assert np.all(np.isfinite(f)) and np.all(err > 0)
+    assert np.abs(dev).max() < 0.6                               # kT
+    # the A basin side is the deep one; the barrier is several kT with an error bar
+    bar = fes.barrier()
+    full = np.linspace(0, 1, 51)
+    c_full, exact_full = grid_free_energy(chi, muller_brown_energy, mb.kT, full)
+    assert bar["barrier_kT"] == pytest.approx(barrier_height(c_full, exact_full), abs=1.0)
+    assert 0 < bar["barrier_err_kT"] < 1.0
+    assert bar["barrier_kJ_mol"] == pytest.approx(bar["barrier_kT"] * mb.kT)
+    assert 50 < fes.effective_sample_size < len(fes.weights)
+    assert fes.weights.sum() == pytest.approx(1.0)
+    # files
+    fes.write_csv(tmp_path / "f.csv", edges)
+    assert (tmp_path / "f.csv").read_text().splitlines()[0].startswith("chi,F_kT,F_err_kT")
+    assert fes.plot(tmp_path / "f.png", edges).stat().st_size > 1000
+    back = ChiFreeEnergy.load(fes.save(tmp_path / "f.npz"))
+    assert np.allclose(back.profile(edges)[1], f)
+
+
+def test_mbar_grid_comparison_can_fail(mb, chi, umbrella):
+    """The same comparison against a wrong temperature's exact F misses by far more."""
+    _, fes = umbrella
+    edges = np.linspace(0.05, 0.95, 11)
+    _, f, _ = fes.profile(edges)
+    _, wrong = grid_free_energy(chi, muller_brown_energy, 2 * mb.kT, edges)
+    assert np.abs((f - f.mean()) - (wrong - wrong.mean())).max() > 1.0
+
+
+def test_mbar_on_one_unbiased_window_reproduces_plain_averages(mb, chi):
+    rng = np.random.default_rng(0)
+    x = np.zeros((400, 1, 3))
+    x[:, 0, :2] = rng.normal(MIN_A, 0.05, size=(400, 2))
+    c = chi.chi(x)
+    s = UmbrellaSamples(positions=x, chi=c, energy=np.zeros(400), window=np.zeros(400, int),
+                        z=np.array([0.5]), kappa=np.array([1e-12]), kT=mb.kT)
+    fes = fit_mbar(s, bootstrap=0, block=1)
+    assert np.allclose(fes.weights, 1 / 400)
+    assert fes.effective_sample_size == pytest.approx(400)
+    sens, ess = reweighted_sensitivity(fes, chi, bootstrap=0)
+    from amore_openmm.sensitivity import chi_sensitivity
+    plain = chi_sensitivity(chi, x, bootstrap=0)
+    assert np.allclose(sens.per_atom, plain.per_atom) and ess == pytest.approx(400)
+
+
+def test_reweighted_sensitivity_and_level_sets(umbrella, chi):
+    samples, fes = umbrella
+    g2 = float(np.sum(chi.grad(samples.positions[:1])[0, 0] ** 2))   # constant for a projection
+    sens, ess = reweighted_sensitivity(fes, chi, bootstrap=10, bins=10)
+    assert sens.per_atom[0] == pytest.approx(g2, rel=1e-5) and ess == fes.effective_sample_size
+    z, mean, err, used = window_sensitivity(samples, chi, bootstrap=5)
+    assert np.allclose(mean[used >= 2, 0], g2, rtol=1e-5) and np.sum(used >= 20) >= 15
+
+
+def test_stratified_starts_are_flat_in_chi(umbrella):
+    samples, fes = umbrella
+    x, idx = stratified_starts(fes, 100, np.random.default_rng(0), bins=10,
+                               return_indices=True)
+    assert x.shape == (100, 1, 3)
+    counts = np.histogram(samples.chi[idx], np.linspace(0, 1, 11))[0]
+    assert counts.min() >= 9 and counts.max() <= 11
+    assert np.allclose(x, samples.positions[idx])
+
+
+def test_bad_input_raises_value_error(mb, chi):
+    with pytest.raises(ValueError, match="windows"):
+        UmbrellaSampler(mb, chi, [0.0, 0.5, 1.2])
+    with pytest.raises(ValueError, match="kappa"):
+        UmbrellaSampler(mb, chi, [0.0, 1.0], kappa=0.0)
+    with pytest.raises(ValueError, match="kappa"):
+        UmbrellaSampler(mb, chi, [0.0, 1.0], kappa=-5.0)
+    with pytest.raises(ValueError, match="model"):
+        UmbrellaSampler(mb, None, [0.0, 1.0])
+    with pytest.raises(ValueError, match="model"):
+        UmbrellaSampler(mb, "no_such_chi.pt", [0.0, 1.0])
+    with pytest.raises(ValueError, match="model"):
+        UmbrellaSampler(mb, np.zeros(3), [0.0, 1.0])
+    with pytest.raises(ValueError, match="samples"):
+        fit_mbar(np.zeros(3))
+    with pytest.raises(ValueError, match="samples_or_fes"):
+        stratified_starts(None, 5)
+
+
+def test_umbrella_free_energy_writes_files_from_an_exported_chi(mb, chi, tmp_path):
+    path = chi.export_torchscript(tmp_path / "chi.pt")          # what a run directory holds
+    fes = umbrella_free_energy(mb, str(path), tmp_path / "fes", windows=5, frames=20, stride=5,
+                               equilibration=2, bins=10, bootstrap=3)
+    for name in ("umbrella_samples.npz", "fes.npz", "fes.csv", "fes.png", "fes.json"):
+        assert (tmp_path / "fes" / name).is_file()
+    assert len(fes.weights) == 100
+    x = fes.samples.positions
+    assert np.allclose(fes.chi, chi.chi(x), atol=1e-5)
