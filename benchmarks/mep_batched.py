@@ -9,7 +9,8 @@ Prints JSON lines, in one run:
   * ``mep_batched``: the same S paths in one Context of S packed copies
     (``trace_chi_meps_batched``, ``--minimizer joint``: one LocalEnergyMinimizer of the
     packed System per lockstep round; ``copies``: per-copy L-BFGS, a copy's node returns to
-    its path as soon as it has converged), one batched χ evaluation per force call;
+    its path as soon as it has converged; ``fire``: per-copy FIRE, streamed likewise), one
+    batched χ evaluation per force call;
   * ``mep_batched_summary``: times relative to one path alone (the issue's goal: batched
     ≤ 3× one path on 2 cores), and how far the batched paths are from the pool's (node
     counts; energies at matching χ over nodes certified in both).
@@ -79,12 +80,15 @@ def main() -> None:
     ap.add_argument("--paths", type=int, default=34)
     ap.add_argument("--max-nodes", type=int, default=100)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                    help="pool threads (trace_chi_meps) and CPU-platform threads (batched)")
+                    help="pool threads (trace_chi_meps)")
     ap.add_argument("--platform", default="Reference", help="platform of the one-at-a-time "
                     "tracers")
     ap.add_argument("--batched-platform", default="CPU",
                     help="platform of the packed Context (CPU: compiled custom forces)")
-    ap.add_argument("--minimizer", default="joint", choices=("joint", "copies"),
+    ap.add_argument("--batched-threads", type=int, default=1,
+                    help="CPU-platform threads of the packed Context (1: on a loaded 2-core "
+                    "machine Threads=2 made each force call ~5x slower, 1.65 vs 0.34 ms)")
+    ap.add_argument("--minimizer", default="joint", choices=("joint", "copies", "fire"),
                     help="minimiser of the batched paths")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -131,7 +135,7 @@ def main() -> None:
     print(json.dumps(summary("mep_pool", pool, t_pool, before, threads=args.threads,
                              platform=args.platform, **common)), flush=True)
 
-    props = {"Threads": str(args.threads)} if args.batched_platform == "CPU" else None
+    props = {"Threads": str(args.batched_threads)} if args.batched_platform == "CPU" else None
     before = load()
     t0 = time.perf_counter()
     batched = trace_chi_meps_batched(ms, model, starts, platform=args.batched_platform,

@@ -432,3 +432,145 @@ def test_pipeline_stage_traces_batched_and_a_box_falls_back_to_the_pool(ala, mon
     with pytest.warns(RuntimeWarning, match="one at a time"):
         trace_paths(ala, model, data, 2, tracer="batched", **kw)
     assert len(seen) == 1
+
+
+def _quadratic_copies(stiff, n=4, seed=0, cond=30.0):
+    """Per-copy quadratic wells: Hessians with eigenvalues k·[1, cond], random minima."""
+    rng = np.random.default_rng(seed)
+    hess, x_min = [], rng.normal(scale=0.05, size=(len(stiff), n, 3))
+    for k in stiff:
+        q, _ = np.linalg.qr(rng.standard_normal((3 * n, 3 * n)))
+        hess.append(q @ np.diag(np.linspace(1.0, cond, 3 * n) * k) @ q.T)
+    return np.array(hess), x_min
+
+
+def test_fire_masks_each_copy_out_at_its_own_minimum():
+    """Per-copy FIRE on quadratic wells of different stiffness: every copy reaches its
+    minimum to the tolerance and is not evaluated again once converged (masked out), so the
+    copies finish at different calls; a copy joining half-way follows its solo iterates."""
+    from amore_openmm.mep.fire import CopyFIRE, minimize_copies_fire
+    hess, x_min = _quadratic_copies([1e2, 1e3, 1e4])
+    seen = []
+
+    def forces(idx, x):
+        seen.append(tuple(idx))
+        d = (x - x_min[idx]).reshape(len(idx), -1)
+        return -np.einsum("aij,aj->ai", hess[idx], d).reshape(x.shape)
+
+    res = minimize_copies_fire(forces, x_min + 0.03, 1e-2, 5000)
+    assert res.converged.all()
+    assert np.sqrt(np.mean(res.force.reshape(3, -1) ** 2, axis=1)).max() <= 1e-2
+    # |x − x_min| ≤ |F|/λ_min: the soft well's distance is bounded by its tolerance
+    np.testing.assert_allclose(res.x, x_min, atol=1e-2 * np.sqrt(36) / 1e2)
+    assert all(res.evaluations[c] == sum(c in ids for ids in seen) for c in range(3))
+    last_seen = [max(i for i, ids in enumerate(seen) if c in ids) for c in range(3)]
+    assert len(set(last_seen)) == 3
+    # streaming: copy 1 starts while copy 0 is half-way; same iterates as alone
+    alone = minimize_copies_fire(lambda i, x: forces(np.array([1]), x), x_min[1:2] + 0.02,
+                                 1e-3, 5000)
+    opt = CopyFIRE(2, x_min.shape[1:])
+    opt.start(0, x_min[0] - 0.03, 1e-3, 5000)
+    calls, finished = 0, {}
+    while len(finished) < 2:
+        if calls == 7:
+            opt.start(1, x_min[1] + 0.02, 1e-3, 5000)
+        idx, pts = opt.pending()
+        f = np.concatenate([forces(np.array([c]), p[None]) for c, p in zip(idx, pts)])
+        for c in opt.update(idx, f):
+            finished[int(c)] = opt.result(c)[0].copy()
+        calls += 1
+    np.testing.assert_allclose(finished[1], alone.x[0], atol=1e-12)
+    assert opt.evaluations[1] == alone.evaluations[0]
+
+
+def test_fire_preconditioner_removes_a_stiff_restraint_direction():
+    """A well plus a stiff rank-one term (as κ(χ − z)² adds along ∇χ): with the stiff
+    direction given, FIRE converges to the same minimum in far fewer force calls."""
+    from amore_openmm.mep.fire import CopyFIRE
+    hess, x_min = _quadratic_copies([1e2], n=5, seed=2)
+    rng = np.random.default_rng(1)
+    u = rng.standard_normal(15)
+    u /= np.linalg.norm(u)
+    kappa = 1e7
+    h = hess[0] + kappa * np.outer(u, u)
+
+    def run(stiff):
+        opt = CopyFIRE(1, (5, 3))
+        opt.start(0, x_min[0] + 0.02, 1e-2, 20000)
+        while opt.busy:
+            idx, pts = opt.pending()
+            f = -(h @ (pts[0] - x_min[0]).reshape(-1)).reshape(1, 5, 3)
+            opt.update(idx, f, None if stiff is None else stiff.reshape(1, 5, 3))
+        x, f = opt.result(0)
+        return x, np.sqrt(np.mean(f ** 2)), int(opt.evaluations[0])
+
+    x_plain, rms_plain, n_plain = run(None)
+    x_pre, rms_pre, n_pre = run(np.sqrt(kappa / 1e3) * u)
+    assert rms_plain <= 1e-2 and rms_pre <= 1e-2
+    np.testing.assert_allclose(x_pre, x_min[0], atol=1e-3)
+    assert n_pre < 0.3 * n_plain, (n_pre, n_plain)
+
+
+def test_fire_finds_the_muller_brown_minima():
+    """Non-quadratic: FIRE copies started in the three Müller–Brown basins reach their
+    minima (not a neighbouring one) to the tolerance."""
+    from amore_openmm.mep.fire import minimize_copies_fire
+    from amore_openmm.systems import muller_brown_energy
+    minima = np.array([[-0.558, 1.442], [0.623, 0.028], [-0.050, 0.467]])
+    h = 1e-6
+
+    def forces(idx, x):
+        out = np.zeros_like(x)
+        for k, p in enumerate(x[:, 0, :2]):
+            out[k, 0, :2] = [-(muller_brown_energy(p + e * h) - muller_brown_energy(p - e * h))
+                             / (2 * h) for e in np.eye(2)]
+        return out
+
+    x0 = np.zeros((3, 1, 3))
+    x0[:, 0, :2] = minima + np.array([[0.1, -0.1], [-0.1, 0.1], [0.08, 0.05]])
+    res = minimize_copies_fire(forces, x0, 1e-2, 2000, max_step=0.02)
+    assert res.converged.all()
+    np.testing.assert_allclose(res.x[:, 0, :2], minima, atol=3e-3)
+
+
+def test_batched_fire_paths_match_single_paths(ala):
+    """minimizer="fire" (per-copy FIRE, streamed): the single paths' nodes (χ levels,
+    energies), every node certified and converged, also with fewer copies than starts;
+    fewer force evaluations than the single-path minimiser."""
+    model = _distance_chi(ala)
+    starts = _starts(ala, 3)
+    kw = dict(step=0.03, max_nodes=7, tolerance=1.0)
+    single = [trace_chi_mep(ala, model, s, **kw) for s in starts]
+    fire = trace_chi_meps_batched(ala, model, starts, minimizer="fire", **kw)
+    _compare(single, fire, e_tol=0.5)
+    assert all(p.certified.all() and p.converged.all() for p in fire)
+    assert sum(p.iterations.sum() for p in fire) < sum(p.iterations.sum() for p in single)
+    _compare(single, trace_chi_meps_batched(ala, model, starts, copies=2, minimizer="fire",
+                                            **kw), e_tol=0.5)
+
+
+def test_bond_metric_is_the_bond_hessian_at_rest_lengths():
+    """At the bonds' rest lengths the FIRE mass matrix minus its floor is the Hessian of
+    Σ ½k(r − r0)² (finite differences) in units of K_REF: bond stretching is what it
+    stiffens, and a rigid translation costs only the floor."""
+    from amore_openmm.mep.fire import K_REF, bond_metric
+    rng = np.random.default_rng(5)
+    x = rng.normal(scale=0.15, size=(4, 3))
+    pairs = np.array([[0, 1], [1, 2], [1, 3]])
+    k = np.array([3e5, 2e5, 1e5])
+    r0 = np.linalg.norm(x[pairs[:, 0]] - x[pairs[:, 1]], axis=1)
+
+    def energy(flat):
+        y = flat.reshape(4, 3)
+        r = np.linalg.norm(y[pairs[:, 0]] - y[pairs[:, 1]], axis=1)
+        return 0.5 * float((k * (r - r0) ** 2).sum())
+
+    h, eye = 1e-5, np.eye(12)
+    hess = np.array([[(energy(x.ravel() + h * (a + b)) - energy(x.ravel() + h * (a - b))
+                       - energy(x.ravel() - h * (a - b)) + energy(x.ravel() - h * (a + b)))
+                      / (4 * h * h) for b in eye] for a in eye])
+    m = bond_metric(x, pairs, k, floor=0.3)
+    np.testing.assert_allclose(m - 0.3 * eye, hess / K_REF, atol=1e-4 * k.max() / K_REF)
+    shift = np.tile([1.0, 0.0, 0.0], 4)
+    assert shift @ m @ shift == pytest.approx(0.3 * shift @ shift)
+    assert np.all(np.linalg.eigvalsh(m) >= 0.3 - 1e-9)

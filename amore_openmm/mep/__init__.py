@@ -28,11 +28,12 @@ certificate projects constrained directions out of the forces.
 Many paths at once: :func:`trace_chi_meps_batched` traces P paths in one Context holding P
 packed copies, with one batched χ evaluation per force call (:mod:`.batched`). Its nodes are
 minimised by ``LocalEnergyMinimizer`` on the packed System, or (``minimizer="copies"``) by a
-per-copy L-BFGS (:mod:`.copy_lbfgs`); the certificate is the same.
+per-copy L-BFGS (:mod:`.copy_lbfgs`), or (``"fire"``) a per-copy FIRE (:mod:`.fire`); the
+certificate is the same.
 
 Modules: :mod:`.trace` (trace_chi_mep, trace_chi_meps, transition_states),
 :mod:`.batched` (trace_chi_meps_batched), :mod:`.packed_levels` (its packed Context),
-:mod:`.copy_lbfgs` (per-copy L-BFGS),
+:mod:`.copy_lbfgs` (per-copy L-BFGS), :mod:`.fire` (per-copy FIRE),
 :mod:`.tracer` (LevelSetTracer), :mod:`.certify`, :mod:`.path` (ChiPath), :mod:`.pathio`
 (PDB/DCD), :mod:`.geometry`.
 """

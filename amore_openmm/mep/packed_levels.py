@@ -61,6 +61,7 @@ class PackedLevelSets:
                  gb_cutoff: float) -> None:
         from ..forces.pythonforce import BatchedChiRestraint
         from ..sampling import pack_replicas
+        self.system = system
         self.n_atoms, self.copies = system.n_atoms, int(copies)
         self.passes, self.joint_factor = int(passes), float(joint_factor)
         self.packed = pack_replicas(system, self.copies, gb_cutoff=gb_cutoff)
@@ -81,6 +82,7 @@ class PackedLevelSets:
         self.lock = threading.Lock()
         self.current = np.zeros((self.copies, self.n_atoms, 3))
         self.last_physical = np.zeros((self.copies, self.n_atoms, 3))
+        self.last_grad = np.zeros((self.copies, self.n_atoms, 3))
 
     # -- packed Context ----------------------------------------------------------------------
     def load(self, x: np.ndarray) -> None:
@@ -163,9 +165,31 @@ class PackedLevelSets:
         f_phys[:, self.projector.fixed] = 0.0
         self.last_physical[idx] = f_phys
         chi, grad = r.chi_and_grad(xs)
+        self.last_grad[idx] = grad
         total = f_phys - (r.kappa[idx] * (chi - r.z[idx]))[:, None, None] * grad
         total[:, self.projector.fixed] = 0.0
         return total
+
+    def stiff_directions(self, idx: np.ndarray, k_ref: float) -> np.ndarray:
+        """√(κ_p/k_ref)·∇χ_p (k, n, 3) of copies ``idx`` at their last :meth:`forces` call:
+        the direction and size of the restraint's stiffness relative to ``k_ref``
+        (kJ/mol/nm²), for the preconditioner of :mod:`.fire`."""
+        w = np.sqrt(self.restraint.kappa[idx] / float(k_ref))[:, None, None] * \
+            self.last_grad[idx]
+        w[:, self.projector.fixed] = 0.0
+        return w
+
+    def bond_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        """(pairs (b, 2), force constants (b,) kJ/mol/nm²) of the single copy's
+        ``HarmonicBondForce`` bonds (for the FIRE mass matrix, :func:`.fire.bond_metric`)."""
+        pairs, k = [], []
+        for f in self.system.system.getForces():
+            if isinstance(f, openmm.HarmonicBondForce):
+                for b in range(f.getNumBonds()):
+                    i, j, _, kb = f.getBondParameters(b)
+                    pairs.append((i, j))
+                    k.append(kb.value_in_unit(KJ / unit.nanometer ** 2))
+        return np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(k, dtype=np.float64)
 
     def snapshots(self, done: dict[int, tuple]) -> dict[int, Snapshot]:
         order = sorted(done)
