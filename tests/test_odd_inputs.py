@@ -149,3 +149,36 @@ def test_fes_of_windows_that_do_not_overlap_is_not_reported(tmp_path, capsys):
     assert "not certified" in err and "--windows" in err
     summary = json.loads((out / "fes.json").read_text())
     assert summary["certified"] is False and summary["window_overlap_min"] < 0.03
+
+
+def test_interrupted_umbrella_windows_resume_to_the_uninterrupted_frames(tmp_path, monkeypatch):
+    import numpy as np
+    from amore_openmm.biased import UmbrellaSampler, projection_chi
+    from amore_openmm.biased import umbrella as umbrella_module
+    from amore_openmm.interrupt import Interrupted
+    from amore_openmm.systems import muller_brown_system
+    ms = muller_brown_system()
+    model = projection_chi((-0.558, 1.442), (0.623, 0.028))
+    settings = dict(frames=30, equilibration=5, seed=3)
+    sampler = UmbrellaSampler(ms, model, np.linspace(0, 1, 4), kappa="auto")
+    whole = sampler.run(**settings)
+    calls = {"n": 0}
+
+    def stop_in_window_3() -> None:  # a signal's stop, seen at the 75th frame
+        calls["n"] += 1
+        if calls["n"] == 75:
+            raise Interrupted()
+    ck = tmp_path / "partial.npz"
+    monkeypatch.setattr(umbrella_module, "check_interrupt", stop_in_window_3)
+    with pytest.raises(Interrupted):
+        sampler.run(checkpoint=ck, **settings)
+    with np.load(ck) as f:
+        assert int(f["windows_done"]) == 2 and len(f["positions"]) == 60
+    monkeypatch.undo()
+    resumed = sampler.run(checkpoint=ck, **settings)
+    np.testing.assert_allclose(resumed.positions, whole.positions, atol=1e-9)
+    np.testing.assert_allclose(resumed.chi, whole.chi, atol=1e-9)
+    # another run's checkpoint is not used
+    other = UmbrellaSampler(ms, model, np.linspace(0, 1, 5), kappa="auto").run(
+        checkpoint=ck, frames=10, equilibration=2, seed=3)
+    assert len(other.positions) == 50

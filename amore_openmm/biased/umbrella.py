@@ -187,6 +187,20 @@ class UmbrellaSampler:
         self.kappa = k
         self.platform, self.backend, self.prefix = platform, backend, prefix
 
+    @staticmethod
+    def _restore(path: Path, key: np.ndarray, ctx: openmm.Context, pos: list, ene: list) -> int:
+        """Windows restored from a :meth:`run` checkpoint into ``pos``/``ene`` and the Context
+        (0 when there is none for these settings)."""
+        if not path.is_file():
+            return 0
+        with np.load(path) as f:
+            if f["key"].shape != key.shape or not np.array_equal(f["key"], key):
+                return 0  # another run's checkpoint: start over (it is overwritten)
+            ctx.loadCheckpoint(f["context"].tobytes())
+            pos.extend(f["positions"])
+            ene.extend(f["energy"])
+            return int(f["windows_done"])
+
     def _context(self, seed: int) -> tuple[openmm.Context, Any]:
         from ..forces import ChiRestraintForce
         omm = openmm.XmlSerializer.clone(self.system.system)  # the user's System stays bare
@@ -204,7 +218,8 @@ class UmbrellaSampler:
         return ctx, restraint
 
     def run(self, frames: int = 1000, stride: int | None = None, equilibration: int = 100,
-            seed: int = 0, start: Any = None, progress: bool = False) -> UmbrellaSamples:
+            seed: int = 0, start: Any = None, progress: bool = False,
+            checkpoint: str | os.PathLike | None = None) -> UmbrellaSamples:
         """Run every window and return its saved frames.
 
         Args:
@@ -214,6 +229,9 @@ class UmbrellaSampler:
             seed: seed of the integrator noise and the initial velocities.
             start: (n, 3) nm start of window 0 (default: the system's first structure).
             progress: show progress on stderr (one step per window).
+            checkpoint: an ``.npz`` written after every window (frames so far and the
+                Context's state); a run with the same settings resumes from it and gives the
+                frames an uninterrupted run gives. The caller removes it when done.
         """
         frames, equilibration = int(frames), int(equilibration)
         stride = int(self.system.lag_steps if stride is None else stride)
@@ -225,9 +243,13 @@ class UmbrellaSampler:
             ctx.setPositions(np.asarray(start, dtype=np.float64).reshape(-1, 3))
         integ = ctx.getIntegrator()
         pos, ene = [], []
-        bar = progress_bar(len(self.z), desc="umbrella windows", unit="window") if progress \
-            else None
-        for k in range(len(self.z)):
+        key = np.concatenate([self.z, self.kappa, [frames, stride, equilibration, seed,
+                                                   self.system.n_atoms]])
+        ck = None if checkpoint is None else Path(checkpoint)
+        first = self._restore(ck, key, ctx, pos, ene) if ck is not None else 0
+        bar = progress_bar(len(self.z), desc="umbrella windows", unit="window",
+                           initial=first) if progress else None
+        for k in range(first, len(self.z)):
             restraint.set(ctx, z=float(self.z[k]), kappa=float(self.kappa[k]))
             ctx.setVelocitiesToTemperature(self.system.temperature, int(seed) * 1000 + k + 1)
             integ.step(equilibration * stride)
@@ -237,6 +259,10 @@ class UmbrellaSampler:
                 st = ctx.getState(getPositions=True, getEnergy=True, groups=self._physical)
                 pos.append(st.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
                 ene.append(st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+            if ck is not None:
+                atomic_save_npz(ck, key=key, windows_done=k + 1, positions=np.asarray(pos),
+                                energy=np.asarray(ene), context=np.frombuffer(
+                                    ctx.createCheckpoint(), dtype=np.uint8))
             if bar is not None:
                 bar.update(1)
         if bar is not None:

@@ -15,6 +15,10 @@ from .umbrella import UmbrellaSampler
 
 __all__ = ["umbrella_free_energy", "neighbour_overlap", "MIN_OVERLAP"]
 
+#: the windows done so far, while the umbrella MD runs: an interrupted call with the same
+#: arguments and ``out_dir`` continues from it
+PARTIAL = "umbrella_partial.npz"
+
 #: least overlap of the χ histograms of neighbouring windows for a certified profile: MBAR
 #: joins windows only through the samples they share; below this a window's F is joined to
 #: its neighbour's by a handful of frames (or none), and the barrier is not determined
@@ -53,10 +57,12 @@ def umbrella_free_energy(system: Any, model: Any, out_dir: str | os.PathLike,
     t0 = time.perf_counter()
     sampler = UmbrellaSampler(system, model, z, kappa=kappa, platform=platform,
                               backend=backend)
+    partial = out / PARTIAL
     samples = sampler.run(frames=frames, stride=stride, equilibration=equilibration, seed=seed,
-                          progress=progress)
+                          progress=progress, checkpoint=partial)
     t_md = time.perf_counter() - t0
     samples.save(out / "umbrella_samples.npz")
+    partial.unlink(missing_ok=True)
     fes = fit_mbar(samples, bootstrap=bootstrap, seed=seed)
     fes.save(out / "fes.npz")
     fes.write_csv(out / "fes.csv", bins, (0.0, 1.0))
