@@ -30,7 +30,7 @@ from torch import nn
 from .chi import ChiModel, make_featurizer
 from .chi.network import default_network_spec
 from .data import KoopmanData
-from .interrupt import check_interrupt
+from .interrupt import check_interrupt, stop_requested
 from .isokann_memory import check_training_memory, chi_of_ends, chunk_rows, featurize
 from .orientation import orient
 
@@ -361,6 +361,8 @@ class Isokann:
         records: list[dict[str, Any]] = []
         net.train()
         for it in range(1, iters + 1):
+            if bar is not None and stop_requested():
+                bar.close()  # its last line says where training stopped
             check_interrupt()
             t = target()
             perm = train[torch.randperm(len(train), generator=gen).to(dev)]
