@@ -335,10 +335,9 @@ def info() -> dict[str, Any]:
     from . import __version__
     out: dict[str, Any] = {"amore_openmm": __version__, "python": _pf.python_version(),
                            "numpy": numpy.__version__, "openmm": openmm.__version__}
-    names = [openmm.Platform.getPlatform(i).getName()
-             for i in range(openmm.Platform.getNumPlatforms())]
-    out["platforms"] = [f"{n} (speed {openmm.Platform.getPlatformByName(n).getSpeed():g})"
-                        for n in names]
+    from .systems import get_platform, platform_names
+    names = platform_names()
+    out["platforms"] = [f"{n} (speed {get_platform(n).getSpeed():g})" for n in names]
     try:
         import torch
         out["torch"] = torch.__version__

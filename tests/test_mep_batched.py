@@ -296,24 +296,30 @@ def test_per_copy_lbfgs_stops_each_copy_at_its_own_minimum():
     assert min(last_seen) < max(last_seen)
 
 
-def test_per_copy_lbfgs_finds_the_muller_brown_minima():
-    """Non-quadratic: copies started near the three Müller–Brown minima reach them (the
-    gradient-only line search does not climb out of a basin)."""
-    from amore_openmm.mep.copy_lbfgs import minimize_copies
+def _muller_brown_forces(idx, x):
+    """Copy forces of the Müller–Brown potential (central differences), (C, 1, 3)."""
     from amore_openmm.systems import muller_brown_energy
-    minima = np.array([[-0.558, 1.442], [0.623, 0.028], [-0.050, 0.467]])
     h = 1e-6
+    out = np.zeros_like(x)
+    for k, p in enumerate(x[:, 0, :2]):
+        out[k, 0, :2] = [-(muller_brown_energy(p + e * h) - muller_brown_energy(p - e * h))
+                         / (2 * h) for e in np.eye(2)]
+    return out
 
-    def forces(idx, x):
-        out = np.zeros_like(x)
-        for k, p in enumerate(x[:, 0, :2]):
-            out[k, 0, :2] = [-(muller_brown_energy(p + e * h) - muller_brown_energy(p - e * h))
-                             / (2 * h) for e in np.eye(2)]
-        return out
 
+@pytest.mark.parametrize("minimizer, max_iter, max_step", [
+    ("lbfgs", 500, 0.05), ("fire", 2000, 0.02)])
+def test_per_copy_minimizers_find_the_muller_brown_minima(minimizer, max_iter, max_step):
+    """Non-quadratic: copies started in the three Müller–Brown basins reach their minima
+    (not a neighbouring one) to the tolerance: per-copy L-BFGS (its gradient-only line search
+    does not climb out of a basin) and per-copy FIRE."""
+    from amore_openmm.mep.copy_lbfgs import minimize_copies
+    from amore_openmm.mep.fire import minimize_copies_fire
+    minimize = minimize_copies if minimizer == "lbfgs" else minimize_copies_fire
+    minima = np.array([[-0.558, 1.442], [0.623, 0.028], [-0.050, 0.467]])
     x0 = np.zeros((3, 1, 3))
     x0[:, 0, :2] = minima + np.array([[0.1, -0.1], [-0.1, 0.1], [0.08, 0.05]])
-    res = minimize_copies(forces, x0, 1e-2, 500, max_step=0.05)
+    res = minimize(_muller_brown_forces, x0, 1e-2, max_iter, max_step=max_step)
     assert res.converged.all()
     np.testing.assert_allclose(res.x[:, 0, :2], minima, atol=3e-3)
 
@@ -509,28 +515,6 @@ def test_fire_preconditioner_removes_a_stiff_restraint_direction():
     assert rms_plain <= 1e-2 and rms_pre <= 1e-2
     np.testing.assert_allclose(x_pre, x_min[0], atol=1e-3)
     assert n_pre < 0.3 * n_plain, (n_pre, n_plain)
-
-
-def test_fire_finds_the_muller_brown_minima():
-    """Non-quadratic: FIRE copies started in the three Müller–Brown basins reach their
-    minima (not a neighbouring one) to the tolerance."""
-    from amore_openmm.mep.fire import minimize_copies_fire
-    from amore_openmm.systems import muller_brown_energy
-    minima = np.array([[-0.558, 1.442], [0.623, 0.028], [-0.050, 0.467]])
-    h = 1e-6
-
-    def forces(idx, x):
-        out = np.zeros_like(x)
-        for k, p in enumerate(x[:, 0, :2]):
-            out[k, 0, :2] = [-(muller_brown_energy(p + e * h) - muller_brown_energy(p - e * h))
-                             / (2 * h) for e in np.eye(2)]
-        return out
-
-    x0 = np.zeros((3, 1, 3))
-    x0[:, 0, :2] = minima + np.array([[0.1, -0.1], [-0.1, 0.1], [0.08, 0.05]])
-    res = minimize_copies_fire(forces, x0, 1e-2, 2000, max_step=0.02)
-    assert res.converged.all()
-    np.testing.assert_allclose(res.x[:, 0, :2], minima, atol=3e-3)
 
 
 def test_batched_fire_paths_match_single_paths(ala):

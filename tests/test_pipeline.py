@@ -121,7 +121,8 @@ def _env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
 
 
-def test_resume_after_kill_mid_generation_gives_same_files(mb_run, tmp_path):
+def test_resume_after_kill_mid_generation_gives_same_files(mb_run, tmp_path,
+                                                          same_data_and_chi):
     """A kill inside ``bursts_1``, after the merged data file was written but before the
     stage was recorded, reproduced deterministically (no timing): the state is rolled back to
     what the kill leaves, plus a temp file of a killed writer. Resuming through the command
@@ -154,16 +155,7 @@ def test_resume_after_kill_mid_generation_gives_same_files(mb_run, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert [g["generation"] for g in rep["generations"]] == [0, 1, 2]
     # same data as the uninterrupted run (seeded bursts), same χ to training precision
-    d1 = KoopmanData.load(ref_out / "data" / "koopman.npz")
-    d2 = KoopmanData.load(out / "data" / "koopman.npz")
-    assert len(d1) == len(d2)
-    np.testing.assert_array_equal(d1.origin, d2.origin)
-    np.testing.assert_allclose(d1.x, d2.x, atol=1e-6)
-    np.testing.assert_allclose(d1.y, d2.y, atol=1e-6)
-    from amore_openmm.chi import ChiModel
-    m1 = ChiModel.load(ref_out / "model" / "chi_state.pt")
-    m2 = ChiModel.load(out / "model" / "chi_state.pt")
-    np.testing.assert_allclose(m1.chi(d1.x), m2.chi(d1.x), atol=1e-4)
+    same_data_and_chi(ref_out, out, atol=1e-6)
     assert (out / "mep" / "path_000.pdb").is_file()
     assert "resuming" in (out / "run.log").read_text()
     assert "removed figures/.landscape.png.k1ll3d_x.png" in (out / "run.log").read_text()

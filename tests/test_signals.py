@@ -94,7 +94,7 @@ def uninterrupted(after_trajectory, tmp_path_factory):
 
 
 def test_signals_in_threaded_stages_exit_cleanly_and_resume_to_the_same_result(
-        after_trajectory, uninterrupted, tmp_path):
+        after_trajectory, uninterrupted, tmp_path, same_data_and_chi):
     out = tmp_path / "run"
     shutil.copytree(after_trajectory, out)
     cmd = _amore("--out", str(out), "--resume")
@@ -116,17 +116,7 @@ def test_signals_in_threaded_stages_exit_cleanly_and_resume_to_the_same_result(
         res = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True,
                              timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
-    from amore_openmm.chi import ChiModel
-    from amore_openmm.data import KoopmanData
-    d1 = KoopmanData.load(uninterrupted / "data" / "koopman.npz")
-    d2 = KoopmanData.load(out / "data" / "koopman.npz")
-    assert len(d1) == len(d2)
-    np.testing.assert_array_equal(d1.origin, d2.origin)
-    np.testing.assert_allclose(d1.x, d2.x, atol=1e-5)
-    np.testing.assert_allclose(d1.y, d2.y, atol=1e-5)
-    m1 = ChiModel.load(uninterrupted / "model" / "chi_state.pt")
-    m2 = ChiModel.load(out / "model" / "chi_state.pt")
-    np.testing.assert_allclose(m1.chi(d1.x), m2.chi(d1.x), atol=1e-4)
+    same_data_and_chi(uninterrupted, out, atol=1e-5)
     p1 = np.load(uninterrupted / "mep" / "paths.npz")
     p2 = np.load(out / "mep" / "paths.npz")
     np.testing.assert_array_equal(p1["path_id"], p2["path_id"])

@@ -14,7 +14,7 @@ import numpy as np
 import openmm
 from openmm import unit
 
-from ..systems import MolecularSystem
+from ..systems import MolecularSystem, get_platform
 from .certify import ConstraintProjector, rms
 from .tracer import free_force_group
 
@@ -73,7 +73,7 @@ class PackedLevelSets:
         self.physical_groups = sum(1 << g for g in range(32) if g != group)
         self.restraint = BatchedChiRestraint(model, self.copies, self.n_atoms)
         omm.addForce(self.restraint.force(group))
-        plat = openmm.Platform.getPlatformByName(platform)
+        plat = get_platform(platform)
         self.context = openmm.Context(omm, openmm.VerletIntegrator(0.001), plat,
                                       properties or {})
         self.has_constraints = omm.getNumConstraints() > 0
