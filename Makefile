@@ -31,7 +31,8 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q --timeout=3600
 
-# the VGVAPG reproduction (paper Fig. 3): ≤ ~60 min on 2 CPU cores; paper_comparison.md beside
+# the VGVAPG reproduction (paper Fig. 3): ≤ ~60 min on 2 CPU cores (ensemble: temperature replica
+# exchange + HMR, bursts of the original system from it); paper_comparison.md beside
 # the report says where we agree with the paper and where not
 science: $(STAMP)
 	$(PY) -m amore_openmm.cli run vgvapg --out results/vgvapg_science --preset science --resume-if-exists

@@ -116,10 +116,14 @@ def _add_fes(sub: Any) -> None:
     f.add_argument("--system", required=True, help="system (bundled name, folder or file)")
     f.add_argument("--out", required=True, help="folder for fes.csv, fes.png, fes.json, "
                                                 "fes.npz, umbrella_samples.npz")
-    f.add_argument("--windows", type=int, default=defaults["windows"],
-                   help="number of window centres, evenly spaced on [0, 1]")
+    f.add_argument("--windows", default=defaults["windows"],
+                   help="auto (default: pilot rounds place windows and per-window κ until "
+                        "neighbours overlap) or a number of centres evenly spaced on [0, 1]")
     f.add_argument("--kappa", default=defaults["kappa"],
-                   help="restraint stiffness in kJ/mol (auto: kT/Δz², Δz the window spacing)")
+                   help="restraint stiffness in kJ/mol (auto: kT/Δz², Δz the window spacing; "
+                        "with --windows auto: the first pilot round's κ)")
+    f.add_argument("--max-windows", type=int, default=defaults["max_windows"],
+                   help="window budget of --windows auto")
     for name in ("frames", "equilibration", "bins", "bootstrap", "seed"):
         f.add_argument(f"--{name}", type=int, default=defaults[name])
     f.add_argument("--platform", default=defaults["platform"], help="OpenMM platform")
@@ -167,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="χ weights file (chi_state.pt)")
     t.add_argument("--script", help="also export TorchScript χ here (chi.pt)")
     t.add_argument("--init", help="continue from these χ weights")
+    t.add_argument("--n-chi", type=int, default=1, dest="n_chi",
+                   help="number of memberships k (metastable states; default 1: one χ)")
     _add_stage_options(t, "train")
     t.add_argument("--quiet", action="store_true")
 
@@ -188,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage_options(se, "sensitivity")
 
     _add_fes(sub)
+    tr = sub.add_parser("transitions", help="k-state χ: rate matrix, χ-MEPs, sensitivities "
+                                            "and channels per pair of states")
+    for name, what in (("model", "k-membership model (amore train --n-chi K)"),
+                       ("system", "system"), ("data", "KoopmanData .npz"),
+                       ("out", "folder for rates.json, pair_I_J/, figures")):
+        tr.add_argument(f"--{name}", required=True, help=what)
+    tr.add_argument("--paths-per-pair", type=int, default=1)
+    tr.add_argument("--path-step", type=float, default=0.01)
+    tr.add_argument("--platform", default="Reference", help="OpenMM platform")
+    tr.add_argument("--quiet", action="store_true")
     rp = sub.add_parser("report", help="rewrite report.json / report.md of a run")
     rp.add_argument("run_dir", metavar="RUN")
     sub.add_parser("info", help="OpenMM platforms, versions, GPU")
@@ -234,6 +250,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .pipeline import read_data, read_model, train_chi
     data = read_data(args.data)
+    if args.n_chi != 1:
+        return train_multichi(args, data)
     init = read_model(args.init) if args.init else None
     model, losses = train_chi(data, args.system, args.iterations, model=init,
                               featurizer=args.featurizer, minibatch=args.minibatch,
@@ -245,6 +263,42 @@ def cmd_train(args: argparse.Namespace) -> int:
         model.export_torchscript(args.script)
     print(f"χ trained on {len(data)} starts, final loss "
           f"{losses[-1] if losses else float('nan'):.4g} -> {args.out}")
+    return EXIT_OK
+
+
+def train_multichi(args: argparse.Namespace, data: Any) -> int:
+    """``amore train --n-chi K`` (K ≠ 1): k memberships (amore_openmm.multichi)."""
+    from .isokann import Isokann
+    from .multichi import MultiChiModel, check_n_chi
+    from .systems import load_system
+    check_n_chi(args.n_chi, data.n_starts)
+    init = MultiChiModel.load(args.init) if args.init else None
+    est = Isokann(iterations=args.iterations, minibatch=args.minibatch,
+                  optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                  seed=args.seed, progress=not args.quiet, n_chi=args.n_chi,
+                  featurizer=None if args.featurizer in (None, "auto") else args.featurizer)
+    model = est.fit(data, model=init, system=None if init else load_system(args.system))
+    model.save(args.out)
+    if args.script:
+        model.export_torchscript(args.script)
+    print(f"{model.n_chi} memberships trained on {len(data)} starts, final loss "
+          f"{est.summary_.get('final_loss') or float('nan'):.4g} -> {args.out}")
+    return EXIT_OK
+
+
+def cmd_transitions(args: argparse.Namespace) -> int:
+    from .multichi import MultiChiModel, transitions
+    from .pipeline import read_data
+    from .systems import load_system
+    ms = load_system(args.system)
+    model = MultiChiModel.load(args.model)
+    data = read_data(args.data, n_atoms=ms.n_atoms)
+    summary = transitions(model, data, ms, args.out, n_paths=args.paths_per_pair,
+                          step=args.path_step, platform=args.platform)
+    valid = "valid" if summary["rates_valid"] else "INVALID: " + "; ".join(
+        summary["rates_notes"])
+    print(f"{model.n_chi} states, {len(summary['pairs'])} pairs -> {args.out}; rate matrix "
+          f"{valid}")
     return EXIT_OK
 
 
@@ -298,9 +352,16 @@ def cmd_fes(args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"--kappa {kappa!r} is not a number; give the stiffness in "
                               "kJ/mol (e.g. 5000) or auto") from None
+    windows: Any = args.windows
+    if windows != "auto":
+        try:
+            windows = int(windows)
+        except ValueError:
+            raise ConfigError(f"--windows {windows!r} is not a number; give a count of "
+                              "evenly spaced windows (e.g. 21) or auto") from None
     ms = load_system(args.system)
-    fes = umbrella_free_energy(ms, read_model(args.model), args.out, windows=args.windows,
-                               kappa=kappa, frames=args.frames,
+    fes = umbrella_free_energy(ms, read_model(args.model), args.out, windows=windows,
+                               kappa=kappa, frames=args.frames, max_windows=args.max_windows,
                                equilibration=args.equilibration, bins=args.bins,
                                bootstrap=args.bootstrap, seed=args.seed,
                                platform=args.platform, progress=not args.quiet)
@@ -309,8 +370,8 @@ def cmd_fes(args: argparse.Namespace) -> int:
         raise RuntimeError(f"F(χ) is not certified: neighbouring windows overlap by "
                            f"{b['window_overlap_min']:.3f} at least (need "
                            f"{MIN_OVERLAP}) or ΔF‡ is undetermined; the uncertified files "
-                           f"are in {args.out}. Give more --windows, more --frames or a "
-                           "softer --kappa")
+                           f"are in {args.out} ({b.get('note', '')}). Give more --windows "
+                           "or --max-windows, more --frames or a softer --kappa")
     print(f"F(χ) -> {Path(args.out) / 'fes.csv'}; ΔF‡ = {b['barrier_kJ_mol']:.2f} ± "
           f"{b['barrier_err_kJ_mol']:.2f} kJ/mol ({b['barrier_kT']:.2f} ± "
           f"{b['barrier_err_kT']:.2f} kT); effective sample size "
@@ -382,7 +443,7 @@ def cmd_build_systems(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "sample": cmd_sample, "train": cmd_train, "mep": cmd_mep,
             "sensitivity": cmd_sensitivity, "fes": cmd_fes, "report": cmd_report, "info": cmd_info,
-            "build-systems": cmd_build_systems}
+            "build-systems": cmd_build_systems, "transitions": cmd_transitions}
 
 #: bad input: settings, systems, run directories, damaged or missing files, paths that
 #: name the wrong kind of thing (every ValueError subclass of the library is bad input)

@@ -93,6 +93,23 @@ class RunConfig:
         "help": "integrator steps per replica kept for the equilibrium ensemble"})
     equilibration_steps: int = field(default=0, metadata={
         "help": "integrator steps per replica run first and discarded (equilibration)"})
+    equilibrium_method: str = field(default="plain", metadata={
+        "help": "equilibrium ensemble of a science run: plain (packed replicas of MD, "
+                "Koopman pairs of consecutive frames) or remd (temperature replica exchange, "
+                "frames at the base temperature; Koopman data: bursts of the original system "
+                "from those frames); remd ignores equilibrium_replicas/equilibrium_steps"})
+    remd_replicas: int = field(default=4, metadata={
+        "help": "remd: temperatures of the geometric ladder (base temperature first)"})
+    remd_t_max: float | None = field(default=None, metadata={
+        "help": "remd: top temperature in K (auto: 1.35 × the base temperature)"})
+    remd_exchanges: int = field(default=0, metadata={
+        "help": "remd: exchange attempts; one base-temperature frame after each (the first "
+                "equilibration_steps × the system's timestep are discarded)"})
+    remd_ps_per_exchange: float = field(default=1.0, metadata={
+        "help": "remd: ps of dynamics between exchange attempts"})
+    hmr: bool = field(default=True, metadata={
+        "help": "remd: HBond constraints, 3 amu hydrogens and a 4 fs step for the replicas "
+                "(configurations only; the Koopman bursts use the original system)"})
     # -- initial data -----------------------------------------------------------------------
     n_starts: int = field(default=1000, metadata={"help": "trajectory frames used as "
                                                   "initial starts (over all structures)"})
@@ -140,6 +157,32 @@ class RunConfig:
         "help": "max. ensemble samples for the sensitivity (subsampled, seeded)"})
     top_k: int = field(default=10, metadata={"help": "atoms/features listed in the report"})
     figures: bool = field(default=True, metadata={"help": "write figures/*.png"})
+    # -- free energy along χ and stratified starts (pipeline/fes_stages.py) -----------------
+    free_energy: str = field(default="auto", metadata={
+        "help": "F(χ) and ΔF‡ from umbrella windows along the final χ (fes/): on, off, auto "
+                "(on for periodic systems, where the χ-MEP energy is a whole-box energy)"})
+    fes_windows: int = field(default=21, metadata={"help": "umbrella windows of the F(χ) "
+                                                   "stage"})
+    fes_frames: int = field(default=1000, metadata={"help": "frames kept per F(χ) window"})
+    fes_stride: int | None = field(default=None, metadata={
+        "help": "integrator steps between umbrella frames (auto: lag_steps)"})
+    fes_equilibration: int = field(default=100, metadata={
+        "help": "frames run and discarded at the start of each F(χ) window"})
+    fes_kappa: float | None = field(default=None, metadata={
+        "help": "umbrella stiffness kJ/mol (auto: thermal width = window spacing)"})
+    fes_bootstrap: int = field(default=100, metadata={"help": "MBAR bootstrap resamples "
+                                                      "(the ΔF‡ error)"})
+    fes_bins: int = field(default=50, metadata={
+        "help": "χ bins of F(χ) and ΔF‡ (fewer for few frames: the barrier is the highest "
+                "bin, and a noisy bin raises it)"})
+    generation_starts: str = field(default="mep", metadata={
+        "help": "burst starts of a generation: mep (χ-MEP nodes), stratified (uniform in χ "
+                "from short umbrella windows along the current χ; bursts stay unbiased), "
+                "both"})
+    stratified_windows: int = field(default=11, metadata={
+        "help": "umbrella windows per generation for stratified starts"})
+    stratified_frames: int = field(default=20, metadata={
+        "help": "frames per window for stratified starts (half as many run first, discarded)"})
 
     # -- helpers ----------------------------------------------------------------------------
     def system_kwargs(self) -> dict[str, Any]:
@@ -211,13 +254,17 @@ FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 _CHOICES = {"optimizer": ("adam", "nesterov"),
             "platform": ("auto", "Reference", "CPU", "CUDA", "OpenCL", "HIP"),
             "preset": ("default", "quick", "paper", "science"),
-            "path_tracer": ("pool", "batched")}
-_MIN = {"n_starts": 2, "n_koopman": 1, "lag_steps": 1, "stride_steps": 1, "iterations": 1,
+            "free_energy": ("auto", "on", "off"),
+            "generation_starts": ("mep", "stratified", "both"),
+            "path_tracer": ("pool", "batched"), "equilibrium_method": ("plain", "remd")}
+_MIN = {"fes_windows": 2, "fes_frames": 2, "fes_stride": 1, "fes_equilibration": 0,
+        "fes_bootstrap": 2, "fes_bins": 3, "stratified_windows": 2, "stratified_frames": 2,
+        "n_starts": 2, "n_koopman": 1, "lag_steps": 1, "stride_steps": 1, "iterations": 1,
         "iterations_per_generation": 0, "minibatch": 1, "generations": 0,
         "paths_per_generation": 1, "starts_per_path": 1, "path_max_nodes": 3,
         "final_paths": 0, "sensitivity_bins": 1, "sensitivity_samples": 1, "top_k": 1,
         "workers": 1, "equilibrium_replicas": 0, "equilibrium_steps": 0,
-        "equilibration_steps": 0}
+        "equilibration_steps": 0, "remd_replicas": 2, "remd_exchanges": 0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,10 +332,13 @@ def _check_value(key: str, value: Any, where: str) -> Any:
                           f"{', '.join(choices)}")
     if key in _MIN and ok < _MIN[key]:
         raise ConfigError(f"{where}: setting '{key}' = {ok!r} must be >= {_MIN[key]}")
-    if key in ("lr", "path_step", "temperature") and not ok > 0:
+    if key in ("lr", "path_step", "temperature", "remd_ps_per_exchange", "remd_t_max") and \
+            not ok > 0:
         raise ConfigError(f"{where}: setting '{key}' = {ok!r} must be > 0")
     if key in ("weight_decay",) and ok < 0:
         raise ConfigError(f"{where}: setting '{key}' = {ok!r} must be >= 0")
+    if key == "fes_kappa" and not ok > 0:
+        raise ConfigError(f"{where}: setting 'fes_kappa' = {ok!r} must be > 0 (or \"auto\")")
     if key == "kappa" and not ok > 0:
         raise ConfigError(f"{where}: setting 'kappa' = {ok!r} must be > 0 (or \"auto\")")
     return ok
@@ -334,6 +384,9 @@ def _check_consistency(cfg: RunConfig) -> None:
         raise ConfigError(f"equilibrium_replicas = {cfg.equilibrium_replicas} needs n_koopman = "
                           f"1 (got {cfg.n_koopman}) and equilibrium_steps >= 2 lags (got "
                           f"{cfg.equilibrium_steps}); set them or equilibrium_replicas = 0")
+    if cfg.equilibrium_method == "remd" and cfg.remd_exchanges < 2:
+        raise ConfigError(f"equilibrium_method = remd needs remd_exchanges >= 2 (got "
+                          f"{cfg.remd_exchanges}); set it or equilibrium_method = plain")
     if not 0.0 <= cfg.ts_low < cfg.ts_high <= 1.0:
         raise ConfigError(f"transition-state window ts_low={cfg.ts_low}, ts_high={cfg.ts_high}"
                           ": need 0 <= ts_low < ts_high <= 1")

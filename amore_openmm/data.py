@@ -3,7 +3,7 @@
 ``x`` holds N starting structures (N×n×3, nm, every atom: restarts need the solvent) and ``y``
 the end points of K bursts from each, for the molecule of interest only (N×K×n_sel×3, nm; the
 0-based atom indices are ``atoms``, by default every atom). Metadata per start: generation,
-origin ("trajectory", "mep", "user"), seed and a weight for ensemble averages. Saved as one
+origin (:data:`ORIGINS`), seed and a weight for ensemble averages. Saved as one
 ``.npz`` file, written atomically (temp file, then rename). Also here: the atomic writers of
 the run directory, the one JSON sanitiser (:func:`to_jsonable`, :func:`write_json`) and the
 memory budget (:func:`memory_budget_bytes`, :class:`MemoryBudgetError`).
@@ -29,7 +29,9 @@ __all__ = ["KoopmanData", "atomic_save_npz", "atomic_write_bytes", "atomic_write
            "MemoryBudgetError", "memory_budget_bytes", "MEMORY_BUDGET_ENV",
            "DEFAULT_MEMORY_BUDGET_GB"]
 
-ORIGINS = ("trajectory", "mep", "user")
+#: where a start came from: a trajectory frame, a χ-MEP node, a draw uniform in χ from
+#: umbrella windows (pipeline generation_starts = "stratified"), or given by the user
+ORIGINS = ("trajectory", "mep", "stratified", "user")
 #: 2: per-start ``weights`` and ``extra`` are saved; 3: ``atoms`` (the atoms ``y`` holds) is
 #: saved (files of versions 1 and 2 still load, as data of every atom)
 FORMAT_VERSION = 3
@@ -157,7 +159,8 @@ class KoopmanData:
         x: (N, n_atoms, 3) starting positions of every atom, nm (float32).
         y: (N, K, n_sel, 3) burst end positions of the atoms ``atoms``, nm (float32).
         generation: (N,) int, adaptive generation that produced each start (0 = initial).
-        origin: (N,) str, one of "trajectory", "mep", "user".
+        origin: (N,) str, one of "trajectory", "mep", "stratified" (drawn uniformly in χ
+            from umbrella windows), "user".
         seed: (N,) int64, the burst seed used for each start.
         lag_steps, timestep: burst settings (integrator steps, ps) for rate estimates.
         system_name: name of the system the data belong to. ``merge`` refuses data whose

@@ -35,7 +35,7 @@ from .isokann_memory import check_training_memory, chi_of_ends, chunk_rows, feat
 from .orientation import orient
 
 __all__ = ["Isokann", "IsokannError", "orient", "exit_rates", "koopman_chi", "koopman_targets",
-           "validation_split"]
+           "validation_split", "lag_time_ps"]
 
 OPTIMIZERS = ("adam", "nesterov")
 SHIFT_SCALES = ("minmax", "quantile")
@@ -168,6 +168,10 @@ class Isokann:
             variable ``AMORE_MEMORY_BUDGET_GB``, else 4) with
             :class:`~amore_openmm.data.MemoryBudgetError`, before anything large is built
             (see :mod:`amore_openmm.isokann_memory`).
+        n_chi: number of memberships k (metastable states). 1 (default): the scalar χ above;
+            k > 1: k memberships on the simplex (:mod:`amore_openmm.multichi`, ``fit`` returns
+            a :class:`~amore_openmm.multichi.MultiChiModel`). Must be ≥ 1 and ≤ the number of
+            starts.
 
     After :meth:`fit`: ``model_`` (the ChiModel), ``loss_history`` (mean minibatch MSE per
     outer iteration, over all fits of this estimator), ``records_`` (train/validation loss
@@ -182,8 +186,8 @@ class Isokann:
                  network: dict[str, Any] | nn.Module | None = None,
                  dtype: torch.dtype = torch.float32, progress: bool = False,
                  validation_fraction: float = 0.1, shift_scale: str = "minmax",
-                 shift_quantile: float = 0.005, memory_budget_gb: float | None = None
-                 ) -> None:
+                 shift_quantile: float = 0.005, memory_budget_gb: float | None = None,
+                 n_chi: int = 1) -> None:
         checks = [
             (optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}"),
             (shift_scale in SHIFT_SCALES,
@@ -201,6 +205,8 @@ class Isokann:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        from .multichi.estimator import check_n_chi
+        self.n_chi = check_n_chi(n_chi)
         self.iterations, self.minibatch = int(iterations), int(minibatch)
         self.optimizer, self.lr, self.weight_decay = optimizer, float(lr), float(weight_decay)
         self.seed, self.device, self.dtype, self.progress = int(seed), device, dtype, progress
@@ -291,6 +297,10 @@ class Isokann:
         if data.n_starts < 2:
             raise IsokannError(f"ISOKANN needs at least 2 starts, data has {data.n_starts}; "
                                "sample more bursts")
+        if self.n_chi > 1 or self.n_chi > data.n_starts:
+            # k memberships: the simplex power iteration of amore_openmm.multichi
+            from .multichi.estimator import fit_multichi
+            return fit_multichi(self, data, model, system, iterations)
         if model is None:
             model = self._new_model(data, system)
         if data.n_atoms < model.n_atoms:
@@ -447,6 +457,21 @@ def koopman_targets(model: ChiModel, data: KoopmanData, shift_scale: str = "minm
     return t.double().cpu().numpy()
 
 
+def lag_time_ps(data: KoopmanData, lag_time: Any = None) -> float:
+    """τ in ps: ``lag_time`` (ps or an openmm Quantity) or the data's lag time."""
+    from openmm import unit
+    if lag_time is None:
+        tau = float(data.lag_time)
+    elif unit.is_quantity(lag_time):
+        tau = float(lag_time.value_in_unit(unit.picosecond))
+    else:
+        tau = float(lag_time)
+    if not tau > 0:
+        raise ValueError("lag_time must be positive (ps); the data carry no lag time "
+                         "(lag_steps·timestep = 0), pass lag_time=")
+    return tau
+
+
 def exit_rates(model: ChiModel, data: KoopmanData, lag_time: float | None = None
                ) -> dict[str, Any]:
     """Macroscopic rates from eq. (1) of the paper, Lχ = −ε₁χ + ε₂(1 − χ).
@@ -464,17 +489,7 @@ def exit_rates(model: ChiModel, data: KoopmanData, lag_time: float | None = None
         quality), ``population_chi1`` (ε₂/(ε₁+ε₂)), ``lag_time_ps``, ``valid`` and ``note``.
         ``valid`` is False (rates NaN) when a ∉ (0, 1): χ does not decay over τ.
     """
-    from openmm import unit
-
-    if lag_time is None:
-        tau = float(data.lag_time)
-    elif unit.is_quantity(lag_time):
-        tau = float(lag_time.value_in_unit(unit.picosecond))
-    else:
-        tau = float(lag_time)
-    if not tau > 0:
-        raise ValueError("lag_time must be positive (ps); the data carry no lag time "
-                         "(lag_steps·timestep = 0), pass lag_time=")
+    tau = lag_time_ps(data, lag_time)
     chi_x, kchi = koopman_chi(model, data)
     var = float(np.var(chi_x))
     if var <= 0:

@@ -17,7 +17,9 @@ GENERIC_PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"n_starts": 200, "n_koopman": 2, "iterations": 150,
               "iterations_per_generation": 50, "generations": 1, "paths_per_generation": 1,
               "starts_per_path": 10, "path_max_nodes": 40, "final_paths": 2,
-              "sensitivity_bins": 20, "sensitivity_samples": 1000},
+              "sensitivity_bins": 20, "sensitivity_samples": 1000,
+              # F(χ) runs for periodic inputs only (free_energy = "auto"): a smoke-sized profile
+              "fes_windows": 11, "fes_frames": 40, "fes_bootstrap": 50, "fes_bins": 20},
     "paper": {"n_starts": 10000, "n_koopman": 1, "iterations": 4000, "minibatch": 1000,
               "iterations_per_generation": 2000, "generations": 0, "final_paths": 34,
               "path_max_nodes": 100, "ts_low": 0.49, "ts_high": 0.51,
@@ -71,14 +73,23 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                     "iterations_per_generation": 150, "minibatch": 200, "generations": 2,
                     "paths_per_generation": 1, "starts_per_path": 10, "path_step": 0.05,
                     "path_max_nodes": 30, "final_paths": 2, "sensitivity_bins": 30,
-                    "sensitivity_samples": 2000},
+                    "sensitivity_samples": 2000,
+                    # ΔF‡ along χ: 21 windows × 200 frames every 0.1 ps (231k steps; ~15-25
+                    # min estimated from the quick run's rate, not measured)
+                    "fes_windows": 21, "fes_frames": 200, "fes_stride": 50,
+                    "fes_equilibration": 20, "fes_bins": 30},
         # quick: ≤ 10 min and ≤ 2 GB on 2 cores (benchmarks/solvated_pipeline.py): 20 ps of
         # trajectory, 3-node χ-MEPs (a node minimises the whole box: ~10–30 s)
         "quick": {"n_starts": 100, "n_koopman": 1, "iterations": 300,
                   "iterations_per_generation": 50, "minibatch": 50, "generations": 1,
                   "paths_per_generation": 1, "starts_per_path": 4, "path_step": 0.05,
                   "path_max_nodes": 3, "final_paths": 1, "sensitivity_bins": 10,
-                  "sensitivity_samples": 100},
+                  "sensitivity_samples": 100,
+                  # ΔF‡ along χ, the headline barrier of a water box: 11 windows × 40 frames
+                  # every 0.1 ps (~25k steps); 20 bins: with 50 the 440 frames left ~9 per
+                  # bin and ΔF‡ was a noise spike 1.5 kT above the bootstrap band
+                  "fes_windows": 11, "fes_frames": 40, "fes_stride": 50,
+                  "fes_equilibration": 5, "fes_bootstrap": 50, "fes_bins": 20},
     },
     "chignolin": {
         # 138 atoms, OBC2, lag 0.5 ps. lr 1e-4: over 9,453 pairwise_sym features Adam's first
@@ -110,8 +121,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # 1000 iterations for 3 of 3 seeds (and is retried with other seeds when it does). 60 nodes
         # per path: with 30, 4 of 6 final paths stopped short of χ 0.2 or 0.8 and no channel split
         # was possible; with 60 all 6 spanned χ 0–1 (final_paths 2 min).
-        "science": {"science": True, "equilibrium_replicas": 10, "equilibrium_steps": 50000,
-                    "equilibration_steps": 5000, "n_starts": 3000, "n_koopman": 1,
+        # Since issue 23: the ensemble is temperature replica exchange (4 temperatures
+        # 298-400 K, HMR at 4 fs, an exchange every 0.5 ps; 4 replicas on 2 threads ~2 ps/s
+        # per replica, benchmarks/replica_exchange.py): 4000 exchanges = 2 ns per replica,
+        # 50 ps discarded, the base-temperature frames the ensemble; the Koopman data are
+        # 3000 bursts of the original system (2 fs, no HMR) from evenly spaced frames.
+        # equilibrium_method = "plain" with the equilibrium_* settings is the run above.
+        "science": {"science": True, "equilibrium_method": "remd", "remd_replicas": 4,
+                    "remd_t_max": 400.0, "remd_exchanges": 4000, "remd_ps_per_exchange": 0.5,
+                    "hmr": True, "equilibrium_replicas": 0, "equilibrium_steps": 0,
+                    "equilibration_steps": 25000, "n_starts": 3000, "n_koopman": 1,
                     "iterations": 300, "iterations_per_generation": 100, "minibatch": 1000,
                     "generations": 2, "paths_per_generation": 2, "starts_per_path": 15,
                     "path_step": 0.05, "path_max_nodes": 60, "ts_low": 0.49,

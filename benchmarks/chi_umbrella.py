@@ -10,8 +10,14 @@ maximal deviation of F(χ) from F(χ) = −kT ln ∫ δ(χ(x, y) − s) e^{−V/
 error against the exact one (on that range, and from the basin minima over χ ∈ [−0.1, 1.1]),
 the effective sample size, and wall seconds (MD and MBAR).
 
-``--chi trained`` replaces the projection by a quick ISOKANN χ (bursts + 300 iterations,
-as in tests/test_mep.py); the exact F(χ) is then that χ's.
+``--chi isokann`` (alias ``trained``) replaces the projection by a quick ISOKANN χ
+(bursts + 300 iterations, as in tests/test_mep.py; ``--model PATH`` loads a saved one
+instead, and trains and saves it there when the file does not exist); the exact F(χ) is
+then that χ's. Such a χ is flat in the basins and steep at the saddle: ``--windows auto``
+(the default) places windows and per-window κ by pilot rounds
+(:func:`~amore_openmm.biased.plan_windows`) and refines the step where the restraint is
+stiff; ``--windows 21`` gives equally spaced windows with one κ (which fail on it). The
+line also carries the certificate (:func:`~amore_openmm.biased.certify`).
 
 ``--timestep`` runs each given timestep (ps; default: the system's 1e-4) with the same
 physical time per frame, which separates the integrator's own sampling bias from MBAR's.
@@ -19,18 +25,21 @@ physical time per frame, which separates the integrator's own sampling bias from
 Example::
 
     OMP_NUM_THREADS=1 python benchmarks/chi_umbrella.py --windows 21 --frames 1000
+    OMP_NUM_THREADS=1 python benchmarks/chi_umbrella.py --chi isokann --model /tmp/mb_chi.pt
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
 import torch
 
-from amore_openmm.biased import (UmbrellaSampler, barrier_height, fit_mbar, grid_free_energy,
-                                 projection_chi, reweighted_sensitivity)
+from amore_openmm.biased import (UmbrellaSampler, barrier_height, certify, fit_mbar,
+                                 grid_free_energy, plan_windows, projection_chi,
+                                 reweighted_sensitivity)
 from amore_openmm.systems import muller_brown_energy, muller_brown_system
 
 MIN_A, MIN_B = (-0.558, 1.442), (0.623, 0.028)
@@ -53,15 +62,40 @@ def trained_chi(ms, seed: int):
     return orient(model, np.array([[MIN_A[0], MIN_A[1], 0.0]]), target=0.0)
 
 
+def isokann_chi(ms, args: argparse.Namespace):
+    """The quick ISOKANN χ: loaded from ``--model`` when that file exists, else trained
+    (and saved there when a path is given)."""
+    from pathlib import Path
+
+    from amore_openmm.chi import ChiModel
+    if args.model and Path(args.model).is_file():
+        return ChiModel.load(args.model)
+    model = trained_chi(ms, args.seed)
+    if args.model:
+        model.save(args.model)
+    return model
+
+
 def run(args: argparse.Namespace, dt: float | None) -> dict:
     base = muller_brown_system()
     ms = base if dt is None else base.with_overrides(timestep=dt)
     scale = 1 if dt is None else max(1, int(round(base.timestep / dt)))
     chi = projection_chi(MIN_A, MIN_B) if args.chi == "projection" else \
-        trained_chi(base, args.seed)
+        isokann_chi(base, args)
     t0 = time.perf_counter()
-    samples = UmbrellaSampler(ms, chi, np.linspace(0, 1, args.windows),
-                              kappa=args.kappa if args.kappa else "auto").run(
+    kappa = args.kappa if args.kappa else "auto"
+    plan = None
+    if args.windows == "auto":
+        plan = plan_windows(ms, chi, kappa=kappa, max_windows=args.max_windows,
+                            pilot_frames=args.pilot_frames, stride=args.stride * scale,
+                            seed=args.seed,
+                            log=None if args.quiet else lambda m: print(m, file=sys.stderr))
+        z, kappa = plan.z, plan.kappa
+    else:
+        z = np.linspace(0, 1, int(args.windows))
+    t_plan = time.perf_counter() - t0
+    samples = UmbrellaSampler(ms, chi, z, kappa=kappa, substeps=args.substeps,
+                              min_substeps=1 if plan is None else plan.substeps).run(
         frames=args.frames, stride=args.stride * scale,
         equilibration=args.equilibration, seed=args.seed)
     t_md = time.perf_counter() - t0
@@ -80,9 +114,18 @@ def run(args: argparse.Namespace, dt: float | None) -> dict:
     if args.plot:
         fes.plot(args.plot, edges, reference=(0.5 * (edges[1:] + edges[:-1]),
                                               exact - exact.min()))
+    cert = certify(samples, fes, 50)
     return {"system": "muller_brown", "chi": args.chi, "timestep_ps": ms.timestep,
-            "windows": args.windows, "frames_per_window": args.frames,
-            "stride_steps": samples.stride, "kappa_kJ_mol": float(samples.kappa[0]),
+            "windows": args.windows, "n_windows": samples.n_windows,
+            "frames_per_window": args.frames, "stride_steps": samples.stride,
+            "kappa_kJ_mol_range": [float(samples.kappa.min()), float(samples.kappa.max())],
+            "substeps_max": int(np.max(samples.substeps)),
+            "certified": cert["certified"], "note": cert["note"],
+            "window_overlap_min": round(cert["window_overlap_min"], 4),
+            "stiffness_max": round(cert["stiffness_max"], 4),
+            "plan_converged": None if plan is None else plan.converged,
+            "plan_rounds": None if plan is None else plan.rounds,
+            "plan_seconds": round(t_plan, 2),
             "bootstrap_block": fes.block,
             "max_dev_kT": float(np.abs(dev).max()), "rms_dev_kT": float(np.sqrt(np.mean(dev**2))),
             "median_F_err_kT": float(np.median(err)),
@@ -99,7 +142,12 @@ def run(args: argparse.Namespace, dt: float | None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--windows", type=int, default=21)
+    ap.add_argument("--windows", default="auto", help="auto or a count (equally spaced)")
+    ap.add_argument("--max-windows", type=int, default=64)
+    ap.add_argument("--pilot-frames", type=int, default=100)
+    ap.add_argument("--substeps", default="auto", help="auto or an integer")
+    ap.add_argument("--model", default="", help="saved ISOKANN χ (.pt) for --chi isokann")
+    ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--frames", type=int, default=1000)
     ap.add_argument("--stride", type=int, default=10, help="steps per frame at dt = 1e-4")
     ap.add_argument("--equilibration", type=int, default=100)
@@ -109,10 +157,12 @@ def main() -> None:
     ap.add_argument("--timestep", type=float, nargs="*", default=[],
                     help="timesteps (ps) to run besides the system's own")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--chi", choices=("projection", "trained"), default="projection",
+    ap.add_argument("--chi", choices=("projection", "isokann", "trained"), default="projection",
                     help="fixed projection A->B, or a quick ISOKANN χ (about a minute)")
     ap.add_argument("--plot", default="")
     args = ap.parse_args()
+    args.chi = "isokann" if args.chi == "trained" else args.chi
+    args.substeps = args.substeps if args.substeps == "auto" else int(args.substeps)
     torch.set_num_threads(1)
     for dt in [None, *args.timestep]:
         print(json.dumps(run(args, dt)), flush=True)

@@ -33,6 +33,17 @@ def trajectory() -> Callable[..., np.ndarray]:
     return short_trajectory
 
 
+def muller_brown_starts(n: int = 3000, seed: int = 0) -> np.ndarray:
+    """(n, 1, 3) Müller–Brown starts drawn uniformly over the low-energy region (V < 0)."""
+    from amore_openmm.systems import muller_brown_energy
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform([-1.5, -0.4], [1.1, 2.0], size=(20000, 2))
+    xy = xy[muller_brown_energy(xy) < 0][:n]
+    x = np.zeros((len(xy), 1, 3))
+    x[:, 0, :2] = xy
+    return x
+
+
 def assert_same_data_and_chi(ref_out: Path, out: Path, atol: float) -> None:
     """Two run directories hold the same Koopman data (origins exactly, x and y to ``atol``
     nm) and the same χ on it (to 1e-4, training precision)."""

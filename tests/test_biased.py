@@ -1,12 +1,16 @@
 """χ-biased umbrella sampling with MBAR reweighting (amore_openmm.biased) on Müller–Brown."""
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from amore_openmm.biased import (ChiFreeEnergy, UmbrellaSampler, UmbrellaSamples,
-                                 barrier_height, fit_mbar, grid_free_energy, projection_chi,
-                                 reweighted_sensitivity,
+from amore_openmm.biased import (MIN_OVERLAP, STIFFNESS_LIMIT, ChiFreeEnergy,
+                                 UmbrellaSampler, UmbrellaSamples, barrier_height, fit_mbar,
+                                 grid_free_energy, projection_chi, reweighted_sensitivity,
+                                 sigmoid_chi,
                                  stratified_starts, umbrella_free_energy, window_sensitivity)
+from amore_openmm.biased.adaptive import PILOT_OVERLAP
 from amore_openmm.systems import muller_brown_energy, muller_brown_system
 
 torch.set_num_threads(1)
@@ -147,3 +151,68 @@ def test_umbrella_free_energy_writes_files_from_an_exported_chi(mb, chi, tmp_pat
     assert len(fes.weights) == 100
     x = fes.samples.positions
     assert np.allclose(fes.chi, chi.chi(x), atol=1e-5)
+
+
+# -- a χ shaped like ISOKANN's (flat in the basins, steep at the saddle) ------------------
+@pytest.fixture(scope="module")
+def steep_chi():
+    return sigmoid_chi(MIN_A, MIN_B, steepness=12.0)
+
+
+def test_auto_substeps_keep_a_stiff_restraint_resolved(mb, steep_chi):
+    """κ = 10000 kJ/mol at the saddle of a steep χ: dt·κ·‖∇χ‖² ≈ 2.6 at the system's step;
+    "auto" divides the step until the stiffness number is below the limit, and the window
+    then sits at its centre with about the restraint's thermal width."""
+    s = UmbrellaSampler(mb, steep_chi, [0.5], kappa=10000.0, substeps="auto").run(
+        frames=30, stride=10, equilibration=30, seed=1)
+    assert s.substeps[0] > 4 and s.stiffness[0] <= STIFFNESS_LIMIT
+    assert abs(s.chi.mean() - 0.5) < 0.03 and 0.01 < s.chi.std() < 0.07   # width 0.035
+    plain = UmbrellaSampler(mb, steep_chi, [0.5], kappa=10000.0).run(
+        frames=10, stride=10, equilibration=0, seed=1, start=s.positions[-1])
+    assert plain.substeps[0] == 1 and plain.stiffness[0] > 2 * STIFFNESS_LIMIT
+
+
+@pytest.mark.slow
+def test_auto_windows_overlap_on_a_steep_chi_and_match_exact_f(mb, steep_chi, tmp_path):
+    fes = umbrella_free_energy(mb, steep_chi, tmp_path / "auto", frames=200, stride=10,
+                               equilibration=20, bins=20, bootstrap=5, pilot_frames=40,
+                               max_windows=40, seed=2)
+    info = json.loads((tmp_path / "auto" / "fes.json").read_text())
+    plan = info["plan"]
+    # equally spaced windows with one κ (the first pilot round) leave gaps on this χ ...
+    assert plan["history"][0][1] < PILOT_OVERLAP
+    # ... the adaptive windows close them, with per-window κ and finer steps where needed
+    assert plan["converged"] and info["window_overlap_min"] >= MIN_OVERLAP
+    assert len(set(info["kappa_kJ_mol"])) > 1 and info["certified"]
+    edges = np.linspace(0.05, 0.95, 10)
+    _, f, _ = fes.profile(edges)
+    _, exact = grid_free_energy(steep_chi, muller_brown_energy, mb.kT, edges)
+    assert np.all(np.isfinite(f))
+    assert np.abs((f - f.mean()) - (exact - exact.mean())).max() < 1.0     # kT
+
+
+def test_uncovered_windows_are_not_certified(mb, steep_chi, tmp_path):
+    """Two windows far apart on a steep χ, too short to walk from one basin to the other:
+    χ between them is never sampled, so no certificate, and the note says so."""
+    umbrella_free_energy(mb, steep_chi, tmp_path / "gap", windows=[0.05, 0.95], kappa=2000.0,
+                         frames=30, stride=5, equilibration=2, bins=10, bootstrap=2)
+    info = json.loads((tmp_path / "gap" / "fes.json").read_text())
+    assert not info["certified"] and "no frames with χ" in info["note"]
+
+
+def test_fes_cli_bad_input_exits_2(mb, chi, tmp_path, capsys):
+    from amore_openmm.cli import main
+    model = chi.export_torchscript(tmp_path / "chi.pt")
+    base = ["fes", "--system", "muller_brown", "--frames", "5", "--quiet"]
+    assert main(base + ["--model", str(tmp_path / "none.pt"), "--out", str(tmp_path / "a")]) == 2
+    for extra in (["--kappa", "0"], ["--kappa", "-3"], ["--kappa", "stiff"],
+                  ["--windows", "1"], ["--windows", "many"], ["--max-windows", "1"]):
+        assert main(base + ["--model", str(model), "--out", str(tmp_path / "b")] + extra) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "kappa" in err and "windows" in err
+    with pytest.raises(ValueError, match="substeps"):
+        UmbrellaSampler(mb, chi, [0.5], substeps=0)
+    with pytest.raises(ValueError, match="substeps"):
+        UmbrellaSampler(mb, chi, [0.5], substeps="fast")
+    with pytest.raises(ValueError, match="windows"):
+        umbrella_free_energy(mb, chi, tmp_path / "c", windows="some")

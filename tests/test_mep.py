@@ -10,6 +10,7 @@ from amore_openmm.mep import (CERTIFICATE, STOP_REASONS, ChiPath, LevelSetTracer
 from amore_openmm.sensitivity import chi_sensitivity, feature_saliency, path_vs_ensemble_mse
 from amore_openmm.strings import path_distance, string_method
 from amore_openmm.systems import load_system, muller_brown_energy
+from conftest import muller_brown_starts
 
 torch.set_num_threads(1)
 SADDLE = np.array([-0.822, 0.624])
@@ -29,11 +30,7 @@ def mb_trained(mb):
     from 3000 starts spread over the low-energy region (a reduced quick version)."""
     from amore_openmm.isokann import Isokann
     from amore_openmm.sampling import BurstSampler, ContextPool
-    rng = np.random.default_rng(0)
-    xy = rng.uniform([-1.5, -0.4], [1.1, 2.0], size=(20000, 2))
-    xy = xy[muller_brown_energy(xy) < 0][:3000]
-    x = np.zeros((len(xy), 1, 3))
-    x[:, 0, :2] = xy
+    x = muller_brown_starts()
     with ContextPool(mb, size=1, platform="Reference") as pool:
         data = BurstSampler(pool).run(x, n_koopman=10, seed=0, progress=False)
     model = Isokann(iterations=300, minibatch=500, lr=1e-2, seed=0).fit(data, system=mb)

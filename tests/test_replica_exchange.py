@@ -170,3 +170,10 @@ def test_equilibrium_ensemble_stores_the_selection(tmp_path):
     again = equilibrium_ensemble(ms, 10, n_replicas=3, ps_per_exchange=0.2, seed=5,
                                  checkpoint=tmp_path / "eq.npz", atoms="selection")
     np.testing.assert_array_equal(again.frames, res.frames)
+
+
+def test_progress_lines_name_the_acceptance(capsys):
+    ms = double_well()
+    TemperatureReplicaExchange(ms, [300.0, 400.0, 530.0], 10, seed=1).run(20, progress=True)
+    err = capsys.readouterr().err
+    assert "replica exchange double_well: 20/20 exchanges" in err and "acceptance=" in err

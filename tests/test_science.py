@@ -133,12 +133,16 @@ def test_same_process_line_from_the_chi_correlation():
 
 def test_science_preset_only_for_vgvapg_and_consistent():
     cfg = resolve_config("vgvapg", "science")
-    assert cfg.science and cfg.equilibrium_replicas > 0 and cfg.n_koopman == 1
+    assert cfg.science and cfg.equilibrium_method == "remd" and cfg.remd_exchanges >= 2
+    assert cfg.hmr and cfg.remd_replicas == 4 and cfg.n_koopman == 1
     assert (cfg.ts_low, cfg.ts_high) == (0.49, 0.51)
     with pytest.raises(ConfigError, match="vgvapg"):
         resolve_config("alanine_dipeptide", "science")
+    plain = {"equilibrium_method": "plain", "equilibrium_replicas": 10,
+             "equilibrium_steps": 50000}
+    assert resolve_config("vgvapg", "science", overrides=plain).equilibrium_replicas == 10
     with pytest.raises(ConfigError, match="n_koopman"):
-        resolve_config("vgvapg", "science", overrides={"n_koopman": 2})
+        resolve_config("vgvapg", "science", overrides={**plain, "n_koopman": 2})
 
 
 @pytest.mark.slow
@@ -149,7 +153,8 @@ def test_science_pipeline_smoke(tmp_path):
     import json
 
     from amore_openmm.pipeline import AmoreRun
-    ov = dict(equilibrium_replicas=10, equilibrium_steps=3250, equilibration_steps=250,
+    ov = dict(equilibrium_method="plain", equilibrium_replicas=10, equilibrium_steps=3250,
+              equilibration_steps=250,
               n_starts=120, iterations=600, iterations_per_generation=20, generations=2,
               paths_per_generation=1, starts_per_path=3, path_max_nodes=10, path_step=0.1,
               final_paths=3, sensitivity_bins=10, sensitivity_samples=120, minibatch=100)
@@ -187,3 +192,96 @@ def test_channel_figure_is_written(tmp_path):
     out = plot_channels_phi_psi(tmp_path / "f.png", ens, np.ones(300), chans, [2 / 3, 1 / 3],
                                 residue="VAL3", others=[rng.uniform(-3, 3, (4, 2))])
     assert out.is_file() and out.stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------------------------
+# replica-exchange ensemble (equilibrium_method = "remd")
+# --------------------------------------------------------------------------------------------
+def test_remd_settings_are_checked():
+    with pytest.raises(ConfigError, match="remd_exchanges"):
+        resolve_config("vgvapg", "science", overrides={"remd_exchanges": 1})
+    with pytest.raises(ConfigError, match="equilibrium_method"):
+        resolve_config("vgvapg", "science", overrides={"equilibrium_method": "hot"})
+    with pytest.raises(ConfigError, match="remd_ps_per_exchange"):
+        resolve_config("vgvapg", "science", overrides={"remd_ps_per_exchange": 0.0})
+
+
+def _hydrogen_bonds(ms):
+    return np.array([(a.index, b.index) for a, b in ms.topology.bonds()
+                     if "H" in (a.element.symbol, b.element.symbol)])
+
+
+def _mean_energy(ms, x, temperature):
+    import openmm
+    ctx = openmm.Context(ms.system, openmm.VerletIntegrator(0.001),
+                         openmm.Platform.getPlatformByName("Reference"))
+    out = []
+    for xi in x:
+        ctx.setPositions(xi)
+        out.append(ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(
+            openmm.unit.kilojoule_per_mole))
+    return float(np.mean(out))
+
+
+def test_remd_stages_give_base_temperature_frames_and_bursts_of_the_original_system(tmp_path):
+    """equilibrium_method = remd on alanine dipeptide (vacuum, no constraints): the frames
+    come from the HMR replicas (X–H bonds held at their constraint length) at the base
+    temperature (their potential energy is that of plain MD at 310 K, not at the top
+    temperature), and the Koopman bursts ran the original, unconstrained system (the end
+    points' X–H bonds vibrate); the acceptance per neighbour pair is recorded."""
+    from amore_openmm.pipeline import AmoreRun
+    from amore_openmm.sampling import sample_trajectory
+    from amore_openmm.systems import load_system
+    ov = dict(science=True, equilibrium_method="remd", remd_replicas=3, remd_t_max=500.0,
+              remd_exchanges=60, remd_ps_per_exchange=0.2, equilibration_steps=500,
+              n_starts=30, n_koopman=2, platform="CPU", workers=1)
+    with AmoreRun(tmp_path / "run", "alanine_dipeptide", overrides=ov, quiet=True) as run:
+        run.run(until="initial_bursts")
+        eq = run.state["equilibrium"]
+        data = run.load_data()
+    remd = eq["remd"]
+    assert remd["temperatures_K"][0] == pytest.approx(310.0)
+    assert remd["temperatures_K"][-1] == pytest.approx(500.0)
+    assert len(remd["acceptance"]) == 2 and remd["hmr"] and remd["timestep_ps"] == 0.004
+    assert sum(remd["n_attempted"]) == 60 and remd["exchanges_discarded"] == 5
+    assert eq["frames_per_replica"] == 55 and set(eq["halves"]["tv"])
+    frames = np.load(tmp_path / "run" / "checkpoint" / "equilibrium.npz")["traj"][0]
+    assert not (tmp_path / "run" / "checkpoint" / "remd.npz").exists()
+    ms = load_system("alanine_dipeptide")
+    hb = _hydrogen_bonds(ms)
+
+    def lengths(x):
+        return np.linalg.norm(x[:, hb[:, 0]] - x[:, hb[:, 1]], axis=-1)
+    r_frames, r_ends = lengths(frames), lengths(data.y[:, 0])
+    assert np.ptp(r_frames, axis=0).max() < 1e-3        # constrained (HMR replicas)
+    assert np.ptp(r_ends, axis=0).min() > 3e-3          # free: the original system
+    assert len(data) == 30 and data.n_koopman == 2 and np.all(data.weights == 1.0)
+    assert data.lag_steps == ms.lag_steps and data.timestep == pytest.approx(ms.timestep)
+    # every start is a REMD frame
+    d = np.abs(data.x[:, None] - frames[None]).max(axis=(2, 3)).min(axis=1)
+    assert d.max() < 1e-5
+    # base temperature: the frames' mean energy is plain MD's at 310 K, not at 500 K
+    u_remd = _mean_energy(ms, frames, 310.0)
+    hot = ms.with_overrides(temperature=500.0)
+    u = {t: _mean_energy(ms, sample_trajectory(s, 60, 50, 3, platform="CPU",
+                                               progress=False)[10:], t)
+         for t, s in ((310.0, ms), (500.0, hot))}
+    assert u[500.0] - u[310.0] > 20.0                    # the test can tell them apart
+    assert abs(u_remd - u[310.0]) < 0.3 * (u[500.0] - u[310.0])
+
+
+def test_remd_frames_resume_to_the_same_frames(tmp_path):
+    from amore_openmm.pipeline.science import remd_frames
+    from amore_openmm.systems import load_system
+    ms = load_system("alanine_dipeptide")
+    kw = dict(n_replicas=2, t_max=400.0, ps_per_exchange=0.1, equilibration_ps=0.2, seed=5,
+              platform="CPU")
+    full, info = remd_frames(ms, 16, **kw)
+    ck = tmp_path / "remd.npz"
+    part, _ = remd_frames(ms, 8, checkpoint=ck, **kw)           # stopped after 8 exchanges
+    resumed, info2 = remd_frames(ms, 16, checkpoint=ck, **kw)   # continues from there
+    assert full.shape == resumed.shape == (1, 14, ms.n_atoms, 3) and part.shape[1] == 6
+    np.testing.assert_allclose(resumed, full, rtol=0, atol=1e-4)
+    assert info2["n_accepted"] == info["n_accepted"]
+    with pytest.raises(ValueError, match="remd_exchanges"):
+        remd_frames(ms, 3, **kw)

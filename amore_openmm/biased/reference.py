@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["projection_chi", "grid_free_energy"]
+__all__ = ["projection_chi", "sigmoid_chi", "grid_free_energy"]
 
 
 def projection_chi(a: Sequence[float], b: Sequence[float], n_atoms: int = 1,
@@ -27,6 +27,23 @@ def projection_chi(a: Sequence[float], b: Sequence[float], n_atoms: int = 1,
     lin.requires_grad_(False)
     return ChiModel(Coordinates(n_atoms, dims=dims), network=nn.Sequential(lin),
                     metadata={"kind": "projection", "a": a_.tolist(), "b": b_.tolist()})
+
+
+def sigmoid_chi(a: Sequence[float], b: Sequence[float], steepness: float = 12.0,
+                n_atoms: int = 1, dims: Sequence[int] = (0, 1)) -> Any:
+    """A fixed χ shaped like ISOKANN's — flat in the basins, steep between them:
+    σ(steepness·(p − ½)) of the projection p of :func:`projection_chi` (≈ 0 at a, 1 at b)."""
+    from ..chi import ChiModel
+    if not float(steepness) > 0:
+        raise ValueError(f"steepness must be > 0, got {steepness}")
+    proj = projection_chi(a, b, n_atoms, dims)
+    lin = proj.network[0]
+    with torch.no_grad():
+        lin.weight.mul_(float(steepness))
+        lin.bias.copy_(float(steepness) * (lin.bias - 0.5))
+    return ChiModel(proj.featurizer, network=nn.Sequential(lin, nn.Sigmoid()),
+                    metadata={"kind": "sigmoid_projection", "a": list(map(float, a)),
+                              "b": list(map(float, b)), "steepness": float(steepness)})
 
 
 def grid_free_energy(model: Any, energy: Callable[[np.ndarray], np.ndarray], kT: float,

@@ -24,7 +24,13 @@ from ..progress import progress_bar
 from ..systems import MolecularSystem
 
 __all__ = ["UmbrellaSampler", "UmbrellaSamples", "check_chi_model", "evaluate_chi_batch",
-           "auto_kappa"]
+           "auto_kappa", "chi_grad_metric", "STIFFNESS_LIMIT"]
+
+#: largest restraint stiffness number a window may reach: dt·κ·G/γ (Brownian) or dt²·κ·G
+#: (Langevin), G = Σᵢ‖∇ᵢχ‖²/mᵢ. Euler–Maruyama widens a harmonic well of stiffness k by
+#: 1/(1 − k·dt/2) in variance: 0.2 keeps that ≤ 11 % (the Müller–Brown system itself runs
+#: at k·dt ≈ 0.3 in its minima), so MBAR's bias model stays about right
+STIFFNESS_LIMIT = 0.2
 
 
 def check_chi_model(model: Any, n_atoms: int | None = None) -> Any:
@@ -60,6 +66,23 @@ def evaluate_chi_batch(model: Any, positions: np.ndarray) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def chi_grad_metric(model: Any, positions: np.ndarray, masses: np.ndarray) -> np.ndarray:
+    """G = Σᵢ‖∇ᵢχ‖²/mᵢ (nm⁻²/amu), (B,), of positions (B, n, 3) nm: κ·G is the restraint's
+    stiffness along ∇χ in the dynamics' own (mass-weighted) units."""
+    x = np.asarray(positions, dtype=np.float64)
+    if hasattr(model, "grad"):
+        g = np.asarray(model.grad(x), dtype=np.float64)
+    else:
+        from ..forces import load_chi_module
+        module = load_chi_module(model)
+        t = torch.as_tensor(x).requires_grad_(True)
+        (grad,) = torch.autograd.grad(module(t).sum(), t)
+        g = grad.double().numpy()
+    m = np.asarray(masses, dtype=np.float64)[:g.shape[1]]
+    inv = np.where(m > 0, 1.0 / np.where(m > 0, m, 1.0), 0.0)   # massless: fixed, no motion
+    return np.einsum("bnd,n->b", g * g, inv)
+
+
 def auto_kappa(windows: np.ndarray, kT: float) -> float:
     """κ (kJ/mol) with thermal width sqrt(kT/κ) equal to the window spacing Δz.
 
@@ -93,6 +116,9 @@ class UmbrellaSamples:
         window: (N,) window index of each frame (non-decreasing).
         z: (K,) restraint centres. kappa: (K,) stiffnesses (kJ/mol).
         kT: thermal energy (kJ/mol). timestep: ps. stride: integrator steps between frames.
+        substeps: (K,) each window ran stride·substeps steps of timestep/substeps per frame.
+        stiffness: (K,) the largest restraint stiffness number a window's frames reached
+            (see :data:`STIFFNESS_LIMIT`).
     """
 
     positions: np.ndarray
@@ -104,6 +130,8 @@ class UmbrellaSamples:
     kT: float
     timestep: float = float("nan")
     stride: int = 1
+    substeps: np.ndarray | None = None
+    stiffness: np.ndarray | None = None
 
     @property
     def n_windows(self) -> int:
@@ -127,15 +155,23 @@ class UmbrellaSamples:
         """Write ``.npz`` (atomic)."""
         return atomic_save_npz(path, positions=self.positions, chi=self.chi, energy=self.energy,
                                window=self.window, z=self.z, kappa=self.kappa, kT=self.kT,
-                               timestep=self.timestep, stride=self.stride)
+                               timestep=self.timestep, stride=self.stride,
+                               substeps=self._or_nan(self.substeps),
+                               stiffness=self._or_nan(self.stiffness))
+
+    def _or_nan(self, a: np.ndarray | None) -> np.ndarray:
+        return np.full(self.n_windows, np.nan) if a is None else np.asarray(a, dtype=float)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "UmbrellaSamples":
         with np.load(path) as f:
+            opt = {k: f[k] for k in ("substeps", "stiffness") if k in f.files}
+            if "substeps" in opt:
+                opt["substeps"] = opt["substeps"].astype(np.int64)
             return cls(positions=f["positions"], chi=f["chi"], energy=f["energy"],
                        window=f["window"].astype(np.int64), z=f["z"], kappa=f["kappa"],
                        kT=float(f["kT"]), timestep=float(f["timestep"]),
-                       stride=int(f["stride"]))
+                       stride=int(f["stride"]), **opt)
 
 
 class UmbrellaSampler:
@@ -150,12 +186,23 @@ class UmbrellaSampler:
             thermal width sqrt(kT/κ) equal to the window spacing (:func:`auto_kappa`).
         platform: OpenMM platform name. backend: χ force backend ("auto", "torchforce",
             "pythonforce"). prefix: the restraint's global-parameter prefix.
+        substeps: integrator substeps per step (one, or one per window; the timestep is
+            divided by it, the physical time per frame kept); "auto" raises it during a
+            window whenever a frame's stiffness number dt·κ·Σᵢ‖∇ᵢχ‖²/(mᵢγ) (Brownian) or
+            dt²·κ·Σᵢ‖∇ᵢχ‖²/mᵢ (Langevin) would exceed ``stiffness_limit``, up to
+            ``max_substeps`` — a steep χ (ISOKANN's saddle) with a stiff κ needs it. It is
+            checked once per frame, so a window that enters the steep region within one
+            frame can be under-resolved there: the frames' largest number is recorded
+            (``UmbrellaSamples.stiffness``), and ``min_substeps`` (one, or one per window,
+            e.g. a pilot's) is where "auto" starts.
     """
 
     def __init__(self, system: MolecularSystem, model: Any,
                  windows: Sequence[float] | np.ndarray | None = None, kappa: Any = "auto",
                  platform: str = "Reference", backend: str = "auto",
-                 prefix: str = "amore_umbrella") -> None:
+                 prefix: str = "amore_umbrella", substeps: Any = 1,
+                 stiffness_limit: float = STIFFNESS_LIMIT, max_substeps: int = 64,
+                 min_substeps: Any = 1) -> None:
         if not isinstance(system, MolecularSystem):
             raise ValueError(f"system must be a MolecularSystem (load_system(...)), got "
                              f"{type(system).__name__}")
@@ -186,9 +233,46 @@ class UmbrellaSampler:
                              f"{k.min():g}")
         self.kappa = k
         self.platform, self.backend, self.prefix = platform, backend, prefix
+        self.auto_substeps = isinstance(substeps, str)
+        if self.auto_substeps and substeps != "auto":
+            raise ValueError(f"substeps must be a positive integer, one per window, or 'auto', "
+                             f"got {substeps!r}")
+        try:
+            sub = np.broadcast_to(np.asarray(min_substeps if self.auto_substeps else
+                                             substeps, dtype=float).reshape(-1),
+                                  z.shape).copy()
+        except (TypeError, ValueError):
+            sub = np.zeros(1)
+        if np.any(sub < 1) or np.any(sub != np.round(sub)):
+            raise ValueError(f"substeps must be a positive integer (or one per window, or "
+                             f"'auto'), got {substeps!r}")
+        self.substeps = sub.astype(np.int64)
+        if not (float(stiffness_limit) > 0 and int(max_substeps) >= 1):
+            raise ValueError(f"stiffness_limit must be > 0 and max_substeps >= 1, got "
+                             f"{stiffness_limit}, {max_substeps}")
+        self.stiffness_limit, self.max_substeps = float(stiffness_limit), int(max_substeps)
+        masses = [system.system.getParticleMass(i).value_in_unit(unit.dalton)
+                  for i in range(system.n_atoms)]
+        self.masses = np.asarray(masses, dtype=np.float64)
+
+    def stiffness_number(self, positions: np.ndarray, kappa: float) -> np.ndarray:
+        """Restraint stiffness number (B,) at positions (B, n, 3) nm for stiffness κ, at the
+        system's own timestep (substeps s divide it by s (Brownian) or s² (Langevin))."""
+        g = chi_grad_metric(self.model, positions, self.masses)
+        dt = self.system.timestep
+        if self.system.integrator == "brownian":
+            return dt * kappa * g / self.system.friction
+        return dt * dt * kappa * g
+
+    def needed_substeps(self, number: float) -> int:
+        """Substeps that bring a stiffness number to the limit (capped at max_substeps)."""
+        r = max(float(number), 0.0) / self.stiffness_limit
+        n = r if self.system.integrator == "brownian" else np.sqrt(r)
+        return int(min(self.max_substeps, max(1, np.ceil(n))))
 
     @staticmethod
-    def _restore(path: Path, key: np.ndarray, ctx: openmm.Context, pos: list, ene: list) -> int:
+    def _restore(path: Path, key: np.ndarray, ctx: openmm.Context, pos: list, ene: list,
+                 subs: np.ndarray, stiff: np.ndarray) -> int:
         """Windows restored from a :meth:`run` checkpoint into ``pos``/``ene`` and the Context
         (0 when there is none for these settings)."""
         if not path.is_file():
@@ -199,6 +283,8 @@ class UmbrellaSampler:
             ctx.loadCheckpoint(f["context"].tobytes())
             pos.extend(f["positions"])
             ene.extend(f["energy"])
+            subs[:] = f["substeps"]
+            stiff[:] = f["stiffness"]
             return int(f["windows_done"])
 
     def _context(self, seed: int) -> tuple[openmm.Context, Any]:
@@ -242,27 +328,56 @@ class UmbrellaSampler:
         if start is not None:
             ctx.setPositions(np.asarray(start, dtype=np.float64).reshape(-1, 3))
         integ = ctx.getIntegrator()
+        dt = integ.getStepSize()
         pos, ene = [], []
-        key = np.concatenate([self.z, self.kappa, [frames, stride, equilibration, seed,
-                                                   self.system.n_atoms]])
+        subs, stiff = self.substeps.copy(), np.zeros(len(self.z))
+        key = np.concatenate([self.z, self.kappa, self.substeps,
+                              [frames, stride, equilibration, seed, self.system.n_atoms,
+                               self.auto_substeps, self.stiffness_limit, self.max_substeps]])
         ck = None if checkpoint is None else Path(checkpoint)
-        first = self._restore(ck, key, ctx, pos, ene) if ck is not None else 0
+        first = self._restore(ck, key, ctx, pos, ene, subs, stiff) if ck is not None else 0
         bar = progress_bar(len(self.z), desc="umbrella windows", unit="window",
                            initial=first) if progress else None
         for k in range(first, len(self.z)):
-            restraint.set(ctx, z=float(self.z[k]), kappa=float(self.kappa[k]))
+            kap = float(self.kappa[k])
+            restraint.set(ctx, z=float(self.z[k]), kappa=kap)
             ctx.setVelocitiesToTemperature(self.system.temperature, int(seed) * 1000 + k + 1)
-            integ.step(equilibration * stride)
+            sub = int(subs[k])
+
+            def advance(n_steps: int, sub: int) -> tuple[Any, int]:
+                # the window's stiffness is checked at every frame; "auto" refines the step
+                # before the next one (never coarsens it: the window's frames stay valid)
+                integ.setStepSize(dt / sub)
+                integ.step(n_steps * sub)
+                st = ctx.getState(getPositions=True, getEnergy=True, groups=self._physical)
+                x = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+                num = float(self.stiffness_number(x[None], kap)[0])
+                stiff[k] = max(stiff[k], num / (sub if self.system.integrator == "brownian"
+                                                else sub * sub))
+                if self.auto_substeps:
+                    sub = max(sub, self.needed_substeps(1.2 * num))   # 1.2: the frame moves
+                return st, sub
+
+            if self.auto_substeps:
+                x0 = ctx.getState(getPositions=True).getPositions(asNumpy=True)
+                sub = max(sub, self.needed_substeps(1.2 * float(self.stiffness_number(
+                    x0.value_in_unit(unit.nanometer)[None], kap)[0])))
+            stiff[k] = 0.0
+            for _ in range(equilibration):
+                check_interrupt()
+                _, sub = advance(stride, sub)
+            stiff[k] = 0.0          # only the saved frames count
             for _ in range(frames):
                 check_interrupt()
-                integ.step(stride)
-                st = ctx.getState(getPositions=True, getEnergy=True, groups=self._physical)
+                st, sub = advance(stride, sub)
                 pos.append(st.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
                 ene.append(st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+            subs[k] = sub
+            integ.setStepSize(dt)
             if ck is not None:
                 atomic_save_npz(ck, key=key, windows_done=k + 1, positions=np.asarray(pos),
-                                energy=np.asarray(ene), context=np.frombuffer(
-                                    ctx.createCheckpoint(), dtype=np.uint8))
+                                energy=np.asarray(ene), substeps=subs, stiffness=stiff,
+                                context=np.frombuffer(ctx.createCheckpoint(), dtype=np.uint8))
             if bar is not None:
                 bar.update(1)
         if bar is not None:
@@ -275,4 +390,5 @@ class UmbrellaSampler:
         window = np.repeat(np.arange(len(self.z)), frames)
         return UmbrellaSamples(positions=x, chi=chi, energy=np.asarray(ene), window=window,
                                z=self.z.copy(), kappa=self.kappa.copy(), kT=self.system.kT,
-                               timestep=self.system.timestep, stride=stride)
+                               timestep=self.system.timestep, stride=stride, substeps=subs,
+                               stiffness=stiff)

@@ -44,6 +44,8 @@ class ChiModel(nn.Module):
     """
 
     __jit_ignored_attributes__ = ["metadata", "network_spec", "optimizer_state"]
+    #: True for models with k > 1 outputs (multichi.MultiChiModel)
+    vector_output = False
 
     def __init__(self, featurizer: nn.Module, network: nn.Module | dict[str, Any] | None = None,
                  seed: int = 0, metadata: dict[str, Any] | None = None) -> None:
@@ -219,6 +221,11 @@ class ChiModel(nn.Module):
             raise ValueError(f"{where} is not an amore χ model (format {desc.get('format')!r})")
         if desc.get("featurizer_spec") is None:
             raise ValueError(f"{where}: the featurizer is not serialisable; rebuild the model")
+        n_out = int((desc.get("network_spec") or {}).get("n_out", 1))
+        if n_out != 1 and not cls.vector_output:
+            raise ValueError(f"{where} holds {n_out} memberships (n_chi={n_out}); load it with "
+                             "amore_openmm.multichi.MultiChiModel.load, or pick one transition "
+                             "with multichi.pair_model")
         feat = featurizer_from_spec(desc["featurizer_spec"])
         net = network_module if network_module is not None else desc["network_spec"]
         if net is None:

@@ -24,7 +24,9 @@ def build_network(spec: dict[str, Any]) -> nn.Sequential:
     """A sigmoid MLP from a spec {"n_in", "hidden": [...], "layernorm": bool}.
 
     "pairnet" (the default for distances/dihedrals) is LayerNorm(n) → Linear(n→n^(2/3))
-    sigmoid → Linear(→n^(1/3)) sigmoid → Linear(→1); χ is not clamped.
+    sigmoid → Linear(→n^(1/3)) sigmoid → Linear(→1); χ is not clamped. ``"n_out": k > 1``
+    (:mod:`amore_openmm.multichi`) ends in Linear(→k) and a softmax: k memberships that are
+    nonnegative and sum to 1.
     """
     n_in, hidden = int(spec["n_in"]), [int(h) for h in spec["hidden"]]
     layers: list[nn.Module] = []
@@ -34,5 +36,8 @@ def build_network(spec: dict[str, Any]) -> nn.Sequential:
     for h in hidden:
         layers += [nn.Linear(prev, h), nn.Sigmoid()]
         prev = h
-    layers.append(nn.Linear(prev, 1))
+    n_out = int(spec.get("n_out", 1))
+    layers.append(nn.Linear(prev, n_out))
+    if n_out > 1:
+        layers.append(nn.Softmax(dim=-1))
     return nn.Sequential(*layers)

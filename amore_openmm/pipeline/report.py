@@ -89,6 +89,8 @@ def build_report(run: Any) -> dict[str, Any]:
         "exit_rates": last.get("exit_rates"),
         "dropped_bursts": drops,
         "paths": _paths_info(run),
+        "free_energy": st.get("free_energy"),
+        "generation_starts": cfg.generation_starts,
         "top_atoms": st.get("top_atoms", []),
         "top_features": _top_features(run, cfg.top_k),
         "backbone_atoms": _backbone_atoms(run),
@@ -205,7 +207,13 @@ def report_markdown(rep: dict[str, Any]) -> str:
              f"{sysinfo.get('n_atoms', '?')} atoms, source `{sysinfo.get('source', '?')}`, "
              f"preset `{rep['settings'].get('preset')}`, platform {rep.get('platform')}, "
              f"total {rep.get('total_time_s', 0):.0f} s.", ""]
+    from .fes_stages import fes_markdown, starts_markdown
+    fe = rep.get("free_energy") or {}
+    if fe.get("headline"):   # periodic: ΔF‡ along χ is the barrier of the run
+        lines += fes_markdown(fe, headline=True) + [""]
     lines += _md_generations(rep)
+    if starts_markdown(rep):
+        lines += [""] + starts_markdown(rep)
     sci = rep.get("science")
     if sci:
         from .science_stages import science_markdown
@@ -229,6 +237,8 @@ def report_markdown(rep: dict[str, Any]) -> str:
                          not isinstance(v, bool) else f"- {k}: {v}")
     if rep.get("paths"):
         lines += [""] + _md_paths(rep)
+    if fe.get("enabled") and not fe.get("headline"):
+        lines += [""] + fes_markdown(fe)
     if rep.get("top_atoms"):
         lines += [""] + _md_atoms(rep)
     if rep.get("top_features"):

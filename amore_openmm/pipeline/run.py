@@ -225,10 +225,11 @@ class AmoreRun:
         s = ["trajectory", "initial_bursts", "train_0"]
         for g in range(1, self.config.generations + 1):
             s += [f"paths_{g}", f"bursts_{g}", f"train_{g}"]
+        fes = ["free_energy"] if self.config.free_energy != "off" else []
         if self.config.science:
-            return s + ["dihedral_chi", "final_paths", "sensitivity", "channels", "figures",
-                        "report"]
-        return s + ["final_paths", "sensitivity", "figures", "report"]
+            return s + ["dihedral_chi", "final_paths", "sensitivity", "channels", *fes,
+                        "figures", "report"]
+        return s + ["final_paths", "sensitivity", *fes, "figures", "report"]
 
     @property
     def skipped(self) -> list[str]:
@@ -432,7 +433,7 @@ class AmoreRun:
         # more generations than before: the final stages belong to the old last χ
         expected = set(self.stages())
         finals = {"final_paths", "sensitivity", "figures", "report", "dihedral_chi",
-                  "channels"}
+                  "channels", "free_energy"}
         if any(s not in expected for s in done) or (
                 finals & set(done) and last_train < gens):
             self.state["completed"] = [s for s in done if s not in finals and s in expected]

@@ -10,8 +10,8 @@ import numpy as np
 
 from ..data import KoopmanData, atomic_save_npz, atomic_write_text, to_jsonable, write_json
 from .report import build_report, default_figures, report_markdown
-from .runio import load_chipaths, load_paths, read_data, read_npz, save_paths
-from .stages import (TRAJECTORY_PARTIAL, burst_starts, train_chi, trace_paths,
+from .runio import load_chipaths, read_data, read_npz, save_paths
+from .stages import (TRAJECTORY_PARTIAL, train_chi, trace_paths,
                      trajectory_frames, write_sensitivity)
 from .state import stage_seed
 
@@ -20,11 +20,11 @@ __all__ = ["dispatch", "summary_line"]
 
 def dispatch(run: Any, stage: str) -> dict[str, Any] | None:
     """Run one stage of ``run`` by name."""
-    from . import science_stages
+    from . import fes_stages, science_stages
     simple = {"trajectory": trajectory, "initial_bursts": initial_bursts,
               "final_paths": final_paths, "sensitivity": sensitivity, "figures": figures,
               "report": report, "dihedral_chi": science_stages.dihedral_chi,
-              "channels": science_stages.channels}
+              "channels": science_stages.channels, "free_energy": fes_stages.free_energy}
     if stage in simple:
         return simple[stage](run)
     kind, _, g = stage.partition("_")
@@ -105,8 +105,8 @@ def _last(value: Any) -> float | None:
 def trajectory(run: Any) -> dict[str, Any]:
     """Frames from each initial structure (split evenly), saved to the checkpoint."""
     cfg = run.config
-    if cfg.equilibrium_replicas:
-        from .science_stages import equilibrium
+    from .science_stages import equilibrium, uses_equilibrium
+    if uses_equilibrium(cfg):
         return equilibrium(run)
     stride = int(cfg.stride_steps or run.lag_steps)
     frames = trajectory_frames(run.system, cfg.n_starts, stride, cfg.seed, run.platform,
@@ -120,8 +120,8 @@ def trajectory(run: Any) -> dict[str, Any]:
 def initial_bursts(run: Any) -> dict[str, Any]:
     """K bursts from every trajectory frame, saved in chunks (resumable)."""
     partial = run.paths["checkpoint"] / "initial_bursts.partial.npz"
-    if run.config.equilibrium_replicas:
-        from .science_stages import equilibrium_data
+    from .science_stages import equilibrium_data, uses_equilibrium
+    if uses_equilibrium(run.config):
         data = equilibrium_data(run)
     else:
         frames = read_npz(run.paths["trajectory"])["frames"]
@@ -209,6 +209,9 @@ def _log_certificates(run: Any, chipaths: list[Any], what: str) -> list[list[int
 
 def paths(run: Any, g: int) -> dict[str, Any]:
     """χ-MEPs from transition states of χ after generation g-1."""
+    if run.config.generation_starts == "stratified":
+        from .fes_stages import skip_paths
+        return skip_paths(run, g)
     model = run.load_model(g - 1)
     chipaths = _trace(run, model, run.config.paths_per_generation,
                       stage_seed(run.config.seed, f"ts/{g}"))
@@ -230,11 +233,12 @@ def bursts(run: Any, g: int) -> dict[str, Any]:
     if part.is_file():
         new = read_data(part)
     else:
-        starts = burst_starts(load_paths(run.paths["checkpoint"] / f"paths_g{g:03d}.npz"),
-                              cfg.starts_per_path)
+        from .fes_stages import generation_starts
+        # mep: certified path nodes; stratified: uniform in χ from umbrella windows
+        starts, origin = generation_starts(run, g)
         partial = run.paths["checkpoint"] / f"bursts_g{g:03d}.partial.npz"
         if len(starts):
-            new = _sample(run, starts, stage_seed(cfg.seed, f"bursts/{g}"), g, "mep", partial)
+            new = _sample(run, starts, stage_seed(cfg.seed, f"bursts/{g}"), g, origin, partial)
         else:
             run.log.warning("generation %d: no certified path node, no new bursts", g)
             new = KoopmanData.empty(data.n_atoms, data.n_koopman, lag_steps=data.lag_steps,

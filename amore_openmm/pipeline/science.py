@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["equilibrium_trajectories", "koopman_pairs", "halves_check", "count_transitions",
+__all__ = ["equilibrium_trajectories", "remd_frames", "burst_starts_of", "koopman_pairs", "halves_check", "count_transitions",
            "stop_decision", "channel_summaries", "choose_residue", "comparison_rows",
            "comparison_markdown", "PAPER", "HALVES_TOLERANCE", "TIMESCALE_TOLERANCE",
            "CHANNEL_LEVELS", "SAME_PROCESS_CORR", "chi_correlation"]
@@ -73,6 +73,59 @@ def equilibrium_trajectories(ms: Any, replicas: int, steps: int, equilibration_s
                                checkpoint=checkpoint)
     out = frames.reshape(n_frames, replicas, ms.n_atoms, 3) - shifts[None, :, None, :]
     return np.ascontiguousarray(out[n_eq:].transpose(1, 0, 2, 3), dtype=np.float32)
+
+
+def remd_frames(ms: Any, n_exchanges: int, *, n_replicas: int = 4, t_max: Any = None,
+                ps_per_exchange: float = 1.0, hmr: bool = True, equilibration_ps: float = 0.0,
+                seed: int = 0, platform: str = "CPU", threads: int | None = None,
+                checkpoint: Any = None, progress: bool = False
+                ) -> tuple[np.ndarray, dict[str, Any]]:
+    """(1, F, n, 3) float32 base-temperature frames of temperature replica exchange
+    (:func:`~amore_openmm.sampling.replica_exchange.equilibrium_ensemble`, HMR at 4 fs with
+    ``hmr``), one per exchange after the first ``equilibration_ps`` (discarded), and the
+    run's record: ladder, neighbour acceptance, round trips. Replica r starts from the
+    system's conformation r mod (number of conformations). Only the configurations are an
+    ensemble at the base temperature: exchanges and HMR change the dynamics, so Koopman data
+    must come from bursts of the original system (:func:`burst_starts_of`). ``checkpoint``:
+    npz path, resumed from when it exists."""
+    import os
+    from ..sampling.replica_exchange import equilibrium_ensemble
+    n_ex = int(n_exchanges)
+    n_eq = int(math.ceil(float(equilibration_ps) / float(ps_per_exchange) - 1e-9))
+    if n_ex - n_eq < 2:
+        raise ValueError(f"remd_frames: remd_exchanges = {n_ex} leaves {n_ex - n_eq} frames "
+                         f"after {n_eq} exchanges of equilibration; need >= 2 (raise "
+                         "remd_exchanges or lower equilibration_steps)")
+    cores = os.cpu_count() or 1
+    threads = int(threads or min(int(n_replicas), cores))
+    props = {"Threads": str(max(1, cores // threads))} if platform == "CPU" else None
+    res = equilibrium_ensemble(ms, n_ex, t_max=t_max, n_replicas=int(n_replicas),
+                               ps_per_exchange=float(ps_per_exchange), hmr=bool(hmr),
+                               checkpoint=checkpoint, seed=int(seed), platform=platform,
+                               properties=props, threads=threads if platform != "Reference"
+                               else 1, progress=progress)
+    frames = np.asarray(res.frames[n_eq:], dtype=np.float32)[None]
+    info = {"method": "remd", "temperatures_K": [float(t) for t in res.temperatures],
+            "acceptance": [None if not math.isfinite(a) else float(a) for a in res.acceptance],
+            "n_attempted": res.n_attempted.tolist(), "n_accepted": res.n_accepted.tolist(),
+            "round_trips": int(res.round_trips), "exchanges": int(res.n_exchanges),
+            "exchanges_discarded": n_eq, "ps_per_exchange": float(ps_per_exchange),
+            "steps_per_exchange": int(res.steps_per_exchange),
+            "timestep_ps": float(res.timestep), "hmr": bool(hmr),
+            "ns_per_replica": float(res.simulated_time_ps) / 1000.0,
+            "base_energy_mean_kj": float(np.mean(res.frame_energies[n_eq:])),
+            "base_energy_std_kj": float(np.std(res.frame_energies[n_eq:])),
+            "threads": threads}
+    return frames, info
+
+
+def burst_starts_of(frames: np.ndarray, n_starts: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``n_starts`` evenly spaced frames of (R, F, n, 3) ``frames`` as (S, n, 3)
+    float32 burst starts, and their flat frame indices."""
+    flat = np.asarray(frames, dtype=np.float32).reshape(-1, *np.shape(frames)[2:])
+    pick = np.unique(np.linspace(0, len(flat) - 1, min(int(n_starts), len(flat))).round()
+                     .astype(np.int64))
+    return flat[pick], pick
 
 
 def koopman_pairs(traj: np.ndarray, n_pairs: int, *, lag_steps: int, timestep: float,

@@ -3,7 +3,11 @@
 ``trajectory``      with ``equilibrium_replicas`` > 0: an equilibrium ensemble of packed
                     replicas, equilibration discarded, halves checked
                     (``checkpoint/equilibrium.npz``)
-``initial_bursts``  then: Koopman pairs (x_t, x_t+τ) of that ensemble, weight 1
+                    or, with ``equilibrium_method = remd``, the base-temperature frames of
+                    temperature replica exchange (HMR), resumable (``checkpoint/remd.npz``)
+``initial_bursts``  then: Koopman pairs (x_t, x_t+τ) of that ensemble, weight 1 (remd:
+                    bursts of the original system from the frames; exchanges and HMR
+                    change the dynamics, so consecutive frames are no Koopman pairs)
 ``dihedral_chi``    a second χ on the backbone dihedrals, its per-dihedral saliency
                     (``sensitivity/dihedrals.csv``, ``model/chi_dihedrals.pt``)
 ``channels``        the final χ-MEPs clustered into channels (``sensitivity/channels.json``)
@@ -27,7 +31,8 @@ from . import science
 from .runio import load_chipaths, read_npz
 from .state import stage_seed
 
-__all__ = ["equilibrium", "equilibrium_data", "dihedral_chi", "channels", "paper_comparison",
+__all__ = ["equilibrium", "equilibrium_remd", "equilibrium_data", "remd_bursts",
+           "uses_equilibrium", "dihedral_chi", "channels", "paper_comparison",
            "generation_transitions", "science_paths", "science_markdown"]
 
 
@@ -36,6 +41,7 @@ def science_paths(run: Any) -> dict[str, Path]:
     out = run.out
     return {"equilibrium": out / "checkpoint" / "equilibrium.npz",
             "equilibrium_partial": out / "checkpoint" / "equilibrium.partial.npz",
+            "remd": out / "checkpoint" / "remd.npz",
             "dihedral_model": out / "model" / "chi_dihedrals.pt",
             "dihedrals_csv": out / "sensitivity" / "dihedrals.csv",
             "channels_json": out / "sensitivity" / "channels.json",
@@ -58,10 +64,18 @@ def _angles(run: Any, x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # equilibrium ensemble
 # --------------------------------------------------------------------------------------------
+def uses_equilibrium(cfg: Any) -> bool:
+    """Whether a run's initial data come from an equilibrium ensemble (these stages)."""
+    return bool(cfg.equilibrium_replicas) or cfg.equilibrium_method == "remd"
+
+
 def equilibrium(run: Any) -> dict[str, Any]:
     """Packed replicas from the bundled conformations; frames every lag after each replica's
-    equilibration; halves check per backbone dihedral."""
+    equilibration; halves check per backbone dihedral. With ``equilibrium_method = remd``:
+    :func:`equilibrium_remd`."""
     cfg, files = run.config, science_paths(run)
+    if cfg.equilibrium_method == "remd":
+        return equilibrium_remd(run)
     lag = run.lag_steps
     platform = run.platform if run.platform != "Reference" else "CPU"
     traj = science.equilibrium_trajectories(
@@ -85,8 +99,45 @@ def equilibrium(run: Any) -> dict[str, Any]:
     return {"equilibrium": info}
 
 
+def equilibrium_remd(run: Any) -> dict[str, Any]:
+    """Temperature replica exchange (HMR at 4 fs with ``hmr``) from the bundled
+    conformations: base-temperature frames after the equilibration, halves check per
+    backbone dihedral, neighbour acceptance (``checkpoint/remd.npz`` to resume)."""
+    cfg, files = run.config, science_paths(run)
+    platform = run.platform if run.platform != "Reference" else "CPU"
+    dt = float(run.system.timestep)
+    frames, remd = science.remd_frames(
+        run.system, cfg.remd_exchanges, n_replicas=cfg.remd_replicas, t_max=cfg.remd_t_max,
+        ps_per_exchange=cfg.remd_ps_per_exchange, hmr=cfg.hmr,
+        equilibration_ps=cfg.equilibration_steps * dt, seed=stage_seed(cfg.seed, "remd"),
+        platform=platform, checkpoint=files["remd"], progress=run.progress)
+    _, names = _dihedrals(run)
+    ang = _angles(run, frames.reshape(-1, *frames.shape[2:])).reshape(*frames.shape[:2], -1)
+    halves = science.halves_check(ang, names)
+    ns = frames.shape[1] * cfg.remd_ps_per_exchange / 1000.0
+    ns_eq = remd["exchanges_discarded"] * cfg.remd_ps_per_exchange / 1000.0
+    atomic_save_npz(files["equilibrium"], traj=frames, stride_steps=remd["steps_per_exchange"])
+    files["remd"].unlink(missing_ok=True)
+    run.log.info("equilibrium (replica exchange): %d temperatures %s K, %d exchanges of %g ps"
+                 "%s; neighbour acceptance %s, %d round trips; %.3f ns kept at %.1f K "
+                 "(%.3f ns discarded); halves: largest TV %.3f (%s), %s",
+                 cfg.remd_replicas, ", ".join(f"{t:.1f}" for t in remd["temperatures_K"]),
+                 remd["exchanges"], cfg.remd_ps_per_exchange, ", HMR 4 fs" if cfg.hmr else "",
+                 ", ".join("—" if a is None else f"{a:.2f}" for a in remd["acceptance"]),
+                 remd["round_trips"], ns, remd["temperatures_K"][0], ns_eq, halves["max_tv"],
+                 halves["worst"], "converged" if halves["converged"] else "NOT converged")
+    info = {"ns_sampled": ns, "ns_discarded": ns_eq, "replicas": cfg.remd_replicas,
+            "frames_per_replica": int(frames.shape[1]), "platform": platform,
+            "halves": halves, "remd": remd}
+    return {"equilibrium": info}
+
+
 def equilibrium_data(run: Any) -> Any:
-    """Koopman data of the equilibrium ensemble (``n_starts`` pairs, weight 1)."""
+    """Koopman data of the equilibrium ensemble (``n_starts`` pairs, weight 1). After
+    replica exchange: K bursts of the original system (no HMR) from ``n_starts`` evenly
+    spaced base-temperature frames (:func:`remd_bursts`)."""
+    if run.config.equilibrium_method == "remd":
+        return remd_bursts(run)
     if run.config.n_koopman != 1:
         raise ValueError(f"n_koopman = {run.config.n_koopman}: an equilibrium ensemble gives "
                          "one end point per start (the next frame); set n_koopman = 1")
@@ -94,6 +145,25 @@ def equilibrium_data(run: Any) -> Any:
     data = science.koopman_pairs(traj, run.config.n_starts, lag_steps=run.lag_steps,
                                  timestep=float(run.system.timestep),
                                  system_name=run.system.name)
+    return data
+
+
+def remd_bursts(run: Any) -> Any:
+    """K bursts of ``lag_steps`` of the run's own system (its masses, constraints and time
+    step: the dynamics the Koopman operator is of) from evenly spaced replica-exchange frames,
+    weight 1; finished starts are committed to ``checkpoint/initial_bursts.partial.npz``."""
+    from ..sampling import BurstSampler, ContextPool
+    cfg = run.config
+    traj = read_npz(science_paths(run)["equilibrium"])["traj"]
+    starts, _ = science.burst_starts_of(traj, cfg.n_starts)
+    partial = run.out / "checkpoint" / "initial_bursts.partial.npz"
+    with ContextPool(run.system, size=cfg.workers, platform=run.platform) as pool:
+        sampler = BurstSampler(pool, executor=run.executor(), replicas=cfg.replicas)
+        data = sampler.run(starts, cfg.n_koopman, run.lag_steps,
+                           seed=stage_seed(cfg.seed, "initial_bursts"), generation=0,
+                           origin="trajectory", progress=run.progress, checkpoint=partial)
+    data.system_name = run.system.name
+    data.weights = np.ones(len(data))
     return data
 
 
@@ -304,7 +374,7 @@ def paper_comparison(run: Any) -> Path:
     ctx = []
     if eq:
         h = eq.get("halves", {})
-        ctx.append(f"equilibrium ensemble: {eq.get('replicas')} packed replicas, "
+        ctx.append(f"equilibrium ensemble: {_ensemble_kind(eq)}, "
                    f"{eq.get('ns_sampled', 0):.3g} ns kept after "
                    f"{eq.get('ns_discarded', 0):.3g} ns equilibration; halves check "
                    f"largest TV {h.get('max_tv', float('nan')):.3f} ({h.get('worst')}), "
@@ -329,6 +399,20 @@ def paper_comparison(run: Any) -> Path:
     return path
 
 
+def _ensemble_kind(eq: dict[str, Any]) -> str:
+    """How the equilibrium ensemble was made, in words (with the REMD acceptance)."""
+    r = eq.get("remd")
+    if not r:
+        return f"{eq.get('replicas')} packed replicas"
+    acc = ", ".join("—" if a is None else f"{a:.2f}" for a in r["acceptance"])
+    temps = ", ".join(f"{t:.0f}" for t in r["temperatures_K"])
+    return (f"temperature replica exchange, {len(r['temperatures_K'])} temperatures ({temps} K"
+            f"{', HMR 4 fs' if r.get('hmr') else ''}), {r['exchanges']} exchanges of "
+            f"{r['ps_per_exchange']:g} ps, neighbour acceptance {acc}, {r['round_trips']} "
+            "round trips; frames at the base temperature, Koopman bursts of the original "
+            "system from them")
+
+
 def science_markdown(st: dict[str, Any]) -> list[str]:
     """Report sections of a science run (equilibrium, dihedral saliency, channels)."""
     lines: list[str] = []
@@ -336,7 +420,7 @@ def science_markdown(st: dict[str, Any]) -> list[str]:
     if eq:
         h = eq["halves"]
         lines += ["## Equilibrium ensemble", "",
-                  f"{eq['replicas']} packed replicas on {eq['platform']}: "
+                  f"{_ensemble_kind(eq)}; on {eq['platform']}: "
                   f"{eq['ns_sampled']:.3g} ns kept, {eq['ns_discarded']:.3g} ns of "
                   f"equilibration discarded. Halves check (first vs second half of every "
                   f"replica, total-variation distance of each backbone dihedral's "

@@ -208,22 +208,38 @@ class TemperatureReplicaExchange:
         return self._done
 
     # -- the loop ------------------------------------------------------------------------
-    def run(self, n_exchanges: int) -> ReplicaExchangeResult:
+    def run(self, n_exchanges: int, progress: bool = False) -> ReplicaExchangeResult:
         """Run until ``n_exchanges`` exchanges are done in total (a resumed run does only the
-        rest) and return the result."""
+        rest) and return the result. ``progress``: a progress display with the neighbour
+        acceptance so far."""
         target = int(n_exchanges)
         if target < 0:
             raise ValueError(f"n_exchanges must be >= 0, got {n_exchanges}")
-        while self._done < target:
-            try:
-                check_interrupt()
-            except KeyboardInterrupt:  # a requested stop keeps every exchange done so far
-                if self.checkpoint is not None:
+        bar = None
+        if progress and self._done < target:
+            from ..progress import progress_bar
+            bar = progress_bar(target, desc=f"replica exchange {self.system.name}",
+                               unit="exchange", initial=self._done)
+        try:
+            while self._done < target:
+                try:
+                    check_interrupt()
+                except KeyboardInterrupt:  # a requested stop keeps every exchange done so far
+                    if self.checkpoint is not None:
+                        self.save(self.checkpoint)
+                    raise
+                self._one_exchange()
+                if self.checkpoint is not None and self._done % self.checkpoint_every == 0:
                     self.save(self.checkpoint)
-                raise
-            self._one_exchange()
-            if self.checkpoint is not None and self._done % self.checkpoint_every == 0:
-                self.save(self.checkpoint)
+                if bar is not None:
+                    if self._done % 10 == 0 or self._done == target:
+                        acc = self._accepted / np.maximum(self._attempted, 1)
+                        bar.set_postfix(acceptance=" ".join(f"{a:.2f}" for a in acc),
+                                        round_trips=self._round_trips)
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
         if self.checkpoint is not None:
             self.save(self.checkpoint)
         return self.result()
@@ -351,8 +367,9 @@ def equilibrium_ensemble(system: MolecularSystem, n_exchanges: int, *, t_max: An
                          hydrogen_mass: Any = DEFAULT_HYDROGEN_MASS, timestep: Any = 0.004,
                          checkpoint: str | os.PathLike | None = None, seed: int = 0,
                          platform: str = "Reference", properties: dict[str, str] | None = None,
-                         atoms: Any = None, threads: int = 1,
-                         checkpoint_every: int = 50) -> ReplicaExchangeResult:
+                         atoms: Any = None, threads: int = 1, checkpoint_every: int = 50,
+                         starts: Sequence[Any] | None = None,
+                         progress: bool = False) -> ReplicaExchangeResult:
     """An equilibrium ensemble at ``system.temperature`` by temperature replica exchange.
 
     A geometric ladder of ``n_replicas`` temperatures from ``system.temperature`` to ``t_max``
@@ -361,7 +378,7 @@ def equilibrium_ensemble(system: MolecularSystem, n_exchanges: int, *, t_max: An
     :func:`~amore_openmm.systems.hmr.hmr_system`); leave it off for toys without hydrogens.
     Exchanges every ``ps_per_exchange`` ps; resumable through ``checkpoint`` (npz); frames
     of ``atoms`` (default all: usable as starts; "selection" for the molecule of interest only)
-    at the base temperature.
+    at the base temperature; ``starts``: initial structures (default the system's).
     """
     ms = hmr_system(system, hydrogen_mass, timestep) if hmr else system
     t0 = system.temperature
@@ -373,5 +390,6 @@ def equilibrium_ensemble(system: MolecularSystem, n_exchanges: int, *, t_max: An
                          f"({ms.timestep} ps); use a longer ps_per_exchange")
     remd = TemperatureReplicaExchange(ms, temps, steps, platform=platform, properties=properties,
                                       seed=seed, checkpoint=checkpoint, atoms=atoms,
-                                      threads=threads, checkpoint_every=checkpoint_every)
-    return remd.run(n_exchanges)
+                                      threads=threads, checkpoint_every=checkpoint_every,
+                                      starts=starts)
+    return remd.run(n_exchanges, progress=progress)

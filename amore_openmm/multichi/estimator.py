@@ -1,0 +1,206 @@
+"""k-dimensional ISOKANN: power iteration χ ← S(Kχ) with S the inner-simplex transform.
+
+χ (N, k) are softmax memberships. Each outer iteration computes Y = Kχ (mean of χ over the K
+burst ends of each start; rows sum to 1 because χ's do), finds k vertices of the simplex
+spanned by Y's rows on the training starts (the inner simplex algorithm of PCCA+: the row
+farthest from the mean, then repeatedly the row farthest from the affine span of those
+chosen), and maps them onto the unit vectors: T = Y·A with A = Y[vertices]⁻¹. Rows of T sum
+to 1 (A1 = 1); rows outside the simplex are clipped to it (negative entries → 0,
+renormalised). T's columns are then matched to χ's (Hungarian assignment on the overlap
+χᵀT), so the labels do not swap between iterations, and χ is fitted to T by minibatch MSE.
+For k = 1 this would be the constant; ``Isokann(n_chi=1)`` keeps the scalar ISOKANN.
+
+Why ISA and not an orthogonalising (SVD) transform: the targets stay memberships on the
+simplex at every iteration, the network's softmax can represent them, and the span of T is
+the span of Kχ (a subspace iteration towards the k slowest processes, the constant included).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from ..chi import make_featurizer
+from ..interrupt import check_interrupt
+from ..isokann import IsokannError, validation_split
+from ..isokann_memory import check_training_memory, chunk_rows, featurize
+from .model import MultiChiModel, multichi_spec
+
+__all__ = ["fit_multichi", "isa_vertices", "isa_targets", "check_n_chi"]
+
+#: Y[vertices] with a condition number above this: Kχ spans fewer than k dimensions
+MAX_CONDITION = 1e8
+#: ``shift_scale="quantile"``: each vertex is the mean of this top fraction of the rows
+VERTEX_QUANTILE = 0.01
+
+
+def check_n_chi(n_chi: Any, n_samples: int | None = None) -> int:
+    """``n_chi`` as an int ≥ 1 and ≤ ``n_samples``; else ValueError naming the fix."""
+    try:
+        k = int(n_chi)
+    except (TypeError, ValueError):
+        raise ValueError(f"n_chi must be an integer >= 1 (the number of metastable states), "
+                         f"got {n_chi!r}") from None
+    if k != n_chi or k < 1:
+        raise ValueError(f"n_chi must be an integer >= 1 (the number of metastable states), "
+                         f"got {n_chi!r}; use n_chi=1 for one χ")
+    if n_samples is not None and k > int(n_samples):
+        raise IsokannError(f"n_chi={k} exceeds the number of samples ({n_samples} starts): k "
+                           "memberships need at least k starts (many more in practice); "
+                           "lower n_chi or sample more starts")
+    return k
+
+
+def isa_vertices(y: np.ndarray, quantile: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices (k, k), indices (k,)) of the simplex spanned by the rows of ``y`` (N, k): the
+    inner simplex algorithm. ``quantile`` > 0: each vertex is the mean of the rows with the
+    top ``quantile`` fraction of scores (not the single extreme row, which with few bursts
+    per start is mostly noise); the index is the extreme row's."""
+    n, k = y.shape
+    top = max(1, int(math.ceil(float(quantile) * n)))
+
+    def pick(score: np.ndarray) -> tuple[int, np.ndarray]:
+        best = np.argpartition(-score, top - 1)[:top] if top < n else np.arange(n)
+        return int(best[np.argmax(score[best])]), best
+
+    first, rows = pick(((y - y.mean(axis=0)) ** 2).sum(axis=1))
+    chosen, verts = [first], [y[rows].mean(axis=0)]
+    r = y - verts[0]
+    for _ in range(k - 1):
+        idx, rows = pick((r ** 2).sum(axis=1))
+        chosen.append(idx)
+        verts.append(y[rows].mean(axis=0))
+        d = r[rows].mean(axis=0)
+        d = d / math.sqrt(max(float(d @ d), 1e-300))
+        r = r - np.outer(r @ d, d)
+    return np.stack(verts), np.asarray(chosen, dtype=np.int64)
+
+
+def isa_targets(y: np.ndarray, fit_rows: np.ndarray, chi: np.ndarray | None = None,
+                quantile: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(T (N, k) on the simplex, vertex indices into ``y``): the ISA transform of Kχ = ``y``
+    fitted on ``fit_rows``; columns ordered to match ``chi`` (N, k) when given."""
+    a, idx = isa_vertices(y[fit_rows], quantile)
+    vert = fit_rows[idx]
+    cond = float(np.linalg.cond(a))
+    if not math.isfinite(cond) or cond > MAX_CONDITION:
+        raise IsokannError(
+            f"Kχ spans fewer than n_chi={y.shape[1]} directions over the data (condition "
+            f"{cond:.3g}): the network saturated, or the data hold fewer than n_chi slow "
+            "processes; lower n_chi, lower lr, or sample more diverse starts")
+    t = y @ np.linalg.inv(a)
+    t = np.clip(t, 0.0, None)
+    t /= np.maximum(t.sum(axis=1, keepdims=True), 1e-12)
+    if chi is not None:
+        overlap = chi[fit_rows].T @ t[fit_rows]              # (k, k): χ column × T column
+        rows, cols = linear_sum_assignment(-overlap)
+        order = cols[np.argsort(rows)]
+        t, vert = t[:, order], vert[order]
+    return t, vert
+
+
+@torch.no_grad()
+def _net_rows(net: torch.nn.Module, f: torch.Tensor) -> torch.Tensor:
+    rows = chunk_rows(f.shape[1], 65536)
+    return torch.cat([net(f[s:s + rows]) for s in range(0, len(f), rows)])
+
+
+def _optimizer(est: Any, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if est.optimizer == "adam":
+        return torch.optim.AdamW(params, lr=est.lr, weight_decay=est.weight_decay)
+    return torch.optim.SGD(params, lr=est.lr, momentum=0.9, nesterov=True,
+                           weight_decay=est.weight_decay)
+
+
+def _new_model(est: Any, data: Any, system: Any) -> MultiChiModel:
+    if system is None:
+        raise ValueError("Isokann.fit needs model= (to continue training) or system= "
+                         "(to build a new model with the system's featurizer)")
+    if system.n_atoms != data.n_atoms:
+        raise ValueError(f"system {getattr(system, 'name', '')!r} has {system.n_atoms} atoms "
+                         f"but the data have {data.n_atoms}")
+    feat = make_featurizer(system, est.featurizer)
+    net = est.network if isinstance(est.network, dict) or est.network is None else None
+    if est.network is not None and net is None:
+        raise ValueError("n_chi > 1 needs network=None or a spec dict (the softmax output "
+                         "layer is added to it), not a module")
+    return MultiChiModel(feat, multichi_spec(feat, est.n_chi, net), seed=est.seed,
+                         metadata={"system_name": getattr(system, "name", "")})
+
+
+def fit_multichi(est: Any, data: Any, model: MultiChiModel | None = None, system: Any = None,
+                 iterations: int | None = None) -> MultiChiModel:
+    """Train k = ``est.n_chi`` memberships on ``data`` with the settings of the
+    :class:`~amore_openmm.isokann.Isokann` ``est``; returns the MultiChiModel (CPU)."""
+    k = check_n_chi(est.n_chi, data.n_starts)
+    iters = est.iterations if iterations is None else int(iterations)
+    if model is None:
+        model = _new_model(est, data, system)
+    if not isinstance(model, MultiChiModel) or model.n_chi != k:
+        raise ValueError(f"model= must be a MultiChiModel with n_chi={k} to continue training, "
+                         f"got {model!r}")
+    check_training_memory(data.n_starts, data.n_koopman, model.featurizer, model.network,
+                          est.minibatch, data.nbytes, est.dtype, est.memory_budget_gb)
+    dev = torch.device(est.device) if est.device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device=dev, dtype=est.dtype)
+    net = model.network
+    opt = _optimizer(est, list(net.parameters()))
+    t0 = time.perf_counter()
+    n, nk = data.n_starts, data.n_koopman
+    fx = featurize(model.featurizer, data.x, est.dtype, dev)
+    fy = featurize(model.featurizer, data.y.reshape(n * nk, data.n_selected, 3), est.dtype,
+                   dev, data.atoms)
+    train, val = validation_split(n, est.validation_fraction, est.seed)
+    train_t = torch.as_tensor(train, device=dev)
+    mb = min(est.minibatch, len(train))
+    steps = (math.ceil(len(train) / mb) if est.steps_per_iteration is None
+             else int(est.steps_per_iteration))
+    gen = torch.Generator(device="cpu").manual_seed(est.seed * 1_000_003 + 7)
+    history: list[float] = []
+    vert = np.zeros(k, dtype=np.int64)
+    quantile = VERTEX_QUANTILE if est.shift_scale == "quantile" else 0.0
+    net.train()
+    for _ in range(iters):
+        check_interrupt()
+        y = _net_rows(net, fy).reshape(n, nk, k).mean(dim=1).double().cpu().numpy()
+        chi = _net_rows(net, fx).double().cpu().numpy()
+        t_np, vert = isa_targets(y, train, chi, quantile)
+        t = torch.as_tensor(t_np, dtype=est.dtype, device=dev)
+        perm = train_t[torch.randperm(len(train), generator=gen).to(dev)]
+        total = 0.0
+        for s in range(steps):
+            lo = (s * mb) % len(train)
+            idx = perm[lo:lo + mb]
+            loss = torch.mean(((net(fx[idx]) - t[idx]) ** 2).sum(dim=1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+        history.append(total / steps)
+    net.eval()
+    val_loss = None
+    if len(val) and iters:
+        with torch.no_grad():
+            pred = _net_rows(net, fx[torch.as_tensor(val, device=dev)])
+            val_loss = float(((pred - t[torch.as_tensor(val, device=dev)]) ** 2).sum(1).mean())
+    model.to(device="cpu")
+    est.loss_history.extend(history)
+    summary = {"n_chi": k, "iterations": iters, "n_starts": n, "n_koopman": nk,
+               "n_train": len(train), "n_val": len(val), "lag_steps": data.lag_steps,
+               "timestep_ps": data.timestep, "lag_time_ps": data.lag_time,
+               "optimizer": est.optimizer, "lr": est.lr, "weight_decay": est.weight_decay,
+               "minibatch": mb, "steps_per_iteration": steps, "seed": est.seed,
+               "device": str(dev), "transform": "isa", "vertex_quantile": quantile,
+               "final_loss": history[-1] if history else None, "val_loss": val_loss,
+               "isa_vertices": [int(v) for v in vert], "wall_s": time.perf_counter() - t0,
+               "system_name": data.system_name}
+    model.metadata["training"] = summary
+    if data.system_name:
+        model.metadata.setdefault("system_name", data.system_name)
+    est.model_, est.summary_ = model, summary
+    return model

@@ -1,0 +1,163 @@
+#!/usr/bin/env python
+"""Alanine dipeptide (vacuum, Reference platform): χ umbrella sampling + MBAR against plain MD.
+
+One run, one JSON line:
+
+(a) F(χ) from ``umbrella_free_energy`` (adaptive windows, MBAR) against the χ histogram of a
+    long unbiased run, mean-aligned over the χ bins where the unbiased run has at least
+    ``--min-count`` frames: the maximal deviation (kT) and the χ range compared (goal ≤ 0.5).
+(b) The top atom's ensemble ⟨‖∇ᵢχ‖²⟩: MBAR-reweighted from the windows (block bootstrap
+    within windows) and plain from the unbiased frames (moving-block bootstrap, block = the
+    statistical inefficiency of χ). Cost-normalised error SE·sqrt(CPU-minutes) of each and
+    their ratio plain/umbrella (goal ≥ 10). CPU time is ``time.process_time`` of everything
+    a method needs: MD (χ restraint forces included), pilots, χ/gradient evaluation, MBAR.
+
+The χ is a run directory's model (``--model``; default the quick pipeline's
+/tmp/umbrella_ala/model/chi_state.pt, made with ``amore run alanine_dipeptide --preset quick``
+when missing).
+
+Example::
+
+    OMP_NUM_THREADS=1 python benchmarks/alanine_fes.py --md-ps 2000 --frames 300
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from openmm import unit
+
+RUN = Path("/tmp/umbrella_ala")
+
+
+def model_path(arg: str) -> Path:
+    if arg:
+        return Path(arg)
+    path = RUN / "model" / "chi_state.pt"
+    if not path.is_file():
+        subprocess.run([sys.executable, "-m", "amore_openmm.cli", "run", "alanine_dipeptide",
+                        "--preset", "quick", "--out", str(RUN)], check=True)
+    return path
+
+
+def top_atom(path: Path, fallback: int) -> int:
+    """Rank-1 atom of the run's sensitivity table next to the model, else ``fallback``."""
+    table = path.parent.parent / "sensitivity" / "atoms.csv"
+    if table.is_file():
+        with open(table) as fh:
+            return int(next(csv.DictReader(fh))["atom_index_0based"])
+    return fallback
+
+
+def plain_md(ms, n_frames: int, stride: int, seed: int) -> np.ndarray:
+    ctx = ms.make_context("Reference", seed=seed)
+    ctx.setVelocitiesToTemperature(ms.temperature, seed + 1)
+    integ = ctx.getIntegrator()
+    integ.step(50 * stride)                     # equilibration, discarded
+    x = np.zeros((n_frames, ms.n_atoms, 3))
+    for i in range(n_frames):
+        integ.step(stride)
+        x[i] = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(
+            unit.nanometer)
+    return x
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="")
+    ap.add_argument("--md-ps", type=float, default=2000.0, help="unbiased run length (ps)")
+    ap.add_argument("--md-stride", type=int, default=50, help="steps between unbiased frames")
+    ap.add_argument("--frames", type=int, default=300, help="frames per umbrella window")
+    ap.add_argument("--stride", type=int, default=50, help="steps between umbrella frames")
+    ap.add_argument("--equilibration", type=int, default=20)
+    ap.add_argument("--pilot-frames", type=int, default=50)
+    ap.add_argument("--max-windows", type=int, default=40)
+    ap.add_argument("--bootstrap", type=int, default=50)
+    ap.add_argument("--bins", type=int, default=25)
+    ap.add_argument("--min-count", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    from amore_openmm.biased import fit_mbar, reweighted_sensitivity, umbrella_free_energy
+    from amore_openmm.biased.mbar import statistical_inefficiency
+    from amore_openmm.biased.umbrella import UmbrellaSamples, evaluate_chi_batch
+    from amore_openmm.chi import ChiModel
+    from amore_openmm.sensitivity import chi_sensitivity
+    from amore_openmm.systems import load_system
+
+    path = model_path(args.model)
+    model = ChiModel.load(path)
+    ms = load_system("alanine_dipeptide")
+    atom = top_atom(path, 0)
+
+    # -- plain MD ------------------------------------------------------------------------
+    c0 = time.process_time()
+    n = int(round(args.md_ps / (ms.timestep * args.md_stride)))
+    x = plain_md(ms, n, args.md_stride, args.seed)
+    chi_md = evaluate_chi_batch(model, x)
+    one = UmbrellaSamples(positions=x[:1], chi=chi_md, energy=np.zeros(n),
+                          window=np.zeros(n, int), z=np.array([0.5]), kappa=np.array([1.0]),
+                          kT=ms.kT)
+    g = int(np.ceil(statistical_inefficiency(one)))
+    plain = chi_sensitivity(model, x, bins=10, bootstrap=args.bootstrap, block=g,
+                            seed=args.seed)
+    cpu_plain = (time.process_time() - c0) / 60.0
+
+    # -- umbrella + MBAR -----------------------------------------------------------------
+    c0 = time.process_time()
+    with tempfile.TemporaryDirectory() as tmp:
+        fes = umbrella_free_energy(ms, model, tmp, windows="auto", frames=args.frames,
+                                   stride=args.stride, equilibration=args.equilibration,
+                                   bins=args.bins, bootstrap=args.bootstrap, seed=args.seed,
+                                   pilot_frames=args.pilot_frames,
+                                   max_windows=args.max_windows)
+        info = json.loads((Path(tmp) / "fes.json").read_text())
+    umb, ess = reweighted_sensitivity(fes, model, bins=10, bootstrap=args.bootstrap,
+                                      seed=args.seed)
+    cpu_umb = (time.process_time() - c0) / 60.0
+
+    # -- (a) F(χ) where both sample ------------------------------------------------------
+    edges = np.linspace(0.0, 1.0, args.bins + 1)
+    _, f_umb, f_err = fes.profile(edges)
+    counts = np.histogram(chi_md, edges)[0]
+    with np.errstate(divide="ignore"):
+        f_md = -np.log(counts / counts.sum() / np.diff(edges))
+    both = (counts >= args.min_count) & np.isfinite(f_umb)
+    dev = (f_umb - f_umb[both].mean()) - (f_md - f_md[both].mean())
+    centres = 0.5 * (edges[1:] + edges[:-1])
+
+    # -- (b) cost-normalised standard error of the top atom ------------------------------
+    se_u, se_p = float(umb.per_atom_err[atom]), float(plain.per_atom_err[atom])
+    norm_u, norm_p = se_u * np.sqrt(cpu_umb), se_p * np.sqrt(cpu_plain)
+    print(json.dumps({
+        "system": "alanine_dipeptide (vacuum, Reference)", "model": str(path),
+        "top_atom_0based": atom, "temperature_K": ms.temperature,
+        "md_ps": args.md_ps, "md_frames": n, "md_chi_range": [float(chi_md.min()),
+                                                              float(chi_md.max())],
+        "md_statistical_inefficiency_frames": g,
+        "umbrella_windows": len(fes.z), "umbrella_frames": len(fes.chi),
+        "umbrella_substeps_max": int(np.max(info["substeps"])),
+        "certified": info["certified"], "note": info["note"],
+        "window_overlap_min": info["window_overlap_min"],
+        "F_max_dev_kT": float(np.abs(dev[both]).max()) if both.any() else None,
+        "F_compared_chi_range": [float(centres[both].min()), float(centres[both].max())]
+        if both.any() else None, "F_bins_compared": int(both.sum()),
+        "F_median_err_kT": float(np.nanmedian(f_err[both])) if both.any() else None,
+        "grad_sq_umbrella_nm-2": float(umb.per_atom[atom]), "se_umbrella": se_u,
+        "grad_sq_plain_nm-2": float(plain.per_atom[atom]), "se_plain": se_p,
+        "cpu_min_umbrella": cpu_umb, "cpu_min_plain": cpu_plain,
+        "se_sqrt_cpu_min_umbrella": norm_u, "se_sqrt_cpu_min_plain": norm_p,
+        "cost_normalised_se_ratio_plain_over_umbrella": norm_p / norm_u,
+        "umbrella_ess": ess}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
