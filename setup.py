@@ -43,6 +43,7 @@ setup(
         "tomli>=2.0; python_version<'3.11'",
         "tomli-w>=1.0",
         "pymbar>=4.0",   # MBAR reweighting of χ-biased windows (amore_openmm.biased)
+        "scipy>=1.10",   # logm, the Hungarian matching of memberships (amore_openmm.multichi)
     ],
     extras_require={
         **TORCHFORCE,

@@ -35,7 +35,8 @@ from .isokann_memory import check_training_memory, chi_of_ends, chunk_rows, feat
 from .orientation import orient
 
 __all__ = ["Isokann", "IsokannError", "orient", "exit_rates", "koopman_chi", "koopman_targets",
-           "validation_split", "lag_time_ps"]
+           "validation_split", "lag_time_ps",
+           "check_system_matches", "training_device"]
 
 OPTIMIZERS = ("adam", "nesterov")
 SHIFT_SCALES = ("minmax", "quantile")
@@ -47,10 +48,21 @@ class IsokannError(ValueError):
     """ISOKANN cannot learn χ from the data given (the message says why and what to do)."""
 
 
-def _device(device: str | torch.device | None) -> torch.device:
+def training_device(device: str | torch.device | None) -> torch.device:
+    """The torch device to train on: ``device``, else CUDA when there is one, else the CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def check_system_matches(system: Any, data: KoopmanData) -> None:
+    """A new model needs the system (its featurizer), and the system must be the data's."""
+    if system is None:
+        raise ValueError("Isokann.fit needs model= (to continue training) or system= "
+                         "(to build a new χ model with the system's featurizer)")
+    if system.n_atoms != data.n_atoms:
+        raise ValueError(f"system {getattr(system, 'name', '')!r} has {system.n_atoms} "
+                         f"atoms but the data have {data.n_atoms}")
 
 
 def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,7 +235,8 @@ class Isokann:
         self._opt_model: ChiModel | None = None
         self._fits = 0
 
-    def _make_optimizer(self, model: ChiModel) -> torch.optim.Optimizer:
+    def make_optimizer(self, model: ChiModel) -> torch.optim.Optimizer:
+        """A new optimizer of this estimator's settings over ``model``'s network."""
         params = list(model.network.parameters())
         if self.optimizer == "adam":
             # decoupled decay (AdamW): coupled L2 inside Adam is rescaled by Adam's tiny
@@ -239,7 +252,7 @@ class Isokann:
         ``ChiModel.load``) or "new"."""
         if self._opt is not None and self._opt_model is model:
             return self._opt, "estimator"
-        opt, source = self._make_optimizer(model), "new"
+        opt, source = self.make_optimizer(model), "new"
         saved = model.optimizer_state
         if saved and saved.get("optimizer") == self.optimizer and \
                 _state_matches(saved["state"], list(model.network.parameters())):
@@ -251,12 +264,7 @@ class Isokann:
         return opt, source
 
     def _new_model(self, data: KoopmanData, system: Any) -> ChiModel:
-        if system is None:
-            raise ValueError("Isokann.fit needs model= (to continue training) or system= "
-                             "(to build a new χ model with the system's featurizer)")
-        if system.n_atoms != data.n_atoms:
-            raise ValueError(f"system {getattr(system, 'name', '')!r} has {system.n_atoms} "
-                             f"atoms but the data have {data.n_atoms}")
+        check_system_matches(system, data)
         feat = make_featurizer(system, self.featurizer)
         net = self.network if self.network is not None else default_network_spec(feat)
         self._check_memory(data, feat, net)
@@ -307,7 +315,7 @@ class Isokann:
             raise ValueError(f"the χ model needs {model.n_atoms} atoms but the data have "
                              f"{data.n_atoms}; data and model belong to different systems")
         self._check_memory(data, model.featurizer, model.network)
-        dev = _device(self.device)
+        dev = training_device(self.device)
         model.to(device=dev, dtype=self.dtype)
         opt, source = self._optimizer_for(model)
         t0 = time.perf_counter()

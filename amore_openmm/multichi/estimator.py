@@ -26,7 +26,7 @@ from scipy.optimize import linear_sum_assignment
 
 from ..chi import make_featurizer
 from ..interrupt import check_interrupt
-from ..isokann import IsokannError, validation_split
+from ..isokann import IsokannError, check_system_matches, training_device, validation_split
 from ..isokann_memory import check_training_memory, chunk_rows, featurize
 from .model import MultiChiModel, multichi_spec
 
@@ -109,20 +109,8 @@ def _net_rows(net: torch.nn.Module, f: torch.Tensor) -> torch.Tensor:
     return torch.cat([net(f[s:s + rows]) for s in range(0, len(f), rows)])
 
 
-def _optimizer(est: Any, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    if est.optimizer == "adam":
-        return torch.optim.AdamW(params, lr=est.lr, weight_decay=est.weight_decay)
-    return torch.optim.SGD(params, lr=est.lr, momentum=0.9, nesterov=True,
-                           weight_decay=est.weight_decay)
-
-
 def _new_model(est: Any, data: Any, system: Any) -> MultiChiModel:
-    if system is None:
-        raise ValueError("Isokann.fit needs model= (to continue training) or system= "
-                         "(to build a new model with the system's featurizer)")
-    if system.n_atoms != data.n_atoms:
-        raise ValueError(f"system {getattr(system, 'name', '')!r} has {system.n_atoms} atoms "
-                         f"but the data have {data.n_atoms}")
+    check_system_matches(system, data)
     feat = make_featurizer(system, est.featurizer)
     net = est.network if isinstance(est.network, dict) or est.network is None else None
     if est.network is not None and net is None:
@@ -145,11 +133,10 @@ def fit_multichi(est: Any, data: Any, model: MultiChiModel | None = None, system
                          f"got {model!r}")
     check_training_memory(data.n_starts, data.n_koopman, model.featurizer, model.network,
                           est.minibatch, data.nbytes, est.dtype, est.memory_budget_gb)
-    dev = torch.device(est.device) if est.device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
+    dev = training_device(est.device)
     model.to(device=dev, dtype=est.dtype)
     net = model.network
-    opt = _optimizer(est, list(net.parameters()))
+    opt = est.make_optimizer(model)
     t0 = time.perf_counter()
     n, nk = data.n_starts, data.n_koopman
     fx = featurize(model.featurizer, data.x, est.dtype, dev)
