@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 from .config import ConfigError, RunConfig, check_settings
 from .interrupt import exit_code, stop_on_signals
+from .presets import PRESET_NAMES
 
 __all__ = ["main", "build_parser", "info", "COMMANDS", "STAGE_OPTIONS"]
 
@@ -136,7 +137,7 @@ def _add_run(sub: Any) -> None:
                    help="bundled name (muller_brown, alanine_dipeptide, vgvapg), system folder, "
                         ".pdb, .prmtop or System .xml (with --pdb); optional with --resume")
     r.add_argument("--out", required=True, help="run directory")
-    r.add_argument("--preset", choices=("default", "quick", "paper", "science"), default=None)
+    r.add_argument("--preset", choices=PRESET_NAMES, default=None)
     r.add_argument("--config", dest="config_file", help="TOML file with settings")
     r.add_argument("--resume", action="store_true", help="continue the run in --out")
     r.add_argument("--resume-if-exists", action="store_true",

@@ -32,14 +32,23 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .data import atomic_write_text
-from .presets import GENERIC_PRESETS, PRESETS
+from .presets import GENERIC_PRESETS, PRESET_NAMES, PRESETS
+from .settings import (MEPSettings, SamplingSettings, SensitivitySettings, TrainingSettings,
+                       build_stage, stage_field)
 from .systems import read_toml
+from .systems.molecular import DEFAULT_TEMPERATURE
 
 __all__ = ["RunConfig", "ConfigError", "PRESETS", "resolve_config", "load_config_file",
            "apply_settings", "check_settings", "RESUME_MUTABLE", "SYSTEM_SETTINGS",
-           "TRAINING_SETTINGS"]
+           "TRAINING_SETTINGS", "PIPELINE_DEFAULTS"]
 
 AUTO = "auto"
+
+#: the one place where the pipeline's defaults differ from the library's (TrainingSettings,
+#: one fit): a run's first fit is followed by ``iterations_per_generation`` more per
+#: generation, continuing from the weights, and over the default n_starts a minibatch of 100
+#: gives ~10 optimizer steps per outer iteration where the library's would give one
+PIPELINE_DEFAULTS: dict[str, Any] = {"iterations": 500, "minibatch": 100}
 
 
 class ConfigError(ValueError):
@@ -50,7 +59,9 @@ class ConfigError(ValueError):
 class RunConfig:
     """Every setting of an AMORE run (units: steps, ps, nm, kJ/mol).
 
-    ``None`` means "auto" (derived from the system or the machine at run time).
+    ``None`` means "auto" (derived from the system or the machine at run time). Stage settings
+    take default and help from :mod:`amore_openmm.settings` (but :data:`PIPELINE_DEFAULTS`);
+    ``cfg.sampling``/``training``/``mep``/``sensitivity`` are the typed settings.
     """
 
     system: str = field(default="", metadata={"help": "system: bundled name, folder, .pdb, "
@@ -70,7 +81,8 @@ class RunConfig:
                 "empty: this machine"})
     # -- the system (file inputs; bundled systems and folders bring their own) --------------
     temperature: float | None = field(default=None, metadata={
-        "help": "temperature in K (auto: the system's: system.toml, else 300 K)"})
+        "help": f"temperature in K (auto: the system's: system.toml, else "
+                f"{DEFAULT_TEMPERATURE:g} K)"})
     forcefield: str = field(default="", metadata={
         "help": "force-field XML files for a .pdb, comma-separated (empty: amber14-all.xml)"})
     implicit_solvent: str = field(default="", metadata={
@@ -115,20 +127,24 @@ class RunConfig:
                                                   "initial starts (over all structures)"})
     stride_steps: int | None = field(default=None, metadata={
         "help": "integrator steps between trajectory frames (auto: lag_steps)"})
-    n_koopman: int = field(default=4, metadata={"help": "bursts per start (K)"})
-    lag_steps: int | None = field(default=None, metadata={
-        "help": "integrator steps per burst (auto: the system's)"})
+    n_koopman: int = stage_field("sampling", "n_koopman")
+    lag_steps: int | None = stage_field("sampling", "lag_steps")
     # -- χ training -------------------------------------------------------------------------
     featurizer: str = field(default="auto", metadata={
         "help": "auto, pairwise_sym, pairwise_all, pairwise_heavy, pairwise_polar, dihedrals, "
                 "coordinates (auto: pairwise_sym for bundled peptides)"})
-    iterations: int = field(default=500, metadata={"help": "ISOKANN iterations, first fit"})
+    iterations: int = stage_field("training", "iterations", PIPELINE_DEFAULTS["iterations"],
+                                  "ISOKANN iterations, first fit")
     iterations_per_generation: int = field(default=200, metadata={
         "help": "ISOKANN iterations per adaptive generation (continuing from the weights)"})
-    minibatch: int = field(default=100, metadata={"help": "ISOKANN minibatch size"})
-    optimizer: str = field(default="adam", metadata={"help": "adam or nesterov"})
-    lr: float = field(default=1e-3, metadata={"help": "learning rate"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "L2 weight decay"})
+    minibatch: int = stage_field("training", "minibatch", PIPELINE_DEFAULTS["minibatch"])
+    optimizer: str = stage_field("training", "optimizer")
+    lr: float = stage_field("training", "lr")
+    weight_decay: float = stage_field("training", "weight_decay")
+    # not in cfg.training: the generations always train one χ; k > 1 is the transitions stage
+    n_chi: int = field(default=1, metadata={
+        "help": "memberships k: > 1 adds a transitions stage (k states fitted on all data, "
+                "rate matrix, χ-MEPs, sensitivities and channels per pair: transitions/)"})
     # -- adaptive generations ---------------------------------------------------------------
     generations: int = field(default=2, metadata={"help": "adaptive generations G"})
     paths_per_generation: int = field(default=2, metadata={
@@ -138,24 +154,18 @@ class RunConfig:
     # -- χ-MEPs -----------------------------------------------------------------------------
     ts_low: float = field(default=0.45, metadata={"help": "transition-state window, low χ"})
     ts_high: float = field(default=0.55, metadata={"help": "transition-state window, high χ"})
-    path_step: float | None = field(default=None, metadata={
-        "help": "χ-MEP step, Δχ per node (auto: trace_chi_mep's default)"})
-    path_max_nodes: int | None = field(default=None, metadata={
-        "help": "maximum nodes per χ-MEP, both directions together (auto: trace_chi_mep's "
-                "default)"})
-    kappa: float | None = field(default=None, metadata={
-        "help": "level-set restraint stiffness kJ/mol (auto: scaled from ‖∇χ‖)"})
+    path_step: float | None = stage_field("mep", "step", auto=True)
+    path_max_nodes: int | None = stage_field("mep", "max_nodes", auto=True)
+    kappa: float | None = stage_field("mep", "kappa")
     final_paths: int = field(default=4, metadata={"help": "χ-MEPs traced with the final χ"})
     path_tracer: str = field(default="pool", metadata={
         "help": "pool: χ-MEPs one at a time on the workers' Contexts; batched: all paths of a "
                 "stage in one Context of packed copies (faster for many vacuum paths, slower "
                 "in implicit solvent; a periodic System is traced with pool)"})
     # -- sensitivity / report ---------------------------------------------------------------
-    sensitivity_bins: int = field(default=100, metadata={"help": "χ bins of the level-set "
-                                                         "sensitivity"})
-    sensitivity_samples: int = field(default=5000, metadata={
-        "help": "max. ensemble samples for the sensitivity (subsampled, seeded)"})
-    top_k: int = field(default=10, metadata={"help": "atoms/features listed in the report"})
+    sensitivity_bins: int = stage_field("sensitivity", "bins")
+    sensitivity_samples: int = stage_field("sensitivity", "samples")
+    top_k: int = stage_field("sensitivity", "top_k")
     figures: bool = field(default=True, metadata={"help": "write figures/*.png"})
     # -- free energy along χ and stratified starts (pipeline/fes_stages.py) -----------------
     free_energy: str = field(default="auto", metadata={
@@ -183,6 +193,25 @@ class RunConfig:
         "help": "umbrella windows per generation for stratified starts"})
     stratified_frames: int = field(default=20, metadata={
         "help": "frames per window for stratified starts (half as many run first, discarded)"})
+
+    # -- the typed settings of the stages ----------------------------------------------------
+    @property
+    def sampling(self) -> SamplingSettings:
+        return build_stage("sampling", self)
+
+    @property
+    def training(self) -> TrainingSettings:
+        """The first fit's settings (``iterations_per_generation`` is the pipeline's own)."""
+        return build_stage("training", self, featurizer=None if self.featurizer == AUTO
+                           else self.featurizer)
+
+    @property
+    def mep(self) -> MEPSettings:
+        return build_stage("mep", self)
+
+    @property
+    def sensitivity(self) -> SensitivitySettings:
+        return build_stage("sensitivity", self)
 
     # -- helpers ----------------------------------------------------------------------------
     def system_kwargs(self) -> dict[str, Any]:
@@ -251,15 +280,15 @@ TRAINING_SETTINGS = ("lr", "weight_decay", "optimizer", "iterations", "minibatch
 SYSTEM_SETTINGS = ("temperature", "forcefield", "implicit_solvent", "atoms", "pdb")
 
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
-_CHOICES = {"optimizer": ("adam", "nesterov"),
+_CHOICES = {"optimizer": TrainingSettings.OPTIMIZERS,
             "platform": ("auto", "Reference", "CPU", "CUDA", "OpenCL", "HIP"),
-            "preset": ("default", "quick", "paper", "science"),
+            "preset": PRESET_NAMES,
             "free_energy": ("auto", "on", "off"),
             "generation_starts": ("mep", "stratified", "both"),
             "path_tracer": ("pool", "batched"), "equilibrium_method": ("plain", "remd")}
 _MIN = {"fes_windows": 2, "fes_frames": 2, "fes_stride": 1, "fes_equilibration": 0,
         "fes_bootstrap": 2, "fes_bins": 3, "stratified_windows": 2, "stratified_frames": 2,
-        "n_starts": 2, "n_koopman": 1, "lag_steps": 1, "stride_steps": 1, "iterations": 1,
+        "n_starts": 2, "n_koopman": 1, "n_chi": 1, "lag_steps": 1, "stride_steps": 1, "iterations": 1,
         "iterations_per_generation": 0, "minibatch": 1, "generations": 0,
         "paths_per_generation": 1, "starts_per_path": 1, "path_max_nodes": 3,
         "final_paths": 0, "sensitivity_bins": 1, "sensitivity_samples": 1, "top_k": 1,
@@ -337,10 +366,8 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: setting '{key}' = {ok!r} must be > 0")
     if key in ("weight_decay",) and ok < 0:
         raise ConfigError(f"{where}: setting '{key}' = {ok!r} must be >= 0")
-    if key == "fes_kappa" and not ok > 0:
-        raise ConfigError(f"{where}: setting 'fes_kappa' = {ok!r} must be > 0 (or \"auto\")")
-    if key == "kappa" and not ok > 0:
-        raise ConfigError(f"{where}: setting 'kappa' = {ok!r} must be > 0 (or \"auto\")")
+    if key in ("fes_kappa", "kappa") and not ok > 0:
+        raise ConfigError(f"{where}: setting '{key}' = {ok!r} must be > 0 (or \"auto\")")
     return ok
 
 

@@ -33,13 +33,14 @@ from .data import KoopmanData
 from .interrupt import check_interrupt, stop_requested
 from .isokann_memory import check_training_memory, chi_of_ends, chunk_rows, featurize
 from .orientation import orient
+from .settings import TrainingSettings, merge_settings
 
 __all__ = ["Isokann", "IsokannError", "orient", "exit_rates", "koopman_chi", "koopman_targets",
            "validation_split", "lag_time_ps",
            "check_system_matches", "training_device"]
 
-OPTIMIZERS = ("adam", "nesterov")
-SHIFT_SCALES = ("minmax", "quantile")
+OPTIMIZERS = TrainingSettings.OPTIMIZERS
+SHIFT_SCALES = TrainingSettings.SHIFT_SCALES
 #: number of train/validation loss records per fit (every 10 % of the iterations)
 LOSS_RECORDS = 10
 
@@ -153,37 +154,27 @@ def _state_matches(state: dict[str, Any], params: list[torch.Tensor]) -> bool:
 class Isokann:
     """The ISOKANN estimator: ``Isokann(...).fit(data) -> ChiModel``.
 
+    The training knobs (iterations, minibatch, optimizer, lr, weight_decay,
+    steps_per_iteration, featurizer, network, validation_fraction, shift_scale,
+    shift_quantile, memory_budget_gb, n_chi) are a
+    :class:`~amore_openmm.settings.TrainingSettings` (``settings``, default
+    ``TrainingSettings()``: the defaults and what each means live there); a keyword of the
+    same name overrides its field, an unknown keyword is an
+    :class:`~amore_openmm.settings.UnknownSettingError`. They are also attributes of the
+    estimator (``est.iterations``, ``est.lr``, ...). "adam" is AdamW (decoupled weight
+    decay), "nesterov" SGD with Nesterov momentum 0.9 and coupled L2 weight decay, as in the
+    reference code; ``steps_per_iteration=None`` is one pass over the training starts;
+    ``n_chi`` > 1 trains k memberships (:mod:`amore_openmm.multichi`, ``fit`` returns a
+    :class:`~amore_openmm.multichi.MultiChiModel`); ``memory_budget_gb``: see
+    :mod:`amore_openmm.isokann_memory`.
+
     Args:
-        iterations: outer iterations (each: recompute the target, then ``steps_per_iteration``
-            minibatch steps).
-        minibatch: minibatch size (clipped to the number of training starts).
-        optimizer: "adam" (AdamW: decoupled weight decay) or "nesterov" (SGD with Nesterov
-            momentum 0.9 and coupled L2 weight decay, as in the reference code).
-        lr: learning rate. weight_decay: weight decay (decoupled for adam, L2 for nesterov).
         seed: seeds the weight initialisation (new models), the validation split and the
             minibatch order.
         device: torch device; None uses CUDA when available, else CPU. The returned model is
             always on the CPU.
-        steps_per_iteration: minibatch steps per outer iteration; None means one pass over the
-            training starts (ceil(N_train / minibatch) steps), as in the reference code.
-        featurizer: featurizer kind for new models (see :func:`~amore_openmm.chi.make_featurizer`);
-            None uses the system's default.
-        network: network spec or module for new models (None: the default for the featurizer).
         dtype: training precision (float32 is plenty; export is always float64).
         progress: show progress (a tqdm bar on a terminal, a few lines otherwise).
-        validation_fraction: fraction of starts held out for the validation loss (see
-            :func:`validation_split`); 0 trains on all starts and reports no validation loss.
-        shift_scale: "minmax" (default) or "quantile" (lo, hi = the ``shift_quantile`` and
-            1 − ``shift_quantile`` quantiles of Kχ; targets clipped to [0, 1]).
-        shift_quantile: the lower quantile for ``shift_scale="quantile"`` (default 0.005).
-        memory_budget_gb: refuse training that would need more (GB; None: the environment
-            variable ``AMORE_MEMORY_BUDGET_GB``, else 4) with
-            :class:`~amore_openmm.data.MemoryBudgetError`, before anything large is built
-            (see :mod:`amore_openmm.isokann_memory`).
-        n_chi: number of memberships k (metastable states). 1 (default): the scalar χ above;
-            k > 1: k memberships on the simplex (:mod:`amore_openmm.multichi`, ``fit`` returns
-            a :class:`~amore_openmm.multichi.MultiChiModel`). Must be ≥ 1 and ≤ the number of
-            starts.
 
     After :meth:`fit`: ``model_`` (the ChiModel), ``loss_history`` (mean minibatch MSE per
     outer iteration, over all fits of this estimator), ``records_`` (train/validation loss
@@ -191,42 +182,22 @@ class Isokann:
     ``model.metadata["training"]``).
     """
 
-    def __init__(self, iterations: int = 1000, minibatch: int = 1000, optimizer: str = "adam",
-                 lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0,
-                 device: str | torch.device | None = None,
-                 steps_per_iteration: int | None = None, featurizer: str | None = None,
-                 network: dict[str, Any] | nn.Module | None = None,
-                 dtype: torch.dtype = torch.float32, progress: bool = False,
-                 validation_fraction: float = 0.1, shift_scale: str = "minmax",
-                 shift_quantile: float = 0.005, memory_budget_gb: float | None = None,
-                 n_chi: int = 1) -> None:
-        checks = [
-            (optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}"),
-            (shift_scale in SHIFT_SCALES,
-             f"shift_scale must be one of {SHIFT_SCALES}, got {shift_scale!r}"),
-            (0.0 <= float(shift_quantile) < 0.5,
-             f"shift_quantile must lie in [0, 0.5), got {shift_quantile}"),
-            (0.0 <= float(validation_fraction) < 1.0,
-             f"validation_fraction must lie in [0, 1), got {validation_fraction}; use 0 to "
-             "train on every start"),
-            (int(iterations) >= 0, f"iterations must be >= 0, got {iterations}"),
-            (int(minibatch) >= 1, f"minibatch must be >= 1, got {minibatch}"),
-            (steps_per_iteration is None or int(steps_per_iteration) >= 1,
-             f"steps_per_iteration must be >= 1 or None, got {steps_per_iteration}"),
-            (lr > 0, f"lr must be positive, got {lr}")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+    def __init__(self, settings: TrainingSettings | None = None, *, seed: int = 0,
+                 device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+                 progress: bool = False, **overrides: Any) -> None:
+        st = merge_settings(TrainingSettings, settings, overrides, "Isokann").check()
         from .multichi.estimator import check_n_chi
-        self.n_chi = check_n_chi(n_chi)
-        self.iterations, self.minibatch = int(iterations), int(minibatch)
-        self.optimizer, self.lr, self.weight_decay = optimizer, float(lr), float(weight_decay)
+        self.n_chi = check_n_chi(st.n_chi)
+        self.settings = st
+        self.iterations, self.minibatch = int(st.iterations), int(st.minibatch)
+        self.optimizer, self.lr = st.optimizer, float(st.lr)
+        self.weight_decay = float(st.weight_decay)
         self.seed, self.device, self.dtype, self.progress = int(seed), device, dtype, progress
-        self.steps_per_iteration = steps_per_iteration
-        self.featurizer, self.network = featurizer, network
-        self.validation_fraction = float(validation_fraction)
-        self.shift_scale, self.shift_quantile = shift_scale, float(shift_quantile)
-        self.memory_budget_gb = memory_budget_gb
+        self.steps_per_iteration = st.steps_per_iteration
+        self.featurizer, self.network = st.featurizer, st.network
+        self.validation_fraction = float(st.validation_fraction)
+        self.shift_scale, self.shift_quantile = st.shift_scale, float(st.shift_quantile)
+        self.memory_budget_gb = st.memory_budget_gb
         self.loss_history: list[float] = []
         self.records_: list[dict[str, Any]] = []
         self.model_: ChiModel | None = None

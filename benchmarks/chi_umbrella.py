@@ -82,19 +82,23 @@ def run(args: argparse.Namespace, dt: float | None) -> dict:
     scale = 1 if dt is None else max(1, int(round(base.timestep / dt)))
     chi = projection_chi(MIN_A, MIN_B) if args.chi == "projection" else \
         isokann_chi(base, args)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     kappa = args.kappa if args.kappa else "auto"
     plan = None
     if args.windows == "auto":
-        plan = plan_windows(ms, chi, kappa=kappa, max_windows=args.max_windows,
+        plan = plan_windows(ms, chi, initial=args.initial, kappa=kappa,
+                            max_windows=args.max_windows, rounds=args.rounds,
                             pilot_frames=args.pilot_frames, stride=args.stride * scale,
-                            seed=args.seed,
+                            seed=args.seed, max_substeps=args.max_substeps,
+                            width=args.width or None,
                             log=None if args.quiet else lambda m: print(m, file=sys.stderr))
         z, kappa = plan.z, plan.kappa
     else:
         z = np.linspace(0, 1, int(args.windows))
     t_plan = time.perf_counter() - t0
+    t_cpu = time.process_time()
     samples = UmbrellaSampler(ms, chi, z, kappa=kappa, substeps=args.substeps,
+                              max_substeps=args.max_substeps,
                               min_substeps=1 if plan is None else plan.substeps).run(
         frames=args.frames, stride=args.stride * scale,
         equilibration=args.equilibration, seed=args.seed)
@@ -137,6 +141,9 @@ def run(args: argparse.Namespace, dt: float | None) -> dict:
                                                           exact_full),
             "effective_sample_size": fes.effective_sample_size, "n_samples": samples.n_samples,
             "grad_sq_reweighted_nm-2": float(sens.per_atom[0]),
+            "plan_history": None if plan is None else plan.history,
+            "plan_cpu_seconds": round(t_cpu - c0, 2),
+            "cpu_seconds": round(time.process_time() - c0, 2),
             "md_seconds": round(t_md, 2), "wall_seconds": round(t_all, 2)}
 
 
@@ -144,6 +151,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--windows", default="auto", help="auto or a count (equally spaced)")
     ap.add_argument("--max-windows", type=int, default=64)
+    ap.add_argument("--initial", type=int, default=11, help="scout windows of the plan")
+    ap.add_argument("--width", type=float, default=0.0,
+                    help="design χ spread of a window (0: half the scout spacing)")
+    ap.add_argument("--rounds", type=int, default=8, help="most pilot rounds")
+    ap.add_argument("--max-substeps", type=int, default=64)
     ap.add_argument("--pilot-frames", type=int, default=100)
     ap.add_argument("--substeps", default="auto", help="auto or an integer")
     ap.add_argument("--model", default="", help="saved ISOKANN χ (.pt) for --chi isokann")

@@ -20,7 +20,9 @@ evaluations and the machine's load average (``os.getloadavg``) before and after:
 are wall-clock times on a possibly shared machine.
 
 χ: ``--model file.pt`` (a saved ChiModel) or, by default, a quick χ trained here (as in
-``mep_cost.py``). ``--quick``: a smoke run (4 paths of 12 nodes, a small χ).
+``mep_cost.py``); ``--cache DIR`` keeps that χ and its transition-state pool (DIR/chi.pt,
+DIR/pool_x.npy) and reuses them on the next run (training takes minutes).
+``--quick``: a smoke run (4 paths of 12 nodes, a small χ).
 """
 from __future__ import annotations
 
@@ -77,6 +79,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run")
     ap.add_argument("--model", help="saved ChiModel (ChiModel.load)")
+    ap.add_argument("--cache", help="folder for the trained χ and its data (reused if there)")
     ap.add_argument("--paths", type=int, default=34)
     ap.add_argument("--max-nodes", type=int, default=100)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
@@ -101,12 +104,20 @@ def main() -> None:
     ms = load_system("alanine_dipeptide")
     frames, iters = (1000, 150) if args.quick else (20000, 1000)
     t0 = time.perf_counter()
+    cache = Path(args.cache) / ("quick" if args.quick else "full") if args.cache else None
     if args.model:
         from amore_openmm.chi import ChiModel
         model = ChiModel.load(args.model)
         pool_x = sample_trajectory(ms, frames, ms.lag_steps, seed=0, progress=False)
+    elif cache is not None and (cache / "chi.pt").exists():
+        from amore_openmm.chi import ChiModel
+        model, pool_x = ChiModel.load(cache / "chi.pt"), np.load(cache / "pool_x.npy")
     else:
         model, pool_x = quick_chi(ms, frames, iters)
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            model.save(cache / "chi.pt")
+            np.save(cache / "pool_x.npy", np.asarray(pool_x))
     t_train = time.perf_counter() - t0
     n_paths = 4 if args.quick else args.paths
     max_nodes = 12 if args.quick else args.max_nodes

@@ -173,20 +173,23 @@ def test_auto_substeps_keep_a_stiff_restraint_resolved(mb, steep_chi):
 
 
 @pytest.mark.slow
-def test_auto_windows_overlap_on_a_steep_chi_and_match_exact_f(mb, steep_chi, tmp_path):
-    fes = umbrella_free_energy(mb, steep_chi, tmp_path / "auto", frames=200, stride=10,
-                               equilibration=20, bins=20, bootstrap=5, pilot_frames=40,
-                               max_windows=40, seed=2)
+def test_auto_windows_overlap_on_a_steep_chi_and_match_exact_f(mb, tmp_path):
+    """A χ shaped like ISOKANN's (basins at χ ≈ 0.02 and 0.98, F concave at their edges):
+    the scout's equally spaced windows leave gaps; the windows designed on the pilots' F
+    overlap and give a certified F(χ) near the exact one. About 9 CPU-minutes."""
+    chi = sigmoid_chi(MIN_A, MIN_B, steepness=8.0)
+    fes = umbrella_free_energy(mb, chi, tmp_path / "auto", frames=150, stride=10,
+                               equilibration=20, bins=20, bootstrap=5, pilot_frames=30,
+                               pilot_rounds=5, max_windows=40, window_width=0.1, seed=2)
     info = json.loads((tmp_path / "auto" / "fes.json").read_text())
     plan = info["plan"]
-    # equally spaced windows with one κ (the first pilot round) leave gaps on this χ ...
-    assert plan["history"][0][1] < PILOT_OVERLAP
-    # ... the adaptive windows close them, with per-window κ and finer steps where needed
+    windows, min_overlap, unvisited = plan["history"][0]
+    assert min_overlap < PILOT_OVERLAP or unvisited > 0
     assert plan["converged"] and info["window_overlap_min"] >= MIN_OVERLAP
-    assert len(set(info["kappa_kJ_mol"])) > 1 and info["certified"]
+    assert info["certified"], info["note"]
     edges = np.linspace(0.05, 0.95, 10)
     _, f, _ = fes.profile(edges)
-    _, exact = grid_free_energy(steep_chi, muller_brown_energy, mb.kT, edges)
+    _, exact = grid_free_energy(chi, muller_brown_energy, mb.kT, edges)
     assert np.all(np.isfinite(f))
     assert np.abs((f - f.mean()) - (exact - exact.mean())).max() < 1.0     # kT
 

@@ -173,6 +173,7 @@ def test_flag_defaults_come_from_runconfig_and_the_library(monkeypatch):
     from amore_openmm.cli import STAGE_OPTIONS
     from amore_openmm.config import RunConfig
     from amore_openmm.pipeline import trace_paths
+    from amore_openmm.settings import MEPSettings
     required = {"sample": ["sample", "muller_brown", "--out", "x"],
                 "train": ["train", "d", "--system", "s", "--out", "o"],
                 "mep": ["mep", "--model", "m", "--system", "s", "--data", "d", "--out", "o"],
@@ -192,13 +193,14 @@ def test_flag_defaults_come_from_runconfig_and_the_library(monkeypatch):
     args = build_parser().parse_args(required["mep"])
     trace_paths("muller_brown", None, np.zeros((3, 1, 3)), args.final_paths,
                 step=args.path_step, kappa=args.kappa, max_nodes=args.path_max_nodes)
-    assert not {"step", "max_nodes", "kappa"} & set(seen)
+    # "auto": the library's defaults (amore_openmm.settings.MEPSettings) apply
+    assert not {"step", "max_nodes", "kappa"} & set(seen) and seen["settings"] == MEPSettings()
     sig = inspect.signature(mep.trace_chi_mep).parameters
-    assert sig["step"].default == 0.01 and sig["max_nodes"].default == 200
+    assert sig["step"].default is None and "max_nodes" not in sig
     # a value given on the command line is passed on
     args = build_parser().parse_args(required["mep"] + ["--step", "0.03"])
     trace_paths("muller_brown", None, np.zeros((3, 1, 3)), 1, step=args.path_step)
-    assert seen["step"] == 0.03
+    assert seen["settings"] == MEPSettings(step=0.03)
 
 
 def test_run_has_file_input_flags(capsys):

@@ -558,3 +558,42 @@ def test_bond_metric_is_the_bond_hessian_at_rest_lengths():
     shift = np.tile([1.0, 0.0, 0.0], 4)
     assert shift @ m @ shift == pytest.approx(0.3 * shift @ shift)
     assert np.all(np.linalg.eigvalsh(m) >= 0.3 - 1e-9)
+
+
+def _crease(x, s=2.5):
+    """Energy and force of a valley with a crease: ½(x₀ − 3)² + ½x₁² + ½x₂² +
+    s·max(0, 2 − x₀)·|x₁|; the force along the crease x₁ = 0 points to the smooth minimum
+    (3, 0, 0), across it the force flips (as at two equal sorted distances of χ)."""
+    x = x.reshape(len(x), 3)
+    x0, x1, x2 = x[:, 0], x[:, 1], x[:, 2]
+    v = np.maximum(0.0, 2.0 - x0)
+    e = 0.5 * (x0 - 3) ** 2 + 0.5 * x1 ** 2 + 0.5 * x2 ** 2 + s * v * np.abs(x1)
+    f = np.stack([-(x0 - 3) + s * (x0 < 2) * np.abs(x1), -x1 - s * v * np.sign(x1), -x2], 1)
+    return e, f.reshape(len(x), 1, 3)
+
+
+def test_fire_trapped_on_a_crease_goes_on_with_lbfgs():
+    """FIRE freezes on a crease (every step across it flips the force); its time step stays
+    at or above dt_min; CopyFIREThenLBFGS hands the trapped copy to L-BFGS, which gets
+    further down the valley, and counts both minimisers' force calls."""
+    from amore_openmm.mep.fire import OUTCOMES, CopyFIRE, CopyFIREThenLBFGS
+    x0 = np.array([[0.0, 0.3, 0.2]])
+    fire = CopyFIRE(1, (1, 3))
+    fire.start(0, x0, 1e-3, 500)
+    dts = []
+    while fire.busy:
+        i, p = fire.pending()
+        fire.update(i, _crease(p)[1])
+        dts.append(fire.dt[0])
+    assert OUTCOMES[fire.outcome[0]] == "max_steps" and fire.restarts[0] > 50
+    assert min(dts) >= fire.dt_min
+    both = CopyFIREThenLBFGS(1, (1, 3))
+    both.start(0, x0, 1e-3, 500)
+    while both.busy:
+        i, p = both.pending()
+        both.update(i, _crease(p)[1])
+    assert both.handed[0] and OUTCOMES[both.fire.outcome[0]] == "trapped"
+    assert both.evaluations[0] == both.fire.evaluations[0] + both.lbfgs.evaluations[0]
+    e_fire = _crease(fire.result(0)[0][None])[0][0]
+    e_both = _crease(both.result(0)[0][None])[0][0]
+    assert e_both < e_fire - 1.0, (e_both, e_fire)

@@ -16,16 +16,46 @@ from amore_openmm.pipeline.science import (PAPER, SAME_PROCESS_CORR, channel_sum
 
 def test_halves_check_tells_a_stationary_series_from_a_drifting_one():
     rng = np.random.default_rng(0)
-    stationary = rng.uniform(-np.pi, np.pi, size=(4, 2000, 2))
+    stationary = rng.uniform(-np.pi, np.pi, size=(4, 8000, 2))
     res = halves_check(stationary, ["a", "b"])
-    assert res["converged"] and res["max_tv"] < 0.1
+    assert res["converged"] and res["max_tv"] < 0.05
+    # independent frames: τ ≈ 1 and the chance TV is what the halves show
+    assert all(0.8 < t < 1.3 for t in res["tau_frames"].values())
+    assert 0.5 < res["max_tv"] / max(res["tv_floor"].values()) < 1.6
+    assert res["max_frames_needed"] == 2 * 4 * 4000  # converged: no more frames needed
     drifting = stationary.copy()
-    drifting[:, 1000:, 1] = rng.normal(2.0, 0.2, size=(4, 1000))  # b jumps to one basin
+    drifting[:, 4000:, 1] = rng.normal(2.0, 0.2, size=(4, 4000))  # b jumps to one basin
     res = halves_check(drifting, ["a", "b"])
     assert not res["converged"] and res["worst"] == "b" and res["max_tv"] > 0.5
-    assert res["frames_per_half"] == 4 * 1000
+    assert res["frames_per_half"] == 4 * 4000
+    # one jump reads as one very slow transition: far more frames are needed than exist
+    assert res["slowest"] == "b" and res["n_eff"]["b"] < 0.01 * res["n_eff"]["a"]
+    assert res["frames_needed"]["b"] > 100 * 2 * 4 * 4000
     with pytest.raises(ValueError, match="names"):
         halves_check(stationary, ["a"])
+
+
+def test_correlated_frames_raise_tau_and_the_frames_a_stationary_run_needs():
+    from amore_openmm.pipeline.science import integrated_autocorrelation, stationary_tv
+    rng = np.random.default_rng(1)
+    phi, n = 0.9, 20000
+    x = np.zeros((2, n))
+    for t in range(1, n):  # AR(1): τ_int = (1 + φ)/(1 − φ) = 19
+        x[:, t] = phi * x[:, t - 1] + rng.normal(size=2)
+    tau = integrated_autocorrelation(x)
+    assert 14.0 < tau < 24.0
+    assert integrated_autocorrelation(rng.normal(size=(2, n))) < 1.2
+    # the chance TV of two iid histograms: the formula against Monte Carlo
+    p = np.full(12, 1 / 12)
+    mc = np.mean([0.5 * np.abs(np.bincount(rng.integers(0, 12, 500), minlength=12) / 500
+                               - np.bincount(rng.integers(0, 12, 500), minlength=12) / 500
+                               ).sum() for _ in range(400)])
+    assert abs(stationary_tv(p, 500, 500) - mc) < 0.15 * mc
+    # a slow angle needs τ× more frames than a fast one for the same chance TV
+    ang = np.stack([0.3 * x, rng.uniform(-np.pi, np.pi, (2, n))], axis=-1)
+    res = halves_check(ang, ["slow", "fast"])
+    assert res["slowest"] == "slow"
+    assert res["n_eff"]["slow"] < 0.2 * res["n_eff"]["fast"]
 
 
 def test_koopman_pairs_are_consecutive_frames_with_boltzmann_weight():
@@ -134,7 +164,7 @@ def test_same_process_line_from_the_chi_correlation():
 def test_science_preset_only_for_vgvapg_and_consistent():
     cfg = resolve_config("vgvapg", "science")
     assert cfg.science and cfg.equilibrium_method == "remd" and cfg.remd_exchanges >= 2
-    assert cfg.hmr and cfg.remd_replicas == 4 and cfg.n_koopman == 1
+    assert cfg.hmr and cfg.remd_replicas == 6 and cfg.n_koopman == 1
     assert (cfg.ts_low, cfg.ts_high) == (0.49, 0.51)
     with pytest.raises(ConfigError, match="vgvapg"):
         resolve_config("alanine_dipeptide", "science")

@@ -43,7 +43,8 @@ def umbrella_free_energy(system: Any, model: Any, out_dir: str | os.PathLike,
                          seed: int = 0, platform: str = "Reference", backend: str = "auto",
                          progress: bool = False, substeps: Any = "auto",
                          max_windows: int = 64, pilot_frames: int | None = None,
-                         pilot_rounds: int = 8) -> ChiFreeEnergy:
+                         pilot_rounds: int = 8, window_width: float | None = None
+                         ) -> ChiFreeEnergy:
     """Umbrella windows along χ, MBAR, and the files of ``out_dir``:
     ``umbrella_samples.npz``, ``fes.npz``, ``fes.csv`` (F(χ) in kT and kJ/mol with errors),
     ``fes.png`` and ``fes.json`` (ΔF‡ with error, effective sample size, wall seconds, the
@@ -51,11 +52,13 @@ def umbrella_free_energy(system: Any, model: Any, out_dir: str | os.PathLike,
     overlaps by at least :data:`MIN_OVERLAP` and no window's restraint was too stiff for
     its integrator step (stiffness number ≤ 2·STIFFNESS_LIMIT); ``note`` says where not).
 
-    ``windows``: "auto" (default) places windows and per-window κ by pilot rounds
-    (:func:`~amore_openmm.biased.adaptive.plan_windows`: ``max_windows``, ``pilot_frames``
-    (default frames // 10, at least 50), ``pilot_rounds``; a numeric ``kappa`` is the first
-    round's κ) — what a trained ISOKANN χ, flat in the basins and steep at the saddle,
-    needs; a count (equally spaced on [0, 1]) or the centres use ``kappa`` as given.
+    ``windows``: "auto" (default) designs windows and per-window κ on the F(χ) of pilot
+    rounds (:func:`~amore_openmm.biased.adaptive.plan_windows`: ``max_windows``,
+    ``pilot_frames`` (default frames // 10, at least 50), ``pilot_rounds``,
+    ``window_width`` (a window's χ spread where F is flat; default 0.05); a numeric
+    ``kappa`` is the scout round's κ) — what a trained ISOKANN χ, whose F is steep and
+    concave at the basin edges, needs; a count (equally spaced on [0, 1]) or the centres
+    use ``kappa`` as given.
     ``substeps``: see :class:`UmbrellaSampler` ("auto": finer steps where the restraint is
     stiff). Other arguments: :class:`UmbrellaSampler`, :meth:`UmbrellaSampler.run`,
     :func:`fit_mbar`.
@@ -70,7 +73,7 @@ def umbrella_free_energy(system: Any, model: Any, out_dir: str | os.PathLike,
         pf = max(50, int(frames) // 10) if pilot_frames is None else int(pilot_frames)
         plan = plan_windows(system, model, kappa=kappa, max_windows=max_windows,
                             rounds=pilot_rounds, pilot_frames=pf, stride=stride, seed=seed,
-                            platform=platform, backend=backend)
+                            platform=platform, backend=backend, width=window_width)
         z, kappa = plan.z, plan.kappa
     elif np.ndim(windows) == 0:
         if int(windows) < 2:

@@ -23,7 +23,9 @@ minimises it, in one of two ways (``minimizer=``):
   schedule would give, up to the round-off of the packed force sums.
 - ``"fire"``: as ``"copies"`` (streamed, per-copy convergence, refilled with the path's
   next node), but every copy runs FIRE (:mod:`.fire`) with its own time step, mixing factor
-  and velocity, preconditioned along its ∇χ: one force call per step, no line search.
+  and velocity, preconditioned along its ∇χ: one force call per step, no line search; a
+  copy that FIRE keeps restarting (trapped on a crease of a sorted-distance χ) goes on with
+  per-copy L-BFGS (:class:`~amore_openmm.mep.fire.CopyFIREThenLBFGS`).
 - ``"joint"`` (the default, and what Systems with constraints use: the per-copy minimisers
   move atoms freely):
   lockstep *rounds*, one when every live path has posted a request, each calling
@@ -60,7 +62,7 @@ import numpy as np
 from ..systems import MolecularSystem
 from ..threads import wait_threads_gone
 from .copy_lbfgs import CopyLBFGS
-from .fire import K_REF, CopyFIRE, bond_metric
+from .fire import K_REF, CopyFIREThenLBFGS, bond_metric
 from .packed_levels import PackedLevelSets, Request, Snapshot
 from .path import ChiPath
 from .trace import trace_chi_mep
@@ -184,7 +186,7 @@ class _Stream(_Rendezvous):
 class _FireStream(_Stream):
     """Per-copy FIRE (:mod:`.fire`), streamed as :class:`_Stream`."""
 
-    optimizer = CopyFIRE
+    optimizer = CopyFIREThenLBFGS
     #: bond preconditioning (:func:`.fire.bond_metric`) for molecules up to this many atoms
     #: (the mass matrices are (3n)² per copy)
     metric_atoms = 200

@@ -11,9 +11,9 @@ next force call.
 
 One step of a copy at force F (unit masses, so v and F share units up to Δt):
 
-1. P = F·v. If P > 0: v ← (1 − α)v + α‖v‖F̂, and once more than ``n_min`` steps have had
-   P > 0 in a row, Δt ← min(1.1 Δt, Δt_max) and α ← 0.99 α. If P ≤ 0: v ← 0, Δt ← Δt/2,
-   α ← α_start, the count restarts.
+1. P = F·v. If P > 0 (or the copy is at rest): v ← (1 − α)v + α‖v‖F̂, and once more than
+   ``n_min`` steps have had P > 0 in a row, Δt ← min(1.1 Δt, Δt_max) and α ← 0.99 α. If
+   P ≤ 0 (a *restart*): v ← 0, Δt ← max(Δt/2, Δt_min), α ← α_start, the count restarts.
 2. Semi-implicit Euler: v ← v + Δt F, x ← x + Δt v, the displacement capped at
    ``max_step`` nm for the copy's fastest atom (v scaled with it).
 
@@ -39,6 +39,23 @@ copy finds its own through the halving on P ≤ 0. A copy keeps its last Δt for
 minimisation (the next node of a path is a nearby problem), bounded below by ``dt_start``/4
 so one bad node does not slow the rest of the path.
 
+Creases: why FIRE alone fails on a trained χ, and what is done. The symmetry-aware
+featurizer sorts distances (:mod:`amore_openmm.chi.symmetry`), so χ is continuous but its
+gradient jumps where two sorted distances cross (a methyl group's H's), and the restrained
+force jumps by κ(χ − z)·Δ∇χ there. Measured on the χ of ``benchmarks/mep_batched.py``
+(20,000 frames, 1,000 iterations; 8 paths of ≤ 100 nodes, 1,855 relaxations): 1,323 ran
+out of steps (1,000, and 4,000 on the retry) with a best RMS force of 6–28 kJ/mol/nm
+(median 13), against 387 that converged (median 62 steps); 1,816 force calls per node
+in all. Every stuck copy sits on such a crease (two sorted distances equal to 1e-16 nm,
+RMS force flipping between 11.7 and 18.0 under a 1e-9 nm move): each crossing turns the
+force against the velocity, the halvings drive Δt to 1e-10 and the copy freezes. OpenMM's
+and the per-copy L-BFGS cross it (their curvature pairs and line search model the kink as
+a steep valley): on the first stuck node, :class:`~amore_openmm.mep.copy_lbfgs.CopyLBFGS`
+converged in 342 calls to within 0.01 kJ/mol of OpenMM's minimum. Hence
+:class:`CopyFIREThenLBFGS`: FIRE for the smooth bulk of the relaxations, and a copy
+restarted ``max_restarts`` times goes on with L-BFGS from its best point (on that node:
+104 FIRE + 275 L-BFGS calls, same energy). Δt_min keeps a copy from freezing meanwhile.
+
 The stall test and best-point return are the ones of :mod:`.copy_lbfgs` (a force floor of
 round-off and kinks near a level set; see there): a copy also stops when its best RMS force is
 within ``STALL_BAND`` × tolerance and has not dropped by 1 % for ``patience`` steps, and a copy
@@ -50,12 +67,16 @@ from typing import Callable
 
 import numpy as np
 
-from .copy_lbfgs import STALL_BAND, CopyMinimization
+from .copy_lbfgs import STALL_BAND, CopyLBFGS, CopyMinimization
 
-__all__ = ["CopyFIRE", "K_REF", "bond_metric", "minimize_copies_fire"]
+__all__ = ["CopyFIRE", "CopyFIREThenLBFGS", "K_REF", "OUTCOMES", "bond_metric",
+           "minimize_copies_fire"]
 
 #: kJ/mol/nm², the stiffness the preconditioner leaves along ∇χ (about a bond's)
 K_REF = 1e5
+#: how a copy's minimisation ended (:attr:`CopyFIRE.outcome`)
+OUTCOMES = ("converged", "stalled", "max_steps", "trapped")
+CONVERGED, STALLED, MAX_STEPS, TRAPPED = range(4)
 
 
 def _rms(g: np.ndarray) -> np.ndarray:
@@ -80,15 +101,27 @@ class CopyFIRE:
             tolerance stops unconverged.
         steps_per_iteration: FIRE steps a copy may take per iteration of the caller's
             ``max_iterations`` (which is sized for L-BFGS iterations).
+        dt_min: smallest Δt (default ``dt_start``/16): the halvings on P ≤ 0 stop there.
+        max_restarts: a copy that has had this many restarts (P <= 0) stops as "trapped"
+            and returns its best point (None: no limit); :class:`CopyFIREThenLBFGS` hands
+            such copies to L-BFGS.
+
+    :attr:`outcome` (one of :data:`OUTCOMES` by index) says how each copy's last
+    minimisation ended.
     """
 
     def __init__(self, copies: int, shape: tuple[int, ...], *, dt_start: float = 1e-3,
                  dt_max: float = 1e-2, max_step: float = 0.01, n_min: int = 5,
                  alpha_start: float = 0.1, f_alpha: float = 0.99, patience: int = 100,
-                 steps_per_iteration: int = 4) -> None:
-        if not (0 < dt_start <= dt_max and max_step > 0):
-            raise ValueError(f"need 0 < dt_start <= dt_max and max_step > 0, got dt_start="
-                             f"{dt_start}, dt_max={dt_max}, max_step={max_step}")
+                 steps_per_iteration: int = 4, dt_min: float | None = None,
+                 max_restarts: int | None = None) -> None:
+        dt_min = dt_start / 16 if dt_min is None else dt_min
+        if not (0 < dt_min <= dt_start <= dt_max and max_step > 0):
+            raise ValueError(f"need 0 < dt_min <= dt_start <= dt_max and max_step > 0, got "
+                             f"dt_min={dt_min}, dt_start={dt_start}, dt_max={dt_max}, "
+                             f"max_step={max_step}")
+        self.dt_min = float(dt_min)
+        self.max_restarts = np.inf if max_restarts is None else int(max_restarts)
         self.shape, self.dim = tuple(shape), int(np.prod(shape))
         self.dt_start, self.dt_max, self.max_step = float(dt_start), float(dt_max), \
             float(max_step)
@@ -99,6 +132,8 @@ class CopyFIRE:
         self.x = np.zeros((copies, self.dim))        # where forces are needed next
         self.v = np.zeros((copies, self.dim))
         self.f = np.zeros((copies, self.dim))        # force at the last evaluated point
+        self.outcome = np.zeros(copies, dtype=np.int8)
+        self.restarts = np.zeros(copies, dtype=np.int64)   # P <= 0 events (diagnostics)
         self.dt = np.full(copies, self.dt_start)
         self.alpha = np.full(copies, self.alpha_start)
         self.n_pos = np.zeros(copies, dtype=np.int64)
@@ -132,6 +167,7 @@ class CopyFIRE:
         self.v[c] = 0.0
         self.dt[c] = max(self.dt[c], 0.25 * self.dt_start) if keep_memory else self.dt_start
         self.alpha[c], self.n_pos[c] = self.alpha_start, 0
+        self.restarts[c] = 0
         self.tol[c] = float(tolerance)
         self.max_steps[c] = max(1, int(max_iterations) * self.per_it)
         self.evaluations[c] = self.stalled[c] = 0
@@ -173,8 +209,12 @@ class CopyFIRE:
         converged = rms <= self.tol[idx]
         floor = (self.stalled[idx] >= self.patience) & \
             (self.best_rms[idx] <= STALL_BAND * self.tol[idx])
-        done = converged | floor | (self.evaluations[idx] >= self.max_steps[idx])
+        out = self.evaluations[idx] >= self.max_steps[idx]
+        trapped = self.restarts[idx] >= self.max_restarts
+        done = converged | floor | out | trapped
         fin = idx[done]
+        self.outcome[fin] = np.select([converged[done], floor[done], out[done]],
+                                      [CONVERGED, STALLED, MAX_STEPS], TRAPPED)
         # a converged copy ends where it is; any other returns its best point
         self.done_x[fin] = np.where(converged[done, None], self.x[fin], self.best_x[fin])
         self.done_f[fin] = np.where(converged[done, None], f[done], self.best_f[fin])
@@ -208,7 +248,9 @@ class CopyFIRE:
             return
         v = self.v[idx]
         power = _dot(f, v)
-        up = power > 0
+        fresh = ~np.any(v != 0.0, axis=1)     # at rest: a first step, not a restart
+        up = (power > 0) | fresh
+        self.restarts[idx[~up]] += 1
         fn = np.linalg.norm(f, axis=1)
         vn = np.linalg.norm(v, axis=1)
         a = self.alpha[idx]
@@ -217,7 +259,7 @@ class CopyFIRE:
         n_pos = np.where(up, self.n_pos[idx] + 1, 0)
         grow = up & (n_pos > self.n_min)
         dt = np.where(grow, np.minimum(1.1 * self.dt[idx], self.dt_max),
-                      np.where(up, self.dt[idx], 0.5 * self.dt[idx]))
+                      np.where(up, self.dt[idx], np.maximum(0.5 * self.dt[idx], self.dt_min)))
         self.alpha[idx] = np.where(grow, a * self.f_alpha, np.where(up, a, self.alpha_start))
         self.n_pos[idx], self.dt[idx] = n_pos, dt
         v += dt[:, None] * f
@@ -226,6 +268,67 @@ class CopyFIRE:
         scale = np.minimum(1.0, self.max_step / np.maximum(longest, 1e-300))
         self.v[idx] = v * scale[:, None]
         self.x[idx] += dx * scale[:, None]
+
+
+class CopyFIREThenLBFGS:
+    """Per-copy FIRE (:class:`CopyFIRE`) whose trapped copies go on with per-copy L-BFGS
+    (:class:`~amore_openmm.mep.copy_lbfgs.CopyLBFGS`), behind CopyFIRE's driving interface.
+
+    A copy starts in FIRE. If FIRE restarts it ``max_restarts`` times (the force keeps turning
+    against the velocity: a crease of χ, see the module docstring) it continues from FIRE's
+    best point with L-BFGS and ``max_iterations`` L-BFGS iterations; its result is the
+    L-BFGS one. :attr:`evaluations` counts both; :attr:`handed` marks copies that went on.
+    """
+
+    def __init__(self, copies: int, shape: tuple[int, ...], max_restarts: int = 20,
+                 fire: dict | None = None, lbfgs: dict | None = None) -> None:
+        self.fire = CopyFIRE(copies, shape, max_restarts=max_restarts, **(fire or {}))
+        self.lbfgs = CopyLBFGS(copies, shape, **(lbfgs or {}))
+        self.evaluations = np.zeros(copies, dtype=np.int64)
+        self.handed = np.zeros(copies, dtype=bool)
+        self.tol = np.zeros(copies)
+        self.max_it = np.zeros(copies, dtype=np.int64)
+
+    def start(self, c: int, x: np.ndarray, tolerance: float, max_iterations: int,
+              keep_memory: bool = False, metric: np.ndarray | None = None) -> None:
+        """As :meth:`CopyFIRE.start`."""
+        self.fire.start(c, x, tolerance, max_iterations, keep_memory=keep_memory,
+                        metric=metric)
+        self.handed[c], self.evaluations[c] = False, 0
+        self.tol[c], self.max_it[c] = float(tolerance), int(max_iterations)
+
+    @property
+    def busy(self) -> bool:
+        return self.fire.busy or self.lbfgs.busy
+
+    def pending(self) -> tuple[np.ndarray, np.ndarray]:
+        a, xa = self.fire.pending()
+        b, xb = self.lbfgs.pending()
+        return np.concatenate([a, b]), np.concatenate([xa, xb])
+
+    def result(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.lbfgs.result(c) if self.handed[c] else self.fire.result(c)
+
+    def update(self, idx: np.ndarray, forces: np.ndarray,
+               stiff: np.ndarray | None = None) -> np.ndarray:
+        """As :meth:`CopyFIRE.update` (``stiff`` is used by FIRE only)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        forces = np.asarray(forces, dtype=np.float64)
+        self.evaluations[idx] += 1
+        in_fire = self.fire.active[idx]
+        done = []
+        if in_fire.any():
+            fin = self.fire.update(idx[in_fire], forces[in_fire],
+                                   None if stiff is None else np.asarray(stiff)[in_fire])
+            trapped = fin[self.fire.outcome[fin] == TRAPPED]
+            for c in trapped:
+                x, _ = self.fire.result(int(c))
+                self.lbfgs.start(int(c), x, self.tol[c], self.max_it[c])
+                self.handed[c] = True
+            done.append(fin[self.fire.outcome[fin] != TRAPPED])
+        if (~in_fire).any():
+            done.append(self.lbfgs.update(idx[~in_fire], forces[~in_fire]))
+        return np.concatenate(done) if done else np.zeros(0, dtype=np.int64)
 
 
 def bond_metric(x: np.ndarray, pairs: np.ndarray, k: np.ndarray, floor: float = 0.1

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from openmm import unit
 
+from ..settings import MEPSettings, merge_settings
 from ..systems import MolecularSystem
 from ..interrupt import check_interrupt
 from ..progress import progress_bar
@@ -17,7 +18,8 @@ from ..threads import JoinedThreadPool
 from .certify import CERTIFICATE, Certificate
 from .geometry import as_structure, superposed_rmsd
 from .path import ChiPath
-from .tracer import SCRIPT_LOCK, LevelSetNode, LevelSetTracer, RelaxSettings, as_chi_model
+from .tracer import (SCRIPT_LOCK, TOLERANCE, LevelSetNode, LevelSetTracer, RelaxSettings,
+                     as_chi_model)
 
 __all__ = ["trace_chi_mep", "trace_chi_meps", "transition_states", "default_tolerance",
            "TOLERANCE"]
@@ -124,10 +126,6 @@ def _branch(tr: LevelSetTracer, start: LevelSetNode, sign: int, walk: _Walk
         cur = node
 
 
-#: minimiser tolerance (RMS force, kJ/mol/nm) of χ-MEP nodes of systems without solvent
-TOLERANCE = 1.0
-
-
 def default_tolerance(system: MolecularSystem, certificate: Certificate = CERTIFICATE
                       ) -> float:
     """The minimiser tolerance of χ-MEP nodes: :data:`TOLERANCE` (1 kJ/mol/nm), or for a
@@ -143,39 +141,47 @@ def default_tolerance(system: MolecularSystem, certificate: Certificate = CERTIF
     return float(certificate.orth_force) if system.is_periodic else TOLERANCE
 
 
-def _check_args(system: Any, step: float, step_mode: str, direction: str,
-                chi_range: tuple[float, float], kappa: float | None, max_nodes: int) -> None:
+def _check_args(system: Any, s: MEPSettings) -> None:
     if not isinstance(system, MolecularSystem):
         raise TypeError(f"system must be a MolecularSystem (load_system(...)), got "
                         f"{type(system).__name__}")
-    if step_mode not in ("chi", "fixed"):
-        raise ValueError(f"step_mode must be 'chi' or 'fixed', got {step_mode!r}")
-    if direction not in ("both", "forward", "backward"):
-        raise ValueError(f"direction must be 'both', 'forward' or 'backward', got "
-                         f"{direction!r}")
-    if not step > 0:
-        raise ValueError(f"step must be positive, got {step}")
-    if not (0 <= chi_range[0] < chi_range[1]):
-        raise ValueError(f"chi_range must be (low, high) with low < high, got {chi_range}")
-    if kappa is not None and not kappa > 0:
-        raise ValueError(f"kappa must be positive or None (automatic), got {kappa}")
-    if max_nodes < 1:
-        raise ValueError(f"max_nodes must be >= 1, got {max_nodes}")
+    s.check()
 
 
-def trace_chi_mep(system: MolecularSystem, model: Any, x0: Any, step: float = 0.01, *,
-                  kappa: float | None = None, tolerance: float | None = None,
-                  max_iterations: int = 250, chi_range: tuple[float, float] = (0.02, 0.98),
-                  max_nodes: int = 200, step_mode: str = "chi",
-                  direction: str = "both", chi_tolerance: float | None = None,
-                  kappa_min: float = 1e3, kappa_max: float = 1e10,
-                  max_displacement: float = 0.02, min_advance: float | None = None,
-                  stall_nodes: int = 3, max_node_rmsd: float | None = None,
-                  max_halvings: int = 4, certificate: Certificate = CERTIFICATE,
+def relax_settings(s: MEPSettings, system: MolecularSystem,
+                   certificate: Certificate = CERTIFICATE) -> RelaxSettings:
+    """The :class:`RelaxSettings` of the nodes of a trace with settings ``s``."""
+    tolerance = default_tolerance(system, certificate) if s.tolerance is None else s.tolerance
+    chi_tol = certificate.chi_error if s.chi_tolerance is None else s.chi_tolerance
+    return RelaxSettings(tolerance=float(tolerance), max_iterations=int(s.max_iterations),
+                         chi_tolerance=float(chi_tol), kappa_min=float(s.kappa_min),
+                         kappa_max=float(s.kappa_max), retry_factor=int(s.retry_factor),
+                         certificate=certificate)
+
+
+def _walk(s: MEPSettings, window: float, energy_reference: float | None) -> _Walk:
+    min_advance = s.min_advance if s.min_advance is not None else \
+        (s.step / 10 if s.step_mode == "chi" else 1e-4)
+    return _Walk(step=float(s.step), kappa=s.kappa, chi_range=tuple(s.chi_range),
+                 step_mode=s.step_mode, max_displacement=float(s.max_displacement),
+                 min_advance=float(min_advance), stall_nodes=int(s.stall_nodes),
+                 max_halvings=int(s.max_halvings),
+                 max_node_rmsd=None if s.max_node_rmsd is None else float(s.max_node_rmsd),
+                 window=window,
+                 e_low=math.inf if energy_reference is None else float(energy_reference))
+
+
+def trace_chi_mep(system: MolecularSystem, model: Any, x0: Any, step: float | None = None, *,
+                  settings: MEPSettings | None = None, certificate: Certificate = CERTIFICATE,
                   energy_reference: float | None = None, platform: str = "Reference",
-                  properties: dict | None = None,
-                  tracer: LevelSetTracer | None = None) -> ChiPath:
+                  properties: dict | None = None, tracer: LevelSetTracer | None = None,
+                  **overrides: Any) -> ChiPath:
     """Trace a certified χ-minimum-energy path through ``x0``.
+
+    The knobs are a :class:`~amore_openmm.settings.MEPSettings` (``settings``, default
+    ``MEPSettings()``, whose fields hold the defaults); a keyword of the same name (``step``,
+    ``kappa``, ``max_nodes``, ...) overrides its field, an unknown keyword is an
+    :class:`~amore_openmm.settings.UnknownSettingError` (a TypeError and ValueError).
 
     Args:
         system: the :class:`MolecularSystem` (its System is copied, never modified).
@@ -216,28 +222,19 @@ def trace_chi_mep(system: MolecularSystem, model: Any, x0: Any, step: float = 0.
         A :class:`ChiPath` ordered by χ, with ``stop_reasons`` per branch and the per-node
         certificate arrays.
     """
-    _check_args(system, step, step_mode, direction, chi_range, kappa, max_nodes)
+    opts = merge_settings(MEPSettings, settings,
+                          {**({} if step is None else {"step": step}), **overrides},
+                          "trace_chi_mep")
+    _check_args(system, opts)
     x0 = as_structure(x0, system.n_atoms, "x0")
-    if tolerance is None:
-        tolerance = default_tolerance(system, certificate)
-    settings = RelaxSettings(
-        tolerance=float(tolerance), max_iterations=int(max_iterations),
-        chi_tolerance=float(certificate.chi_error if chi_tolerance is None else chi_tolerance),
-        kappa_min=float(kappa_min), kappa_max=float(kappa_max), certificate=certificate)
     tr = tracer or LevelSetTracer(system, model, platform, properties)
-    tr.settings = settings
-    walk = _Walk(step=float(step), kappa=kappa, chi_range=tuple(chi_range),
-                 step_mode=step_mode, max_displacement=float(max_displacement),
-                 min_advance=float(min_advance if min_advance is not None else
-                                   (step / 10 if step_mode == "chi" else 1e-4)),
-                 stall_nodes=int(stall_nodes), max_halvings=int(max_halvings),
-                 max_node_rmsd=None if max_node_rmsd is None else float(max_node_rmsd),
-                 window=certificate.window(tr.kT),
-                 e_low=math.inf if energy_reference is None else float(energy_reference))
+    tr.settings = relax_settings(opts, system, certificate)
+    walk = _walk(opts, certificate.window(tr.kT), energy_reference)
+    kappa, max_nodes = opts.kappa, opts.max_nodes
     x = tr.set_positions(x0)
     start = tr.relax(x, tr.chi_grad(x)[0], kappa)
     walk.record(start)
-    signs = {"both": (1, -1), "forward": (1,), "backward": (-1,)}[direction]
+    signs = {"both": (1, -1), "forward": (1,), "backward": (-1,)}[opts.direction]
     branches: dict[int, list[LevelSetNode]] = {1: [], -1: []}
     reasons: dict[str, str] = {}
     budget = max_nodes - 1
@@ -279,13 +276,14 @@ def _collect(nodes: list[LevelSetNode], start_index: int, reasons: dict[str, str
 def trace_chi_meps(system: MolecularSystem, model: Any, starts: Any,
                    pool_size: int | None = None, platform: str = "Reference",
                    properties: dict | None = None, progress: bool = False,
-                   **kwargs: Any) -> list[ChiPath]:
+                   settings: MEPSettings | None = None, **kwargs: Any) -> list[ChiPath]:
     """Trace one χ-MEP from each structure in ``starts`` (S, n, 3), in parallel threads.
 
     Each worker thread owns one :class:`LevelSetTracer` (Context) and reuses it for all the
     paths it traces; minimisation draws no random numbers, so the result does not depend on
     scheduling. Paths come back in the order of ``starts``. ``pool_size`` defaults to the
-    number of CPU cores; ``kwargs`` go to :func:`trace_chi_mep`. Use the "Reference" or "CPU"
+    number of CPU cores; ``settings`` and ``kwargs`` (setting overrides, ``certificate``,
+    ``energy_reference``) go to :func:`trace_chi_mep`. Use the "Reference" or "CPU"
     platform (with "CPU", set ``properties={"Threads": "1"}`` when running one thread per core).
     """
     starts = np.asarray(getattr(starts, "x", starts), dtype=np.float64)
@@ -294,6 +292,8 @@ def trace_chi_meps(system: MolecularSystem, model: Any, starts: Any,
     if starts.ndim != 3 or starts.shape[1:] != (system.n_atoms, 3):
         raise ValueError(f"starts must be (S, {system.n_atoms}, 3) in nm, got {starts.shape}")
     size = max(1, min(int(pool_size or os.cpu_count() or 1), len(starts)))
+    passed = {k: kwargs.pop(k) for k in ("certificate", "energy_reference") if k in kwargs}
+    opts = merge_settings(MEPSettings, settings, kwargs, "trace_chi_meps")  # checked up front
     model = as_chi_model(model)
     local = threading.local()
     from ..forces import load_chi_module
@@ -305,7 +305,7 @@ def trace_chi_meps(system: MolecularSystem, model: Any, starts: Any,
         if tr is None:
             tr = local.tracer = LevelSetTracer(system, model, platform, properties,
                                                scripted=scripted)
-        return trace_chi_mep(system, model, starts[i], tracer=tr, **kwargs)
+        return trace_chi_mep(system, model, starts[i], settings=opts, tracer=tr, **passed)
 
     if size == 1:
         return [work(i) for i in range(len(starts))]

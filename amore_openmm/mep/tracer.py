@@ -28,15 +28,19 @@ import numpy as np
 import openmm
 from openmm import unit
 
+from ..settings import MEPSettings
 from ..systems import MolecularSystem, get_platform
 from .certify import CERTIFICATE, Certificate, ConstraintProjector, orthogonal_force_rms, rms
 
-__all__ = ["LevelSetTracer", "LevelSetNode", "RelaxSettings", "as_chi_model"]
+__all__ = ["LevelSetTracer", "LevelSetNode", "RelaxSettings", "as_chi_model", "TOLERANCE"]
 
 KJ = unit.kilojoule_per_mole
 KJ_NM = unit.kilojoule_per_mole / unit.nanometer
 #: TorchScript compilation is not thread-safe
 SCRIPT_LOCK = threading.Lock()
+#: minimiser tolerance (RMS force, kJ/mol/nm) of χ-MEP nodes of systems without solvent
+TOLERANCE = 1.0
+_MEP = MEPSettings()  # the defaults of the χ-MEP knobs
 
 
 def as_chi_model(model: Any):
@@ -60,12 +64,12 @@ class RelaxSettings:
     retry_factor multiplies max_iterations for the one retry of a non-converged node.
     """
 
-    tolerance: float = 1.0
-    max_iterations: int = 250
+    tolerance: float = TOLERANCE
+    max_iterations: int = _MEP.max_iterations
     chi_tolerance: float = CERTIFICATE.chi_error
-    kappa_min: float = 1e3
-    kappa_max: float = 1e10
-    retry_factor: int = 4
+    kappa_min: float = _MEP.kappa_min
+    kappa_max: float = _MEP.kappa_max
+    retry_factor: int = _MEP.retry_factor
     certificate: Certificate = CERTIFICATE
 
 

@@ -10,8 +10,9 @@ to 1, Q real, and every off-diagonal Q_ij ≥ −(2·error + ``rel_tol``·max|Q_
 rate beyond that means the memberships are not a Markov model at this lag). Why the relative
 term: the bootstrap error is sampling noise only; fuzzy memberships add a projection bias of a
 few % of the fastest rate (measured on Müller–Brown: |Q_AB| ≈ 3–5 % of |Q_CC| for two
-states that are never adjacent), which is not evidence of a rate. Failing any marks the result invalid and
-``notes`` say which; the numbers stay for inspection but are not results.
+states that are never adjacent), which is not evidence of a rate. And at least one rate
+exceeds twice its error (else no transition is resolved at this lag: K_c ≈ I). Failing any marks the result invalid
+and ``notes`` say which; the numbers stay for inspection but are not results.
 """
 from __future__ import annotations
 
@@ -114,6 +115,9 @@ def rate_matrix(model: Any, data: Any, lag_time: float | None = None, n_boot: in
     w, vl = np.linalg.eig(q.T)
     pi = np.real(vl[:, int(np.argmin(np.abs(w)))])
     pi = pi / pi.sum() if abs(pi.sum()) > 0 else pi
+    if np.isfinite(q_err).all() and not (off & (q > 2.0 * q_err)).any():
+        notes.append("no rate exceeds twice its error: no transition is resolved at this lag "
+                     "(more or longer bursts, a longer lag, or lower n_chi)")
     return {"n_chi": k, "koopman": kc, "koopman_err": k_err, "rates": q, "rates_err": q_err,
             "rates_clipped": clipped, "rel_tol": float(rel_tol),
             "timescales_ps": ts, "stationary": pi, "r2": r2, "lag_time_ps": tau,

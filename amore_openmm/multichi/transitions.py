@@ -21,6 +21,7 @@ import numpy as np
 from openmm import unit
 
 from ..data import write_json
+from ..settings import MEPSettings
 from .model import MultiChiModel, memberships, pair_model
 from .rates import rate_matrix
 
@@ -60,24 +61,29 @@ def pair_starts(model: MultiChiModel, system: Any, positions: np.ndarray, i: int
                 platform: str = "Reference") -> tuple[np.ndarray, str]:
     """(≤ n starts (m, n_atoms, 3), how they were chosen) of the i ↔ j paths: samples with
     |χ_ij − ½| ≤ ``window`` and χ_i + χ_j ≥ ``dominance``, lowest energy first; without
-    any, the window's lowest-energy samples ("via a third state")."""
+    any, the window's lowest-energy samples ("via a third state"). With no sample in the
+    window (a sharp χ: few samples near the boundary) it is doubled until one is, and
+    ``how`` names the window used: the tracer then starts off the boundary and walks to it."""
     chi = memberships(model, positions)
     cij = 0.5 * (chi[:, i] - chi[:, j] + 1.0)
-    near = np.abs(cij - 0.5) <= window
+    width = float(window)
+    while not np.any(np.abs(cij - 0.5) <= width) and width < 0.5:
+        width *= 2.0
+    near = np.abs(cij - 0.5) <= width
     dom = near & (chi[:, i] + chi[:, j] >= dominance)
     how = "boundary"
     if not dom.any():
         dom, how = near, "via a third state"
-    if not dom.any():
-        raise ValueError(f"no sample has χ_{i}{j} within {window} of 0.5 (range "
-                         f"{cij.min():.3f}..{cij.max():.3f}); widen window or sample more")
+    if width > window:
+        how += (f" (window widened to ±{width:.3g}: no sample within ±{window:g} of "
+                f"χ_{i}{j} = ½)")
     sel = np.flatnonzero(dom)
     e = _energies(system, positions[sel], platform)
     return positions[sel[np.argsort(e, kind="stable")][:int(n)]], how
 
 
 def trace_pair(model: MultiChiModel, system: Any, positions: np.ndarray, i: int, j: int,
-               n_paths: int = 1, step: float = 0.01, platform: str = "Reference",
+               n_paths: int = 1, step: float = MEPSettings().step, platform: str = "Reference",
                workers: int | None = 1, **kwargs: Any) -> tuple[Any, list[Any], str]:
     """(pair ChiModel, certified χ-MEPs of χ_ij, how the starts were chosen)."""
     from ..mep import trace_chi_meps
@@ -133,13 +139,19 @@ def _channels(system: Any, paths: list[Any], ens: np.ndarray) -> dict[str, Any]:
 
 
 def transitions(model: MultiChiModel, data: Any, system: Any, out: str | os.PathLike, *,
-                n_paths: int = 1, step: float = 0.01, platform: str = "Reference",
+                n_paths: int = 1, step: float = MEPSettings().step, platform: str = "Reference",
                 workers: int | None = 1, n_boot: int = 200, bins: int = 50,
-                top_k: int = 5, figures: bool = True, **trace_kwargs: Any) -> dict[str, Any]:
+                top_k: int = 5, figures: bool = True, ensemble: Any = None,
+                **trace_kwargs: Any) -> dict[str, Any]:
     """Everything per transition into ``out``: ``rates.json`` (K_c, Q with errors and the
     certificate), ``states.json`` (minima and their memberships), ``pair_I_J/`` (paths.npz,
     path PDBs, atoms.csv, levelset.npz, features.csv, pair.json) per pair, ``summary.json``
-    and figures (``simplex.png``, ``rates.png``). Returns the summary."""
+    and figures (``simplex.png``, ``rates.png``). Returns the summary.
+
+    ``ensemble``: (N, n, 3) nm, the Boltzmann samples of the per-pair sensitivities,
+    channels and the simplex figure (default: every start of ``data``; give the weight > 0
+    starts when the data also hold path-node bursts). Minima and path starts come from every
+    start of ``data`` (path nodes are where the transition states are)."""
     from ..pipeline.runio import write_path_files
     from ..pipeline.stages import write_sensitivity
     from ..pipeline.state import check_out_dir
@@ -150,7 +162,11 @@ def transitions(model: MultiChiModel, data: Any, system: Any, out: str | os.Path
     out = check_out_dir(Path(out))
     out.mkdir(parents=True, exist_ok=True)
     ms = load_system(system)
-    x = np.asarray(data.x, dtype=np.float64)
+    x = np.asarray(data.x, dtype=np.float64)   # minima and path starts: every start
+    x_ens = x if ensemble is None else np.asarray(ensemble, dtype=np.float64)
+    if x_ens.ndim != 3 or len(x_ens) == 0 or x_ens.shape[1:] != x.shape[1:]:
+        raise ValueError(f"transitions: ensemble must be (N >= 1, {x.shape[1]}, 3) positions, "
+                         f"got shape {x_ens.shape}")
     k = model.n_chi
     rates = rate_matrix(model, data, n_boot=n_boot)
     write_json(out / "rates.json", rates)
@@ -167,8 +183,8 @@ def transitions(model: MultiChiModel, data: Any, system: Any, out: str | os.Path
                                     **trace_kwargs)
         all_paths[(i, j)] = paths
         write_path_files(pdir, paths, ms.topology, atoms=ms.selection)
-        chi = memberships(model, x)
-        ens = x[chi[:, i] + chi[:, j] >= 0.5]   # the samples this transition describes
+        chi = memberships(model, x_ens)
+        ens = x_ens[chi[:, i] + chi[:, j] >= 0.5]   # the samples this transition describes
         entry: dict[str, Any] = {"pair": [i, j], "starts": how, "n_paths": len(paths),
                                  "certified_nodes": [int(p.n_certified) for p in paths],
                                  "nodes": [len(p) for p in paths],
@@ -185,7 +201,7 @@ def transitions(model: MultiChiModel, data: Any, system: Any, out: str | os.Path
             entry["path_mse"] = sens["path_mse"]
         else:
             entry["top_atoms"], entry["note"] = [], "fewer than 10 samples: no sensitivity"
-        entry["channels"] = _channels(ms, paths, ens if len(ens) else x)
+        entry["channels"] = _channels(ms, paths, ens if len(ens) else x_ens)
         write_json(pdir / "pair.json", entry)
         pairs[f"{i}-{j}"] = entry
     summary = {"n_chi": k, "n_starts": int(data.n_starts), "rates_valid": rates["valid"],
@@ -193,7 +209,7 @@ def transitions(model: MultiChiModel, data: Any, system: Any, out: str | os.Path
                "pairs": pairs}
     if figures:
         from .figures import rate_figure, simplex_figure
-        summary["figures"] = [str(simplex_figure(out / "simplex.png", memberships(model, x),
+        summary["figures"] = [str(simplex_figure(out / "simplex.png", memberships(model, x_ens),
                                                  chi_min)),
                               str(rate_figure(out / "rates.png", rates))]
     write_json(out / "summary.json", summary)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..data import atomic_save_npz, write_json
 from .runio import load_paths, read_npz
-from .state import stage_seed
+from .state import StageContext, stage_seed
 
 __all__ = ["FES_DIR", "fes_enabled", "free_energy", "generation_starts", "skip_paths",
            "start_histogram", "fes_markdown", "starts_markdown", "STRATIFIED_ORIGIN",
@@ -38,14 +38,14 @@ STRATIFIED_ORIGIN = "stratified"
 HIST_BINS = 10
 
 
-def fes_enabled(run: Any) -> bool:
+def fes_enabled(run: StageContext) -> bool:
     """``free_energy`` on, or "auto" for a periodic system (its χ-MEP energies are
     whole-box energies: ΔF‡ along χ is the barrier to report)."""
     mode = run.config.free_energy
     return mode == "on" or (mode == "auto" and bool(run.system.is_periodic))
 
 
-def _chi_tag(run: Any) -> dict[str, Any]:
+def _chi_tag(run: StageContext) -> dict[str, Any]:
     """The generation and file digest of the final χ (what the umbrella windows used)."""
     trained = [int(s.split("_")[1]) for s in run.completed
                if s.startswith("train_") and s not in run.skipped]
@@ -88,7 +88,7 @@ def _fes_record(summary: dict[str, Any], tag: dict[str, Any], periodic: bool,
     return rec
 
 
-def free_energy(run: Any) -> dict[str, Any]:
+def free_energy(run: StageContext) -> dict[str, Any]:
     """Umbrella windows along the final χ and MBAR → ``fes/``; ΔF‡ into the report."""
     from ..biased import MIN_OVERLAP, umbrella_free_energy
     cfg = run.config
@@ -138,7 +138,7 @@ def start_histogram(chi: Any, bins: int = HIST_BINS) -> dict[str, Any]:
     return {"counts": counts.tolist(), "flatness": flat}
 
 
-def skip_paths(run: Any, g: int) -> dict[str, Any]:
+def skip_paths(run: StageContext, g: int) -> dict[str, Any]:
     """The ``paths_g`` stage of a stratified-only run: no χ-MEP is needed for its starts."""
     from .runio import save_paths
     save_paths(run.paths["checkpoint"] / f"paths_g{g:03d}.npz", [])
@@ -148,7 +148,7 @@ def skip_paths(run: Any, g: int) -> dict[str, Any]:
     return {}
 
 
-def _window_starts(run: Any, model: Any, z: np.ndarray, seed: int) -> np.ndarray:
+def _window_starts(run: StageContext, model: Any, z: np.ndarray, seed: int) -> np.ndarray:
     """For each centre z_k a structure of the data with χ near z_k (one of the 5 nearest):
     a window started in its own χ range needs no walk out of a basin, where a trained χ is
     flat and the restraint barely pulls."""
@@ -159,7 +159,8 @@ def _window_starts(run: Any, model: Any, z: np.ndarray, seed: int) -> np.ndarray
     return np.stack([data.x[rng.choice(idx)] for idx in near])
 
 
-def _stratified(run: Any, g: int, n: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def _stratified(run: StageContext, g: int, n: int
+                ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """``n`` starts uniform in χ_{g−1} from short umbrella windows (each window checkpointed)."""
     from ..biased import UmbrellaSampler, UmbrellaSamples, auto_kappa, stratified_starts
     cfg = run.config
@@ -205,7 +206,7 @@ def _stratified(run: Any, g: int, n: int) -> tuple[np.ndarray, np.ndarray, dict[
     return np.asarray(x, dtype=np.float32), chi, {**info, "window_chi_range": rng.tolist()}
 
 
-def generation_starts(run: Any, g: int) -> tuple[np.ndarray, np.ndarray]:
+def generation_starts(run: StageContext, g: int) -> tuple[np.ndarray, np.ndarray]:
     """(starts (S, n, 3) float32, origin (S,)) of generation g's bursts by
     ``generation_starts``; records the strategy and the χ histogram of the starts."""
     from .stages import burst_starts

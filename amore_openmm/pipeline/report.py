@@ -14,7 +14,7 @@ import numpy as np
 
 from ..mep import JUMP_FACTOR, JUMP_MIN_RMSD
 from .runio import load_chipaths
-from .state import stage_seed
+from .state import StageContext, stage_seed
 
 __all__ = ["build_report", "report_markdown", "default_figures"]
 
@@ -23,7 +23,7 @@ def _finite(v: Any) -> float | None:
     return float(v) if v is not None and math.isfinite(float(v)) else None
 
 
-def _paths_info(run: Any) -> list[dict[str, Any]]:
+def _paths_info(run: StageContext) -> list[dict[str, Any]]:
     out = []
     if not run.paths["paths"].is_file():
         return out
@@ -40,7 +40,7 @@ def _paths_info(run: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _top_features(run: Any, k: int) -> list[dict[str, Any]]:
+def _top_features(run: StageContext, k: int) -> list[dict[str, Any]]:
     if not run.paths["features_csv"].is_file():
         return []
     with open(run.paths["features_csv"], newline="") as fh:
@@ -52,7 +52,7 @@ def _top_features(run: Any, k: int) -> list[dict[str, Any]]:
 BACKBONE_NAMES = frozenset({"N", "CA", "C", "O", "H", "OXT"})
 
 
-def _backbone_atoms(run: Any, k: int = 5) -> list[dict[str, Any]]:
+def _backbone_atoms(run: StageContext, k: int = 5) -> list[dict[str, Any]]:
     """The k most χ-sensitive backbone atoms, with their rank among all ranked atoms."""
     if not run.paths["atoms_csv"].is_file():
         return []
@@ -64,7 +64,7 @@ def _backbone_atoms(run: Any, k: int = 5) -> list[dict[str, Any]]:
     return out[:k]
 
 
-def build_report(run: Any) -> dict[str, Any]:
+def build_report(run: StageContext) -> dict[str, Any]:
     """The report dictionary of a finished (or partly finished) run."""
     st = run.state or {}
     cfg = run.config
@@ -90,6 +90,7 @@ def build_report(run: Any) -> dict[str, Any]:
         "dropped_bursts": drops,
         "paths": _paths_info(run),
         "free_energy": st.get("free_energy"),
+        "transitions": st.get("transitions"),
         "generation_starts": cfg.generation_starts,
         "top_atoms": st.get("top_atoms", []),
         "top_features": _top_features(run, cfg.top_k),
@@ -99,7 +100,8 @@ def build_report(run: Any) -> dict[str, Any]:
         "timings_s": timings,
         "total_time_s": round(sum(timings.values()), 2),
         "figures": st.get("figures", []) + ([st["channel_figure"]]
-                                            if st.get("channel_figure") else []),
+                                            if st.get("channel_figure") else []) +
+                   list((st.get("transitions") or {}).get("figures", [])),
         "science": {k: st[k] for k in ("equilibrium", "dihedral_saliency", "channels",
                                        "stopped", "stopped_after", "dihedral_val_loss",
                                        "dihedral_chi_corr")
@@ -241,6 +243,9 @@ def report_markdown(rep: dict[str, Any]) -> str:
         lines += [""] + fes_markdown(fe)
     if rep.get("top_atoms"):
         lines += [""] + _md_atoms(rep)
+    if rep.get("transitions"):
+        from .multichi_stages import transitions_markdown
+        lines += [""] + transitions_markdown(rep["transitions"])
     if rep.get("top_features"):
         lines += ["", "## Most salient features", "", "| rank | feature | ⟨‖∂ν/∂f‖²⟩ |",
                   "|---|---|---|"]
@@ -252,7 +257,7 @@ def report_markdown(rep: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def default_figures(run: Any) -> list[Path]:
+def default_figures(run: StageContext) -> list[Path]:
     """Figures from :mod:`amore_openmm.plots`; one failing figure is logged, not fatal."""
     from .. import plots
     from ..sensitivity import Sensitivity

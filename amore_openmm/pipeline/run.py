@@ -42,10 +42,11 @@ from ..data import KoopmanData, write_json
 from ..interrupt import check_interrupt
 from ..systems import get_platform
 from . import run_stages
+from .multichi_stages import multichi_enabled
 from .runio import read_data, read_model
-from .state import (LOGGER_NAME, STATE_VERSION, RunDirError, RunLock, check_writable,
-                    stage_generation, system_identity, check_out_dir, run_layout,
-                    sweep_temp_files)
+from .state import (LOGGER_NAME, STATE_VERSION, RunDirError, RunLock, StageContext,
+                    check_writable, stage_generation, system_identity, check_out_dir,
+                    run_layout, sweep_temp_files)
 
 __all__ = ["AmoreRun"]
 
@@ -57,7 +58,8 @@ class AmoreRun:
         out: the run directory.
         system: anything :func:`~amore_openmm.systems.load_system` takes; optional when
             resuming (taken from ``config.toml``), and if given it must match the run's.
-        preset: "default", "quick" or "paper" (sizes; see :mod:`amore_openmm.config`).
+        preset: one of :data:`~amore_openmm.presets.PRESET_NAMES` (sizes; see
+            :mod:`amore_openmm.config`).
         config_file: TOML file with settings (top level or ``[run]``).
         overrides: setting -> value (``None`` values are ignored), e.g. from CLI flags.
         resume: continue the run in ``out`` (its ``config.toml`` and checkpoint); settings in
@@ -226,6 +228,7 @@ class AmoreRun:
         for g in range(1, self.config.generations + 1):
             s += [f"paths_{g}", f"bursts_{g}", f"train_{g}"]
         fes = ["free_energy"] if self.config.free_energy != "off" else []
+        fes += ["transitions"] if multichi_enabled(self.config) else []
         if self.config.science:
             return s + ["dihedral_chi", "final_paths", "sensitivity", "channels", *fes,
                         "figures", "report"]
@@ -262,6 +265,10 @@ class AmoreRun:
     @property
     def progress(self) -> bool:
         return not self.quiet
+
+    def context(self) -> StageContext:
+        """What the stages get of this run (built per stage: the settings are current)."""
+        return StageContext(self.config, self.out, self.paths, self.log, self.progress, self)
 
     # -- logging / closing -------------------------------------------------------------------
     @property
@@ -400,7 +407,7 @@ class AmoreRun:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                info = run_stages.dispatch(self, stage) or {}
+                info = run_stages.dispatch(self.context(), stage) or {}
             for w in caught:  # a stage's warnings belong in run.log (not library noise)
                 if not issubclass(w.category, (DeprecationWarning, FutureWarning,
                                                PendingDeprecationWarning)):
@@ -419,7 +426,7 @@ class AmoreRun:
         self._mark(stage, dt, **info)
         self.log.info("stage %s done in %.1f s", stage, dt)
         if stage.startswith("train_"):
-            self.log.info(run_stages.summary_line(self, int(stage.split("_")[1])))
+            self.log.info(run_stages.summary_line(self.context(), int(stage.split("_")[1])))
 
     def _reconcile(self) -> None:
         """Bring state in line with the (possibly extended) settings after a resume."""
@@ -481,4 +488,4 @@ class AmoreRun:
 
     def stage_report(self) -> dict[str, Any]:
         """Rewrite ``report.json`` and ``report.md`` from the completed stages."""
-        return run_stages.dispatch(self, "report") or {}
+        return run_stages.dispatch(self.context(), "report") or {}

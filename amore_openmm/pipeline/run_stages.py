@@ -1,5 +1,6 @@
-"""The bodies of :class:`~amore_openmm.pipeline.AmoreRun`'s stages. Each takes the run,
-reads only files of completed stages and returns the entries to record in the checkpoint."""
+"""The bodies of :class:`~amore_openmm.pipeline.AmoreRun`'s stages. Each takes the run's
+:class:`~amore_openmm.pipeline.state.StageContext`, reads only files of completed stages and
+returns the entries to record in the checkpoint."""
 from __future__ import annotations
 
 import json
@@ -13,24 +14,25 @@ from .report import build_report, default_figures, report_markdown
 from .runio import load_chipaths, read_data, read_npz, save_paths
 from .stages import (TRAJECTORY_PARTIAL, train_chi, trace_paths,
                      trajectory_frames, write_sensitivity)
-from .state import stage_seed
+from .state import StageContext, stage_seed
 
 __all__ = ["dispatch", "summary_line"]
 
 
-def dispatch(run: Any, stage: str) -> dict[str, Any] | None:
-    """Run one stage of ``run`` by name."""
-    from . import fes_stages, science_stages
+def dispatch(ctx: StageContext, stage: str) -> dict[str, Any] | None:
+    """Run one stage by name."""
+    from . import fes_stages, multichi_stages, science_stages
     simple = {"trajectory": trajectory, "initial_bursts": initial_bursts,
               "final_paths": final_paths, "sensitivity": sensitivity, "figures": figures,
               "report": report, "dihedral_chi": science_stages.dihedral_chi,
-              "channels": science_stages.channels, "free_energy": fes_stages.free_energy}
+              "channels": science_stages.channels, "free_energy": fes_stages.free_energy,
+              "transitions": multichi_stages.transitions_stage}
     if stage in simple:
-        return simple[stage](run)
+        return simple[stage](ctx)
     kind, _, g = stage.partition("_")
     per_gen = {"train": train, "paths": paths, "bursts": bursts}
     if kind in per_gen and g.isdigit():
-        return per_gen[kind](run, int(g))
+        return per_gen[kind](ctx, int(g))
     from .state import RunDirError
     raise RunDirError(f"unknown stage {stage!r}")
 
@@ -46,48 +48,48 @@ def _drop_file(path: Path) -> None:
         pass
 
 
-def _sample(run: Any, starts: np.ndarray, seed: int, generation: int, origin: str,
+def _sample(ctx: StageContext, starts: np.ndarray, seed: int, generation: int, origin: str,
             partial: Path) -> KoopmanData:
     """K bursts from ``starts``; finished starts are committed to ``partial`` as they
     come, so a killed stage resumes where it stopped (same seeds, same data)."""
     from ..sampling import BurstSampler, ContextPool
-    cfg = run.config
+    cfg = ctx.config
     # periodic boxes on the CPU: re-seeding is about one step there, and per-burst seeds let
     # the few starts of a generation spread over every slot (a reseed block is one task)
-    reseed = "burst" if run.system.is_periodic and run.platform == "CPU" else "auto"
-    with ContextPool(run.system, size=cfg.workers, platform=run.platform) as pool:
+    reseed = "burst" if ctx.system.is_periodic and ctx.platform == "CPU" else "auto"
+    settings = cfg.sampling.replace(lag_steps=ctx.lag_steps, reseed=reseed)
+    with ContextPool(ctx.system, size=cfg.workers, platform=ctx.platform) as pool:
         report = getattr(pool, "layout_report", None)
         if report:   # the measured (or given) Contexts × threads choice, into run.log
-            run.log.info("burst pool layout on %s (reseed %s): %s", run.platform, reseed,
+            ctx.log.info("burst pool layout on %s (reseed %s): %s", ctx.platform, reseed,
                          json.dumps(to_jsonable(report), sort_keys=True))
-        sampler = BurstSampler(pool, executor=run.executor(), replicas=cfg.replicas)
+        sampler = BurstSampler(pool, executor=ctx.executor(), replicas=cfg.replicas)
 
         def go() -> KoopmanData:
-            return sampler.run(starts, cfg.n_koopman, run.lag_steps, seed=seed,
-                               generation=generation, origin=origin, progress=run.progress,
-                               checkpoint=partial, reseed=reseed)
+            return sampler.run(starts, settings=settings, seed=seed, generation=generation,
+                               origin=origin, progress=ctx.progress, checkpoint=partial)
         try:
             data = go()
         except ValueError as exc:
             # a partial file from other settings/versions is only a cache: start over
             if not (partial.is_file() and str(partial) in str(exc)):
                 raise
-            run.log.warning("discarding %s (%s)", partial.name, exc)
+            ctx.log.warning("discarding %s (%s)", partial.name, exc)
             partial.unlink()
             data = go()
-    data.system_name = run.system.name
+    data.system_name = ctx.system.name
     return data
 
 
-def _drops(run: Any, data: KoopmanData, what: str) -> dict[str, int]:
+def _drops(ctx: StageContext, data: KoopmanData, what: str) -> dict[str, int]:
     """The bursts dropped by the sampler's sanity checks, logged (never silently lost)."""
     counts = {str(k): int(v) for k, v in data.extra["drop_counts"].items()}
     if sum(counts.values()):
-        run.log.warning("%s: %d burst(s) dropped by the sanity checks (%s); they are not in "
+        ctx.log.warning("%s: %d burst(s) dropped by the sanity checks (%s); they are not in "
                         "the data", what, sum(counts.values()),
                         ", ".join(f"{k}: {v}" for k, v in counts.items()))
     else:
-        run.log.info("%s: no burst dropped by the sanity checks", what)
+        ctx.log.info("%s: no burst dropped by the sanity checks", what)
     return counts
 
 
@@ -102,216 +104,215 @@ def _last(value: Any) -> float | None:
 # --------------------------------------------------------------------------------------------
 # stages
 # --------------------------------------------------------------------------------------------
-def trajectory(run: Any) -> dict[str, Any]:
+def trajectory(ctx: StageContext) -> dict[str, Any]:
     """Frames from each initial structure (split evenly), saved to the checkpoint."""
-    cfg = run.config
+    cfg = ctx.config
     from .science_stages import equilibrium, uses_equilibrium
     if uses_equilibrium(cfg):
-        return equilibrium(run)
-    stride = int(cfg.stride_steps or run.lag_steps)
-    frames = trajectory_frames(run.system, cfg.n_starts, stride, cfg.seed, run.platform,
-                               run.progress, checkpoint_dir=run.paths["checkpoint"])
-    atomic_save_npz(run.paths["trajectory"], frames=frames, stride_steps=stride)
-    for partial in run.paths["checkpoint"].glob(TRAJECTORY_PARTIAL.format("*")):
+        return equilibrium(ctx)
+    stride = int(cfg.stride_steps or ctx.lag_steps)
+    frames = trajectory_frames(ctx.system, cfg.n_starts, stride, cfg.seed, ctx.platform,
+                               ctx.progress, checkpoint_dir=ctx.paths["checkpoint"])
+    atomic_save_npz(ctx.paths["trajectory"], frames=frames, stride_steps=stride)
+    for partial in ctx.paths["checkpoint"].glob(TRAJECTORY_PARTIAL.format("*")):
         partial.unlink()
     return {}
 
 
-def initial_bursts(run: Any) -> dict[str, Any]:
+def initial_bursts(ctx: StageContext) -> dict[str, Any]:
     """K bursts from every trajectory frame, saved in chunks (resumable)."""
-    partial = run.paths["checkpoint"] / "initial_bursts.partial.npz"
+    partial = ctx.paths["checkpoint"] / "initial_bursts.partial.npz"
     from .science_stages import equilibrium_data, uses_equilibrium
-    if uses_equilibrium(run.config):
-        data = equilibrium_data(run)
+    if uses_equilibrium(ctx.config):
+        data = equilibrium_data(ctx)
     else:
-        frames = read_npz(run.paths["trajectory"])["frames"]
-        data = _sample(run, frames, stage_seed(run.config.seed, "initial_bursts"), 0,
+        frames = read_npz(ctx.paths["trajectory"])["frames"]
+        data = _sample(ctx, frames, stage_seed(ctx.config.seed, "initial_bursts"), 0,
                        "trajectory", partial)
-    data.save(run.paths["data"])
+    data.save(ctx.paths["data"])
     _drop_file(partial)
-    run.gen_record(0).update(n_data=len(data), new_starts=len(data), n_paths=0,
-                             drop_counts=_drops(run, data, "initial bursts"))
+    ctx.gen_record(0).update(n_data=len(data), new_starts=len(data), n_paths=0,
+                             drop_counts=_drops(ctx, data, "initial bursts"))
     return {"n_data": len(data)}
 
 
-def train(run: Any, g: int) -> dict[str, Any]:
+def train(ctx: StageContext, g: int) -> dict[str, Any]:
     """ISOKANN on the data so far (continuing from generation g-1's weights), orient."""
     from ..isokann import exit_rates
-    cfg = run.config
-    data = run.load_data()
-    prev = None if g == 0 else run.load_model(g - 1)
+    cfg = ctx.config
+    data = ctx.load_data()
+    prev = None if g == 0 else ctx.load_model(g - 1)
     iters = cfg.iterations if g == 0 else cfg.iterations_per_generation
-    model, losses = train_chi(data, run.system, iters, model=prev, featurizer=cfg.featurizer,
+    model, losses = train_chi(data, ctx.system, iters, model=prev, featurizer=cfg.featurizer,
                               minibatch=cfg.minibatch, optimizer=cfg.optimizer, lr=cfg.lr,
                               weight_decay=cfg.weight_decay,
-                              seed=stage_seed(cfg.seed, f"train/{g}"), progress=run.progress)
+                              seed=stage_seed(cfg.seed, f"train/{g}"), progress=ctx.progress)
     rates = exit_rates(model, data, data.lag_time)
     val_loss = _last(model.metadata["training"]["val_loss"])
-    model.metadata.update(system=run.system.name, generation=g, n_data=len(data),
+    model.metadata.update(system=ctx.system.name, generation=g, n_data=len(data),
                           lag_time_ps=data.lag_time)
     # the per-generation snapshot is what resuming reads; model/ holds the latest
-    model.save(run.model_path(g))
-    model.save(run.paths["chi_state"])
-    model.export_torchscript(run.paths["chi_script"],
+    model.save(ctx.model_path(g))
+    model.save(ctx.paths["chi_state"])
+    model.export_torchscript(ctx.paths["chi_script"],
                              training={"generation": g, "iterations": iters,
                                        "n_data": len(data), "loss": _last(losses),
                                        "val_loss": val_loss})
     chi = model.chi(data.x)
-    run.gen_record(g).update(n_data=len(data), iterations=iters, loss=_last(losses),
+    ctx.gen_record(g).update(n_data=len(data), iterations=iters, loss=_last(losses),
                              loss_first=float(losses[0]) if losses else None,
                              val_loss=val_loss, timescale_ps=rates["timescale_ps"],
                              exit_rates=rates, chi_range=[float(chi.min()), float(chi.max())])
     training = model.metadata.get("training") or {}
     if g == 0 and training.get("first_fit_attempt", 1) > 1:   # the report says so
-        run.gen_record(g).update(fit_attempt=training["first_fit_attempt"],
+        ctx.gen_record(g).update(fit_attempt=training["first_fit_attempt"],
                                  lr_reduced_to=training.get("lr_reduced_to"))
     if cfg.science:
-        return _stop_rule(run, model, data, g)
+        return _stop_rule(ctx, model, data, g)
     return {}
 
 
-def _stop_rule(run: Any, model: Any, data: KoopmanData, g: int) -> dict[str, Any]:
+def _stop_rule(ctx: StageContext, model: Any, data: KoopmanData, g: int) -> dict[str, Any]:
     """Science runs: the new transitions of generation g and the stopping rule."""
     from .science import stop_decision
     from .science_stages import generation_transitions
-    rec = run.gen_record(g)
+    rec = ctx.gen_record(g)
     rec["new_transitions"] = generation_transitions(model, data, g)
     if g == 0:
         return {}
-    stop, why = stop_decision([run.gen_record(g - 1), rec])
+    stop, why = stop_decision([ctx.gen_record(g - 1), rec])
     rec["stop_rule"] = why
-    if stop and g < run.config.generations:
-        run.log.info("stopping rule: %s; generations %d..%d are skipped", why, g + 1,
-                     run.config.generations)
+    if stop and g < ctx.config.generations:
+        ctx.log.info("stopping rule: %s; generations %d..%d are skipped", why, g + 1,
+                     ctx.config.generations)
         return {"stopped_after": g, "stopped": why}
     return {}
 
 
-def _trace(run: Any, model: Any, n: int, seed: int | None) -> list[Any]:
-    cfg = run.config
+def _trace(ctx: StageContext, model: Any, n: int, seed: int | None) -> list[Any]:
+    cfg = ctx.config
     if cfg.path_tracer == "batched":   # (trace_paths warns when it cannot batch)
-        run.log.info("tracing %d χ-MEP(s) with path_tracer = batched", n)
-    return trace_paths(run.system, model, run.load_data(), n,
-                       window=(cfg.ts_low, cfg.ts_high), step=cfg.path_step, kappa=cfg.kappa,
-                       max_nodes=cfg.path_max_nodes, platform=cfg.platform,
+        ctx.log.info("tracing %d χ-MEP(s) with path_tracer = batched", n)
+    return trace_paths(ctx.system, model, ctx.load_data(), n,
+                       window=(cfg.ts_low, cfg.ts_high), settings=cfg.mep,
+                       platform=cfg.platform,
                        workers=cfg.workers, tracer=cfg.path_tracer, seed=seed,
-                       progress=run.progress)
+                       progress=ctx.progress)
 
 
-def _log_certificates(run: Any, chipaths: list[Any], what: str) -> list[list[int]]:
+def _log_certificates(ctx: StageContext, chipaths: list[Any], what: str) -> list[list[int]]:
     counts = [[int(p.n_certified), len(p)] for p in chipaths]
     for i, (c, n) in enumerate(counts):
-        (run.log.info if c == n else run.log.warning)(
+        (ctx.log.info if c == n else ctx.log.warning)(
             "%s path %d: %d of %d nodes certified%s", what, i, c, n,
             "" if c else " (UNCERTIFIED: no barrier, no burst starts)")
     return counts
 
 
-def paths(run: Any, g: int) -> dict[str, Any]:
+def paths(ctx: StageContext, g: int) -> dict[str, Any]:
     """χ-MEPs from transition states of χ after generation g-1."""
-    if run.config.generation_starts == "stratified":
+    if ctx.config.generation_starts == "stratified":
         from .fes_stages import skip_paths
-        return skip_paths(run, g)
-    model = run.load_model(g - 1)
-    chipaths = _trace(run, model, run.config.paths_per_generation,
-                      stage_seed(run.config.seed, f"ts/{g}"))
-    save_paths(run.paths["checkpoint"] / f"paths_g{g:03d}.npz", chipaths)
+        return skip_paths(ctx, g)
+    model = ctx.load_model(g - 1)
+    chipaths = _trace(ctx, model, ctx.config.paths_per_generation,
+                      stage_seed(ctx.config.seed, f"ts/{g}"))
+    save_paths(ctx.paths["checkpoint"] / f"paths_g{g:03d}.npz", chipaths)
     chis = np.concatenate([p.chi for p in chipaths]) if chipaths else np.zeros(0)
-    run.gen_record(g).update(
+    ctx.gen_record(g).update(
         n_paths=len(chipaths), path_nodes=[len(p) for p in chipaths],
-        path_certified=_log_certificates(run, chipaths, f"generation {g}"),
+        path_certified=_log_certificates(ctx, chipaths, f"generation {g}"),
         path_chi_range=[float(chis.min()), float(chis.max())] if len(chis) else None)
     return {}
 
 
-def bursts(run: Any, g: int) -> dict[str, Any]:
+def bursts(ctx: StageContext, g: int) -> dict[str, Any]:
     """K bursts from evenly spaced certified nodes of generation g's paths, merged into the
     data with weight 0 (path nodes are not samples of the Boltzmann ensemble)."""
-    cfg = run.config
-    part = run.paths["checkpoint"] / f"bursts_g{g:03d}.npz"
-    data = run.load_data()
+    cfg = ctx.config
+    part = ctx.paths["checkpoint"] / f"bursts_g{g:03d}.npz"
+    data = ctx.load_data()
     if part.is_file():
         new = read_data(part)
     else:
         from .fes_stages import generation_starts
         # mep: certified path nodes; stratified: uniform in χ from umbrella windows
-        starts, origin = generation_starts(run, g)
-        partial = run.paths["checkpoint"] / f"bursts_g{g:03d}.partial.npz"
+        starts, origin = generation_starts(ctx, g)
+        partial = ctx.paths["checkpoint"] / f"bursts_g{g:03d}.partial.npz"
         if len(starts):
-            new = _sample(run, starts, stage_seed(cfg.seed, f"bursts/{g}"), g, origin, partial)
+            new = _sample(ctx, starts, stage_seed(cfg.seed, f"bursts/{g}"), g, origin, partial)
         else:
-            run.log.warning("generation %d: no certified path node, no new bursts", g)
+            ctx.log.warning("generation %d: no certified path node, no new bursts", g)
             new = KoopmanData.empty(data.n_atoms, data.n_koopman, lag_steps=data.lag_steps,
-                                    timestep=data.timestep, system_name=run.system.name)
+                                    timestep=data.timestep, system_name=ctx.system.name)
             new.extra["drop_counts"] = {}
         new.weights = np.zeros(len(new))
         new.save(part)
         _drop_file(partial)
     merged = data.merge(new)
-    merged.save(run.paths["data"])
-    run.gen_record(g).update(n_data=len(merged), new_starts=len(new),
-                             drop_counts=_drops(run, new, f"generation {g} bursts"))
+    merged.save(ctx.paths["data"])
+    ctx.gen_record(g).update(n_data=len(merged), new_starts=len(new),
+                             drop_counts=_drops(ctx, new, f"generation {g} bursts"))
     return {"n_data": len(merged)}
 
 
-def final_paths(run: Any) -> dict[str, Any]:
+def final_paths(ctx: StageContext) -> dict[str, Any]:
     """χ-MEPs of the final χ → ``mep/paths.npz``."""
-    n = run.config.final_paths
+    n = ctx.config.final_paths
     # science runs: random distinct transition states (the lowest-energy ones crowd together)
-    seed = stage_seed(run.config.seed, "final_ts") if run.config.science else None
-    chipaths = _trace(run, run.load_model(), n, seed) if n else []
-    save_paths(run.paths["paths"], chipaths)
-    return {"final_path_certified": _log_certificates(run, chipaths, "final")}
+    seed = stage_seed(ctx.config.seed, "final_ts") if ctx.config.science else None
+    chipaths = _trace(ctx, ctx.load_model(), n, seed) if n else []
+    save_paths(ctx.paths["paths"], chipaths)
+    return {"final_path_certified": _log_certificates(ctx, chipaths, "final")}
 
 
-def _ensemble(run: Any) -> tuple[np.ndarray, np.ndarray]:
+def _ensemble(ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
     """Positions and weights of the ensemble ρ: the samples with weight > 0 (at most
     ``sensitivity_samples``, a seeded subsample)."""
-    data = run.load_data()
+    data = ctx.load_data()
     w = np.asarray(data.weights, dtype=float)
     idx = np.flatnonzero(w > 0)
     if len(idx) == 0:
-        raise ValueError(f"{run.paths['data']}: every sample has weight 0; the sensitivity "
+        raise ValueError(f"{ctx.paths['data']}: every sample has weight 0; the sensitivity "
                          "needs ensemble samples (trajectory frames)")
-    n = run.config.sensitivity_samples
+    n = ctx.config.sensitivity.samples
     if len(idx) > n:
-        rng = np.random.default_rng(stage_seed(run.config.seed, "sensitivity"))
+        rng = np.random.default_rng(stage_seed(ctx.config.seed, "sensitivity"))
         idx = np.sort(rng.choice(idx, n, replace=False))
     return data.x[idx], w[idx]
 
 
-def sensitivity(run: Any) -> dict[str, Any]:
+def sensitivity(ctx: StageContext) -> dict[str, Any]:
     """Ensemble/level-set sensitivity with error bars, feature saliency, path MSE, PDBs."""
-    x, w = _ensemble(run)
-    res = write_sensitivity(run.paths["atoms_csv"].parent, run.load_model(), run.system, x,
-                            weights=w, paths=load_chipaths(run.paths["paths"]),
-                            bins=run.config.sensitivity_bins, top_k=run.config.top_k,
-                            mep_dir=run.paths["mep_dir"])
+    x, w = _ensemble(ctx)
+    res = write_sensitivity(ctx.paths["atoms_csv"].parent, ctx.load_model(), ctx.system, x,
+                            weights=w, paths=load_chipaths(ctx.paths["paths"]),
+                            settings=ctx.config.sensitivity, mep_dir=ctx.paths["mep_dir"])
     return {"path_mse": res["path_mse"], "top_atoms": res["top_atoms"]}
 
 
-def figures(run: Any) -> dict[str, Any]:
+def figures(ctx: StageContext) -> dict[str, Any]:
     """Figures into ``figures/`` (failures are logged, never fatal)."""
-    if not run.config.figures:
+    if not ctx.config.figures:
         return {"figures": []}
-    return {"figures": [str(Path(p).relative_to(run.out)) for p in default_figures(run)]}
+    return {"figures": [str(Path(p).relative_to(ctx.out)) for p in default_figures(ctx)]}
 
 
-def report(run: Any) -> dict[str, Any]:
+def report(ctx: StageContext) -> dict[str, Any]:
     """``report.json`` and ``report.md``."""
-    rep = build_report(run)
-    write_json(run.paths["report_json"], rep)
-    atomic_write_text(run.paths["report_md"], report_markdown(rep))
-    if run.config.science:
+    rep = build_report(ctx)
+    write_json(ctx.paths["report_json"], rep)
+    atomic_write_text(ctx.paths["report_md"], report_markdown(rep))
+    if ctx.config.science:
         from .science_stages import paper_comparison
-        paper_comparison(run)
+        paper_comparison(ctx)
     return {}
 
 
-def summary_line(run: Any, g: int) -> str:
+def summary_line(ctx: StageContext, g: int) -> str:
     """One log line per generation."""
-    rec = run.gen_record(g)
-    parts = [f"generation {g}/{run.config.generations}:",
+    rec = ctx.gen_record(g)
+    parts = [f"generation {g}/{ctx.config.generations}:",
              f"data {rec.get('n_data', '?')} starts"]
     if rec.get("new_starts"):
         parts.append(f"(+{rec['new_starts']} from {rec.get('n_paths', 0)} paths)")

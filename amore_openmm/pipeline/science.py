@@ -20,13 +20,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["equilibrium_trajectories", "remd_frames", "burst_starts_of", "koopman_pairs", "halves_check", "count_transitions",
+__all__ = ["equilibrium_trajectories", "remd_frames", "burst_starts_of", "koopman_pairs",
+           "halves_check", "integrated_autocorrelation", "stationary_tv", "halves_diagnosis", "count_transitions",
            "stop_decision", "channel_summaries", "choose_residue", "comparison_rows",
            "comparison_markdown", "PAPER", "HALVES_TOLERANCE", "TIMESCALE_TOLERANCE",
            "CHANNEL_LEVELS", "SAME_PROCESS_CORR", "chi_correlation"]
 
 #: largest total-variation distance between the halves' dihedral histograms called converged
-HALVES_TOLERANCE = 0.1
+#: (issue 23's criterion; 36 bins, so a stationary run needs thousands of independent frames)
+HALVES_TOLERANCE = 0.05
 #: relative change of the χ timescale below which a generation adds nothing (stopping rule)
 TIMESCALE_TOLERANCE = 0.1
 
@@ -153,6 +155,34 @@ def koopman_pairs(traj: np.ndarray, n_pairs: int, *, lag_steps: int, timestep: f
     return data
 
 
+def integrated_autocorrelation(series: np.ndarray, cutoff: float = 0.05) -> float:
+    """Integrated autocorrelation time τ = 1 + 2 Σ ρ(t) in frames of a (replicas, frames)
+    series, ρ summed until it first drops below ``cutoff`` (averaged over replicas)."""
+    s = np.asarray(series, dtype=float)
+    s = s - s.mean(axis=1, keepdims=True)
+    n = s.shape[1]
+    var = float((s ** 2).mean())
+    if n < 3 or var <= 0.0:
+        return 1.0
+    # FFT autocovariance with zero padding (no circular wrap), mean over replicas
+    f = np.fft.rfft(s, 2 * n, axis=1)
+    acov = np.fft.irfft(f * np.conj(f), axis=1)[:, :n].mean(axis=0) / np.arange(n, 0, -1)
+    rho = acov / acov[0]
+    below = np.flatnonzero(rho[1:] < cutoff)
+    stop = int(below[0]) + 1 if below.size else n
+    return float(max(1.0, 1.0 + 2.0 * rho[1:stop].sum()))
+
+
+def stationary_tv(p: np.ndarray, n1: float, n2: float,
+                  tau: np.ndarray | float = 1.0) -> float:
+    """Expected total-variation distance between two histograms of ``n1`` and ``n2``
+    samples of one distribution ``p`` (normal approximation per bin); ``tau``: each bin's
+    integrated autocorrelation time in samples (1: independent samples)."""
+    q = np.asarray(p, dtype=float)
+    sd = np.sqrt(q * (1.0 - q) * np.asarray(tau, dtype=float) * (1.0 / n1 + 1.0 / n2))
+    return float(0.5 * math.sqrt(2.0 / math.pi) * sd.sum())
+
+
 def halves_check(angles: np.ndarray, names: Sequence[str], bins: int = 36,
                  tolerance: float = HALVES_TOLERANCE) -> dict[str, Any]:
     """Compare the first and second half of every replica: (R, F, D) angles in radians.
@@ -160,6 +190,13 @@ def halves_check(angles: np.ndarray, names: Sequence[str], bins: int = 36,
     For each dihedral, the total-variation distance ½Σ|p₁ − p₂| between the histograms
     (``bins`` over (−π, π]) of the pooled first halves and the pooled second halves. The
     ensemble is called converged when the largest distance is below ``tolerance``.
+
+    Why a run is not converged is reported too, per dihedral: the integrated autocorrelation
+    time τ (frames; of cos and sin, the larger) and the effective sample size 2F·R/τ; the
+    chance TV of this many *independent* frames (``tv_floor``, a lower bound: above the
+    tolerance, even uncorrelated frames of this count could not pass); and ``frames_needed``,
+    the frames at which the observed TV would reach the tolerance if it falls as 1/√N (an
+    extrapolation, a lower bound when part of the TV is drift).
     """
     a = np.asarray(angles, dtype=float)
     if a.ndim != 3 or a.shape[1] < 2:
@@ -168,16 +205,46 @@ def halves_check(angles: np.ndarray, names: Sequence[str], bins: int = 36,
     if len(names) != a.shape[2]:
         raise ValueError(f"halves_check: {len(names)} names for {a.shape[2]} dihedrals")
     half = a.shape[1] // 2
+    n_half = half * a.shape[0]
     edges = np.linspace(-np.pi, np.pi, int(bins) + 1)
-    tv = []
+    tv, tau, floor, needed = [], [], [], []
     for d in range(a.shape[2]):
         h1 = np.histogram(a[:, :half, d], edges)[0].astype(float)
         h2 = np.histogram(a[:, half:, d], edges)[0].astype(float)
         tv.append(0.5 * float(np.abs(h1 / h1.sum() - h2 / h2.sum()).sum()))
+        tau.append(max(integrated_autocorrelation(np.cos(a[:, :, d])),
+                       integrated_autocorrelation(np.sin(a[:, :, d]))))
+        floor.append(stationary_tv((h1 + h2) / (h1 + h2).sum(), n_half, n_half))
+        needed.append(int(math.ceil(2 * n_half * max(1.0, (tv[-1] / tolerance) ** 2))))
     worst = int(np.argmax(tv))
+    slowest = int(np.argmax(tau))
     return {"tv": dict(zip(names, tv)), "max_tv": tv[worst], "worst": names[worst],
             "tolerance": float(tolerance), "converged": bool(tv[worst] < tolerance),
-            "frames_per_half": int(half) * a.shape[0]}
+            "frames_per_half": int(n_half),
+            "tau_frames": dict(zip(names, tau)),
+            "n_eff": {n: n_half * 2 / t for n, t in zip(names, tau)},
+            "tv_floor": dict(zip(names, floor)),
+            "frames_needed": dict(zip(names, needed)),
+            "slowest": names[slowest], "max_frames_needed": int(max(needed))}
+
+
+def halves_diagnosis(halves: dict[str, Any], ps_per_frame: float) -> str:
+    """One sentence on what limits the halves check: the slowest dihedral's τ, its effective
+    samples and the sampling (ns per replica) a stationary run would need to pass."""
+    slow = halves.get("slowest")
+    if slow is None:  # a check written before the autocorrelation was recorded
+        return ""
+    tau_ps = halves["tau_frames"][slow] * ps_per_frame
+    worst = halves["worst"]
+    need_ns = halves["frames_needed"][worst] * ps_per_frame / 1000.0
+    have_ns = halves["frames_per_half"] * 2 * ps_per_frame / 1000.0
+    text = (f"slowest dihedral {slow}: τ {tau_ps:.3g} ps, {halves['n_eff'][slow]:.0f} "
+            f"independent frames; chance TV of independent frames at {worst} "
+            f"{halves['tv_floor'][worst]:.3f}")
+    if not halves["converged"]:
+        text += (f"; at 1/√N the worst TV reaches {halves['tolerance']:g} after "
+                 f"≈ {need_ns:.3g} ns of frames (have {have_ns:.3g} ns)")
+    return text
 
 
 # --------------------------------------------------------------------------------------------

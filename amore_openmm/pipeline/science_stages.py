@@ -29,14 +29,14 @@ import numpy as np
 from ..data import atomic_save_npz, atomic_write_text, write_json
 from . import science
 from .runio import load_chipaths, read_npz
-from .state import stage_seed
+from .state import StageContext, stage_seed
 
 __all__ = ["equilibrium", "equilibrium_remd", "equilibrium_data", "remd_bursts",
            "uses_equilibrium", "dihedral_chi", "channels", "paper_comparison",
            "generation_transitions", "science_paths", "science_markdown"]
 
 
-def science_paths(run: Any) -> dict[str, Path]:
+def science_paths(run: StageContext) -> dict[str, Path]:
     """Files of the science stages."""
     out = run.out
     return {"equilibrium": out / "checkpoint" / "equilibrium.npz",
@@ -49,13 +49,13 @@ def science_paths(run: Any) -> dict[str, Path]:
             "figure": out / "figures" / "channels_phi_psi.png"}
 
 
-def _dihedrals(run: Any) -> tuple[np.ndarray, list[str]]:
+def _dihedrals(run: StageContext) -> tuple[np.ndarray, list[str]]:
     from ..chi.featurizers import backbone_quads
     quads, names = backbone_quads(run.system.topology)
     return np.asarray(quads, dtype=np.int64), list(names)
 
 
-def _angles(run: Any, x: np.ndarray) -> np.ndarray:
+def _angles(run: StageContext, x: np.ndarray) -> np.ndarray:
     from ..systems.geometry import dihedral_angles
     quads, _ = _dihedrals(run)
     return dihedral_angles(np.asarray(x, dtype=np.float64), quads)
@@ -69,7 +69,7 @@ def uses_equilibrium(cfg: Any) -> bool:
     return bool(cfg.equilibrium_replicas) or cfg.equilibrium_method == "remd"
 
 
-def equilibrium(run: Any) -> dict[str, Any]:
+def equilibrium(run: StageContext) -> dict[str, Any]:
     """Packed replicas from the bundled conformations; frames every lag after each replica's
     equilibration; halves check per backbone dihedral. With ``equilibrium_method = remd``:
     :func:`equilibrium_remd`."""
@@ -84,22 +84,24 @@ def equilibrium(run: Any) -> dict[str, Any]:
         checkpoint=files["equilibrium_partial"])
     _, names = _dihedrals(run)
     ang = _angles(run, traj.reshape(-1, *traj.shape[2:])).reshape(*traj.shape[:2], -1)
-    halves = science.halves_check(ang, names)
     dt = float(run.system.timestep)
+    halves = science.halves_check(ang, names)
+    halves["ps_per_frame"] = lag * dt
     ns = cfg.equilibrium_replicas * traj.shape[1] * lag * dt / 1000.0
     ns_eq = cfg.equilibrium_replicas * cfg.equilibration_steps * dt / 1000.0
     atomic_save_npz(files["equilibrium"], traj=traj, stride_steps=lag)
     files["equilibrium_partial"].unlink(missing_ok=True)
     run.log.info("equilibrium: %d replicas, %.3f ns kept (%.3f ns equilibration discarded); "
-                 "halves: largest TV %.3f (%s), %s", cfg.equilibrium_replicas, ns, ns_eq,
+                 "halves: largest TV %.3f (%s), %s; %s", cfg.equilibrium_replicas, ns, ns_eq,
                  halves["max_tv"], halves["worst"],
-                 "converged" if halves["converged"] else "NOT converged")
+                 "converged" if halves["converged"] else "NOT converged",
+                 science.halves_diagnosis(halves, halves["ps_per_frame"]))
     info = {"ns_sampled": ns, "ns_discarded": ns_eq, "replicas": cfg.equilibrium_replicas,
             "frames_per_replica": int(traj.shape[1]), "platform": platform, "halves": halves}
     return {"equilibrium": info}
 
 
-def equilibrium_remd(run: Any) -> dict[str, Any]:
+def equilibrium_remd(run: StageContext) -> dict[str, Any]:
     """Temperature replica exchange (HMR at 4 fs with ``hmr``) from the bundled
     conformations: base-temperature frames after the equilibration, halves check per
     backbone dihedral, neighbour acceptance (``checkpoint/remd.npz`` to resume)."""
@@ -114,25 +116,27 @@ def equilibrium_remd(run: Any) -> dict[str, Any]:
     _, names = _dihedrals(run)
     ang = _angles(run, frames.reshape(-1, *frames.shape[2:])).reshape(*frames.shape[:2], -1)
     halves = science.halves_check(ang, names)
+    halves["ps_per_frame"] = float(cfg.remd_ps_per_exchange)
     ns = frames.shape[1] * cfg.remd_ps_per_exchange / 1000.0
     ns_eq = remd["exchanges_discarded"] * cfg.remd_ps_per_exchange / 1000.0
     atomic_save_npz(files["equilibrium"], traj=frames, stride_steps=remd["steps_per_exchange"])
     files["remd"].unlink(missing_ok=True)
     run.log.info("equilibrium (replica exchange): %d temperatures %s K, %d exchanges of %g ps"
                  "%s; neighbour acceptance %s, %d round trips; %.3f ns kept at %.1f K "
-                 "(%.3f ns discarded); halves: largest TV %.3f (%s), %s",
+                 "(%.3f ns discarded); halves: largest TV %.3f (%s), %s; %s",
                  cfg.remd_replicas, ", ".join(f"{t:.1f}" for t in remd["temperatures_K"]),
                  remd["exchanges"], cfg.remd_ps_per_exchange, ", HMR 4 fs" if cfg.hmr else "",
                  ", ".join("—" if a is None else f"{a:.2f}" for a in remd["acceptance"]),
                  remd["round_trips"], ns, remd["temperatures_K"][0], ns_eq, halves["max_tv"],
-                 halves["worst"], "converged" if halves["converged"] else "NOT converged")
+                 halves["worst"], "converged" if halves["converged"] else "NOT converged",
+                 science.halves_diagnosis(halves, halves["ps_per_frame"]))
     info = {"ns_sampled": ns, "ns_discarded": ns_eq, "replicas": cfg.remd_replicas,
             "frames_per_replica": int(frames.shape[1]), "platform": platform,
             "halves": halves, "remd": remd}
     return {"equilibrium": info}
 
 
-def equilibrium_data(run: Any) -> Any:
+def equilibrium_data(run: StageContext) -> Any:
     """Koopman data of the equilibrium ensemble (``n_starts`` pairs, weight 1). After
     replica exchange: K bursts of the original system (no HMR) from ``n_starts`` evenly
     spaced base-temperature frames (:func:`remd_bursts`)."""
@@ -148,7 +152,7 @@ def equilibrium_data(run: Any) -> Any:
     return data
 
 
-def remd_bursts(run: Any) -> Any:
+def remd_bursts(run: StageContext) -> Any:
     """K bursts of ``lag_steps`` of the run's own system (its masses, constraints and time
     step: the dynamics the Koopman operator is of) from evenly spaced replica-exchange frames,
     weight 1; finished starts are committed to ``checkpoint/initial_bursts.partial.npz``."""
@@ -184,7 +188,7 @@ def generation_transitions(model: Any, data: Any, g: int) -> int | None:
 # --------------------------------------------------------------------------------------------
 # dihedral χ
 # --------------------------------------------------------------------------------------------
-def _ensemble_x(run: Any) -> np.ndarray:
+def _ensemble_x(run: StageContext) -> np.ndarray:
     data = run.load_data()
     idx = np.flatnonzero(np.asarray(data.weights) > 0)
     n = run.config.sensitivity_samples
@@ -194,7 +198,7 @@ def _ensemble_x(run: Any) -> np.ndarray:
     return data.x[idx]
 
 
-def dihedral_chi(run: Any) -> dict[str, Any]:
+def dihedral_chi(run: StageContext) -> dict[str, Any]:
     """A second χ on the backbone dihedrals (sin, cos), trained on the same data; its
     saliency per dihedral angle (rad⁻², chain rule) and per component.
 
@@ -245,7 +249,8 @@ def dihedral_chi(run: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # channels
 # --------------------------------------------------------------------------------------------
-def _certified_angles(run: Any, paths: list[Any]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _certified_angles(run: StageContext, paths: list[Any]
+                      ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     chis, angs = [], []
     for p in paths:
         c = np.asarray(p.certified, dtype=bool)
@@ -255,7 +260,7 @@ def _certified_angles(run: Any, paths: list[Any]) -> tuple[list[np.ndarray], lis
     return chis, angs
 
 
-def channels(run: Any) -> dict[str, Any]:
+def channels(run: StageContext) -> dict[str, Any]:
     """Final χ-MEPs (certified nodes) clustered into channels; per-channel summary; figure."""
     from ..channels import find_channels
     from ..sensitivity import Sensitivity
@@ -285,8 +290,8 @@ def channels(run: Any) -> dict[str, Any]:
     return {"channels": result, "channel_figure": fig}
 
 
-def _channel_figure(run: Any, chans: list[Any], angs: list[np.ndarray], ens_ang: np.ndarray,
-                    weights: np.ndarray) -> str | None:
+def _channel_figure(run: StageContext, chans: list[Any], angs: list[np.ndarray],
+                    ens_ang: np.ndarray, weights: np.ndarray) -> str | None:
     """(φ, ψ) of the residue of the most salient dihedral: ensemble density in grey,
     channels' certified path nodes in colour. Failures are logged, not fatal."""
     if not run.config.figures:
@@ -341,7 +346,7 @@ def _notes(rows: list[dict[str, Any]], st: dict[str, Any]) -> None:
                                               "; the halves check did not converge")
 
 
-def _final_starts(run: Any) -> list[str]:
+def _final_starts(run: StageContext) -> list[str]:
     """Where the final paths started, and whether those were transition states (a χ that is
     nearly binary over the data leaves the window empty: the paths then start at the edge of
     a basin and climb into the transition region)."""
@@ -362,7 +367,7 @@ def _final_starts(run: Any) -> list[str]:
     return [line]
 
 
-def paper_comparison(run: Any) -> Path:
+def paper_comparison(run: StageContext) -> Path:
     """Write ``paper_comparison.md`` from the completed stages."""
     st = run.state or {}
     sal = [(r["dihedral"], r["saliency_rad2"]) for r in st.get("dihedral_saliency", [])]
@@ -430,6 +435,11 @@ def science_markdown(st: dict[str, Any]) -> list[str]:
                   "starts carry weight 0.", "",
                   "Halves distance per dihedral: " + ", ".join(
                       f"{k} {v:.3f}" for k, v in h["tv"].items()) + ".", ""]
+        why = science.halves_diagnosis(h, h.get("ps_per_frame", 0.0))
+        if why:
+            lines += [why[0].upper() + why[1:] + ". Autocorrelation time per dihedral (ps): "
+                      + ", ".join(f"{k} {v * h['ps_per_frame']:.3g}"
+                                  for k, v in h["tau_frames"].items()) + ".", ""]
     rows = st.get("dihedral_saliency")
     if rows:
         lines += ["## Dihedral χ: saliency per backbone dihedral", "",

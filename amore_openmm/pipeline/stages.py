@@ -1,7 +1,7 @@
 """The pipeline's stages as plain functions (also the ``amore sample/train/mep/sensitivity``
 commands). Their defaults come from :class:`~amore_openmm.config.RunConfig` (the run
-settings) and, for the χ-MEP geometry, from :func:`~amore_openmm.mep.trace_chi_mep`: a
-``None`` step, κ or node limit is not passed on, so the library's default applies."""
+settings, whose stage defaults live in :mod:`amore_openmm.settings`); a ``None`` χ-MEP
+step, κ or node limit leaves the :class:`~amore_openmm.settings.MEPSettings` value."""
 from __future__ import annotations
 
 import os
@@ -13,6 +13,7 @@ import numpy as np
 
 from ..config import RunConfig, check_settings
 from ..data import KoopmanData
+from ..settings import MEPSettings, SensitivitySettings
 from .runio import write_features_csv
 from .state import stage_seed, check_out_dir
 
@@ -222,13 +223,15 @@ def path_starts(ms: Any, model: Any, data: Any, n_paths: int, window: tuple[floa
 
 def trace_paths(system: Any, model: Any, data: Any, n_paths: int = _D.final_paths, *,
                 window: tuple[float, float] = (_D.ts_low, _D.ts_high),
-                step: float | None = _D.path_step, kappa: float | None = _D.kappa,
-                max_nodes: int | None = _D.path_max_nodes, platform: str = _D.platform,
+                settings: MEPSettings | None = None, step: float | None = None,
+                kappa: float | None = None, max_nodes: int | None = None,
+                platform: str = _D.platform,
                 workers: int | None = None, tracer: str = _D.path_tracer,
                 seed: int | None = None, progress: bool = True) -> list[Any]:
     """χ-MEPs from ``n_paths`` transition states of ``data`` (KoopmanData or positions):
-    random ones when ``seed`` is given, otherwise the lowest-energy ones. ``step``,
-    ``kappa``, ``max_nodes``: None uses :func:`~amore_openmm.mep.trace_chi_mep`'s default.
+    random ones when ``seed`` is given, otherwise the lowest-energy ones. ``settings``: the
+    :class:`~amore_openmm.settings.MEPSettings` (default ``MEPSettings()``); ``step``,
+    ``kappa``, ``max_nodes`` override them unless None.
     ``platform``: see :func:`mep_platform` (Reference, or CPU for a periodic or
     implicit-solvent System, unless CPU, CUDA or OpenCL is asked for). ``tracer``: "pool" (one
     path at a time per worker, :func:`~amore_openmm.mep.trace_chi_meps`) or "batched" (all
@@ -253,13 +256,13 @@ def trace_paths(system: Any, model: Any, data: Any, n_paths: int = _D.final_path
         rng = np.random.default_rng(seed)
         ts = ts[np.sort(rng.choice(len(ts), size=n_paths, replace=False))]
     ts = ts[:n_paths]
-    opts = {k: v for k, v in (("step", step), ("kappa", kappa), ("max_nodes", max_nodes))
-            if v is not None}
+    opts = (settings or MEPSettings()).replace(**{k: v for k, v in (
+        ("step", step), ("kappa", kappa), ("max_nodes", max_nodes)) if v is not None})
     if tracer == "batched":
         return trace_chi_meps_batched(ms, model, ts, platform=platform, properties=properties,
-                                      **opts)
+                                      settings=opts)
     return trace_chi_meps(ms, model, ts, pool_size=workers, platform=platform,
-                          properties=properties, progress=progress, **opts)
+                          properties=properties, progress=progress, settings=opts)
 
 
 def batched_platform(platform: str) -> tuple[str, dict[str, str] | None]:
@@ -346,17 +349,23 @@ def top_atoms(sens: Any, k: int) -> list[dict[str, Any]]:
 
 def write_sensitivity(out: str | os.PathLike, model: Any, system: Any, positions: np.ndarray,
                       *, weights: np.ndarray | None = None, paths: list[Any] | None = None,
-                      bins: int = _D.sensitivity_bins, top_k: int = _D.top_k,
-                      mep_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                      settings: SensitivitySettings | None = None, bins: int | None = None,
+                      top_k: int | None = None, mep_dir: str | os.PathLike | None = None
+                      ) -> dict[str, Any]:
     """χ-sensitivity files into ``out``: ``atoms.csv``
     (:meth:`~amore_openmm.sensitivity.Sensitivity.write_ranking_csv`), ``levelset.npz``,
     ``features.csv``; with ``paths`` also the path-vs-ensemble MSE per path and, when
     ``mep_dir`` is given, ``path_XXX.pdb`` there (B-factor: the level-set average
     ⟨‖∇ᵢχ‖²⟩_z at each node's χ). ``weights``: per-sample weights of the ensemble.
+    ``settings``: :class:`~amore_openmm.settings.SensitivitySettings` (its ``bins`` and
+    ``top_k``; ``bins``/``top_k`` override them unless None).
     Returns {"path_mse", "sensitivity", "saliency", "top_atoms"}."""
     from ..mep import write_path_pdb
     from ..sensitivity import chi_sensitivity, feature_saliency, path_vs_ensemble_mse
     from ..systems import load_system
+    s = settings or SensitivitySettings()
+    bins = s.bins if bins is None else bins
+    top_k = s.top_k if top_k is None else top_k
     check_settings({"sensitivity_bins": bins, "top_k": top_k}, "write_sensitivity")
     out = check_out_dir(Path(out))
     ms = load_system(system)

@@ -1,14 +1,21 @@
-"""Run-directory state shared by the pipeline modules: layout, errors, lock, stage seeds."""
+"""Run-directory state shared by the pipeline modules: layout, errors, lock, stage seeds,
+and :class:`StageContext`, what a stage gets of its run."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
+
+if TYPE_CHECKING:  # typing only: the config is not needed to read a run directory
+    from ..config import RunConfig
+    from ..data import KoopmanData
 
 __all__ = ["RunDirError", "DamagedFileError", "RunLock", "run_layout", "STATE_VERSION",
-           "LOGGER_NAME", "sweep_temp_files"]
+           "LOGGER_NAME", "sweep_temp_files", "StageContext", "RunStore"]
 
 STATE_VERSION = 1
 LOGGER_NAME = "amore_openmm.run"
@@ -50,6 +57,86 @@ def run_layout(out: str | os.PathLike) -> dict[str, Path]:
 def stage_seed(seed: int, stage: str) -> int:
     """A stable per-stage seed (independent of Python's hash randomisation)."""
     return (int(seed) * 1_000_003 + zlib.crc32(stage.encode())) % (2**31 - 1)
+
+
+class RunStore(Protocol):
+    """The run's state and files as a stage reads them (an
+    :class:`~amore_openmm.pipeline.AmoreRun`)."""
+
+    state: dict[str, Any] | None
+
+    @property
+    def system(self) -> Any: ...
+    @property
+    def platform(self) -> str: ...
+    @property
+    def completed(self) -> list[str]: ...
+    @property
+    def skipped(self) -> list[str]: ...
+    def gen_record(self, g: int) -> dict[str, Any]: ...
+    def load_data(self) -> KoopmanData: ...
+    def load_model(self, g: int | None = None) -> Any: ...
+    def model_path(self, g: int) -> Path: ...
+    def executor(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a pipeline stage gets of its run: the resolved settings, the run directory and
+    its layout, the log, whether to show progress, and the run's state and files
+    (``store``). The system is loaded and the "auto" platform probed once, by the run."""
+
+    config: RunConfig
+    out: Path
+    paths: Mapping[str, Path]
+    log: logging.Logger
+    progress: bool
+    store: RunStore
+
+    @property
+    def system(self) -> Any:
+        """The run's :class:`~amore_openmm.systems.MolecularSystem`."""
+        return self.store.system
+
+    @property
+    def platform(self) -> str:
+        """The burst platform (the configured one, or the one probed for "auto")."""
+        return self.store.platform
+
+    @property
+    def lag_steps(self) -> int:
+        return int(self.config.lag_steps or self.system.lag_steps)
+
+    @property
+    def state(self) -> dict[str, Any] | None:
+        return self.store.state
+
+    @property
+    def completed(self) -> list[str]:
+        return self.store.completed
+
+    @property
+    def skipped(self) -> list[str]:
+        return self.store.skipped
+
+    def seed(self, stage: str) -> int:
+        """The stage's seed (:func:`stage_seed` of the run seed)."""
+        return stage_seed(self.config.seed, stage)
+
+    def gen_record(self, g: int) -> dict[str, Any]:
+        return self.store.gen_record(g)
+
+    def load_data(self) -> KoopmanData:
+        return self.store.load_data()
+
+    def load_model(self, g: int | None = None) -> Any:
+        return self.store.load_model(g)
+
+    def model_path(self, g: int) -> Path:
+        return self.store.model_path(g)
+
+    def executor(self) -> Any:
+        return self.store.executor()
 
 
 def stage_generation(stage: str) -> int | None:

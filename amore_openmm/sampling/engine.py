@@ -31,6 +31,7 @@ import numpy as np
 import openmm
 from openmm import unit
 
+from ..settings import SamplingSettings
 from ..systems import get_platform
 from . import sanity as sn
 from .seeds import FORCE_TAG, REF_LOCK, reference_seed_function, stream_seeds, BLOCK_TAG
@@ -39,7 +40,7 @@ __all__ = ["BurstEngine", "Engine", "BurstSpec", "BurstFailureWarning", "cached_
            "engine_cache", "default_platform_properties", "DEFAULT_MAX_DISPLACEMENT"]
 
 #: default bound on how far a burst may move any coordinate (nm) before it counts as exploded
-DEFAULT_MAX_DISPLACEMENT = 100.0
+DEFAULT_MAX_DISPLACEMENT = SamplingSettings().max_displacement
 GPU_PLATFORMS = ("CUDA", "OpenCL", "HIP")
 
 

@@ -46,10 +46,11 @@ import numpy as np
 from amore_openmm.data import ORIGINS, KoopmanData
 from amore_openmm.interrupt import check_interrupt
 from amore_openmm.progress import progress_bar
+from amore_openmm.settings import SamplingSettings, SettingsError, merge_settings
 from amore_openmm.systems import make_whole
 
 from . import checkpoint as ckpt
-from .engine import DEFAULT_MAX_DISPLACEMENT, as_starts, cached_chunk
+from .engine import as_starts, cached_chunk
 from .packed_engine import PackedSpec
 from .pool import ContextPool
 from .run_state import RunState, check_run_memory, resolve_store_atoms
@@ -135,21 +136,25 @@ class BurstSampler:
             return self.executor.submit(cached_chunk, self.pool.spec, task)
         return self.pool.submit(task, self._runner)
 
-    def run(self, starts: Any, n_koopman: int, lag_steps: int | None = None, seed: int = 0, *,
+    def run(self, starts: Any, n_koopman: int | None = None, lag_steps: int | None = None,
+            seed: int = 0, *, settings: SamplingSettings | None = None,
             start_indices: Sequence[int] | np.ndarray | None = None, generation: Any = 0,
-            origin: Any = "trajectory", progress: bool = True, max_retries: int = 3,
-            max_displacement: float = DEFAULT_MAX_DISPLACEMENT, chunk_size: int | None = None,
+            origin: Any = "trajectory", progress: bool = True,
             checkpoint: str | os.PathLike | Callable[[KoopmanData], None] | None = None,
-            checkpoint_interval: float = 10.0, resume: bool = True,
-            on_chunk: Callable[[KoopmanData], None] | None = None, reseed: str = "auto",
-            reseed_block: int = 8, sanity: BurstSanity | None = None, store_atoms: Any = None,
-            memory_budget_gb: float | None = None) -> KoopmanData:
+            resume: bool = True, on_chunk: Callable[[KoopmanData], None] | None = None,
+            sanity: BurstSanity | None = None, store_atoms: Any = None,
+            **overrides: Any) -> KoopmanData:
         """K bursts of ``lag_steps`` steps from every start; returns the Koopman pairs.
+
+        The knobs are a :class:`~amore_openmm.settings.SamplingSettings` (``settings``,
+        default ``SamplingSettings()``); a keyword of the same name (``n_koopman``,
+        ``lag_steps``, ``max_retries``, ...) overrides its field, an unknown keyword is an
+        :class:`~amore_openmm.settings.UnknownSettingError` (a TypeError and ValueError).
 
         Args:
             starts: (N, n_atoms, 3) positions in nm (or one (n_atoms, 3) structure).
-            n_koopman: bursts per start, K.
-            lag_steps: steps per burst (default: the system's ``lag_steps``).
+            n_koopman: bursts per start, K (None: the settings').
+            lag_steps: steps per burst (None: the settings', default the system's).
             seed: run seed; burst k of start i uses ``burst_seed(seed, start_indices[i], k)``.
             start_indices: the stream index of each start (default 0..N-1). Give globally
                 unique indices when adding starts to an existing data set so that no two
@@ -212,19 +217,22 @@ class BurstSampler:
             chunks were collected; the exception carries them as ``.partial`` (also in
             ``self.partial``) and they were committed to ``checkpoint``.
         """
-        st = self._setup(starts, n_koopman, lag_steps, seed, start_indices, generation, origin,
-                         max_retries, max_displacement, reseed, reseed_block, sanity,
-                         store_atoms, memory_budget_gb)
+        given = {k: v for k, v in (("n_koopman", n_koopman), ("lag_steps", lag_steps))
+                 if v is not None}
+        cfg = merge_settings(SamplingSettings, settings, {**given, **overrides},
+                             "BurstSampler.run")
+        st = self._setup(starts, cfg, seed, start_indices, generation, origin, sanity,
+                         store_atoms)
         ck_path = ckpt.as_path(checkpoint)
         if ck_path is not None and resume and ck_path.exists():
             st.restore(ck_path)
-        st.checkpoint_path, st.checkpoint_interval = ck_path, float(checkpoint_interval)
+        st.checkpoint_path, st.checkpoint_interval = ck_path, float(cfg.checkpoint_interval)
         hooks = [h for h in (checkpoint, on_chunk) if callable(h)]
         units = _work_units(np.nonzero(~st.done)[0], st.idx, st.block)
         bar = self._progress_bar(st, progress)
         t_start = time.perf_counter()
         try:
-            n_chunks, busy_s = self._dispatch(st, units, chunk_size, hooks, bar)
+            n_chunks, busy_s = self._dispatch(st, units, cfg.chunk_size, hooks, bar)
         except BaseException as exc:
             self._stop(st, exc, bar)
             raise
@@ -240,36 +248,35 @@ class BurstSampler:
         return data
 
     # -- the steps of run ----------------------------------------------------------------------
-    def _setup(self, starts: Any, n_koopman: int, lag_steps: int | None, seed: int,
-               start_indices: Any, generation: Any, origin: Any, max_retries: int,
-               max_displacement: float, reseed: str, reseed_block: int,
-               sanity: BurstSanity | None, store_atoms: Any = None,
-               memory_budget_gb: float | None = None) -> RunState:
+    def _setup(self, starts: Any, cfg: SamplingSettings, seed: int, start_indices: Any,
+               generation: Any, origin: Any, sanity: BurstSanity | None,
+               store_atoms: Any = None) -> RunState:
         """Check the arguments of :meth:`run`; the run's state with nothing done yet."""
         ms = self.pool.system
         x = as_starts(starts, ms.n_atoms)
-        N, K = len(x), int(n_koopman)
+        N, K = len(x), int(cfg.n_koopman)
         if K < 1:
-            raise ValueError(f"n_koopman must be >= 1, got {n_koopman}")
-        lag = int(ms.lag_steps if lag_steps is None else lag_steps)
+            raise SettingsError(f"n_koopman must be >= 1, got {cfg.n_koopman}")
+        lag = int(ms.lag_steps if cfg.lag_steps is None else cfg.lag_steps)
         if lag < 1:
-            raise ValueError(f"lag_steps must be >= 1, got {lag_steps}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+            raise SettingsError(f"lag_steps must be >= 1, got {cfg.lag_steps}")
+        if cfg.max_retries < 0:
+            raise SettingsError(f"max_retries must be >= 0, got {cfg.max_retries}")
         atoms = resolve_store_atoms(ms, store_atoms)
-        check_run_memory(N, K, ms.n_atoms, len(atoms), memory_budget_gb)
+        check_run_memory(N, K, ms.n_atoms, len(atoms), cfg.memory_budget_gb)
         idx, gen, org = _start_metadata(N, start_indices, generation, origin)
+        reseed = cfg.reseed
         if reseed == "auto":
             reseed = "burst" if self.pool.platform_name == "Reference" else "block"
         if reseed not in ("burst", "block"):
-            raise ValueError(f"reseed must be 'auto', 'burst' or 'block', got {reseed!r}")
-        if reseed == "block" and int(reseed_block) < 1:
-            raise ValueError(f"reseed_block must be >= 1, got {reseed_block}")
+            raise SettingsError(f"reseed must be 'auto', 'burst' or 'block', got {reseed!r}")
+        if reseed == "block" and int(cfg.reseed_block) < 1:
+            raise SettingsError(f"reseed_block must be >= 1, got {cfg.reseed_block}")
         sanity = BurstSanity() if sanity is None else sanity
         task_base = {"n_koopman": K, "lag_steps": lag, "seed": int(seed),
-                     "max_retries": int(max_retries),
-                     "max_displacement": float(max_displacement),
-                     "reseed_block": int(reseed_block) if reseed == "block" else 0,
+                     "max_retries": int(cfg.max_retries),
+                     "max_displacement": float(cfg.max_displacement),
+                     "reseed_block": int(cfg.reseed_block) if reseed == "block" else 0,
                      "sanity": sanity.as_dict()}
         if ms.is_periodic:  # a solute split by wrapping would start with broken bonds
             x = make_whole(x, ms)

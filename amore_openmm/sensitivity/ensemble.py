@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..data import atomic_path
+from ..settings import SensitivitySettings
 from .gradients import atom_labels, chi_gradients, featurized_mask
 
 __all__ = ["Sensitivity", "chi_sensitivity", "DEFAULT_MIN_COUNT"]
@@ -229,7 +230,8 @@ def _bootstrap(onehot: Any, w: np.ndarray, g2: np.ndarray, n_boot: int, block: i
     return per_atom, level_std
 
 
-def chi_sensitivity(model: Any, positions: Any, bins: int = 100, labels: Any = None,
+def chi_sensitivity(model: Any, positions: Any, bins: int = SensitivitySettings().bins,
+                    labels: Any = None,
                     chi_range: tuple[float, float] = (0.0, 1.0), batch_size: int = 4096,
                     *, weights: Any = None, bootstrap: int = 200,
                     min_count: int = DEFAULT_MIN_COUNT, block: int = 1,

@@ -17,9 +17,11 @@ from openmm import app, unit
 from .common import BOLTZ, SystemLoadError, as_positions_nm, get_platform, strip_units
 from .selection import check_selection, default_selection, select_atoms
 
-__all__ = ["MolecularSystem", "INTEGRATORS"]
+__all__ = ["MolecularSystem", "INTEGRATORS", "DEFAULT_TEMPERATURE"]
 
 INTEGRATORS = ("langevin_middle", "langevin", "brownian")
+#: K, of a system that does not say (the one home of this default)
+DEFAULT_TEMPERATURE = 300.0
 
 
 @dataclass
@@ -50,7 +52,7 @@ class MolecularSystem:
     system: openmm.System
     topology: app.Topology
     positions: list[np.ndarray]
-    temperature: float = 300.0
+    temperature: float = DEFAULT_TEMPERATURE
     timestep: float = 0.002
     friction: float = 1.0
     integrator: str = "langevin_middle"
@@ -108,10 +110,10 @@ class MolecularSystem:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def from_openmm(cls, system: openmm.System, topology: app.Topology, positions: Any, *,
-                    temperature: Any = 300.0, timestep: Any = 0.002, friction: Any = 1.0,
-                    integrator: str = "langevin_middle", lag_steps: int = 100,
-                    featurizer: str = "auto", name: str = "system", atoms: Any = None,
-                    check: bool = True) -> "MolecularSystem":
+                    temperature: Any = DEFAULT_TEMPERATURE, timestep: Any = 0.002,
+                    friction: Any = 1.0, integrator: str = "langevin_middle",
+                    lag_steps: int = 100, featurizer: str = "auto", name: str = "system",
+                    atoms: Any = None, check: bool = True) -> "MolecularSystem":
         """Wrap a System built in the user's own OpenMM script.
 
         ``positions`` may be one structure (Quantity, list of Vec3, (n, 3) array in nm) or a
