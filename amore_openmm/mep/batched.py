@@ -283,9 +283,13 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
             short paths it was 1.26× against 1.39×. "fire": per-copy FIRE (:mod:`.fire`),
             streamed as "copies"; measured on 12 alanine paths of ~100 nodes (quick χ of
             the benchmark's --quick, 2 shared cores): 2.2× one path alone, the pool 11×,
-            same node counts, all certified, median ΔE 0.23 kJ/mol; but on the full
-            benchmark's χ (34 paths) 122× one path, ~1,960 evaluations per node and paths
-            ending early (2,695 nodes against the pool's 3,348): not yet a default. Systems
+            same node counts, all certified, median ΔE 0.23 kJ/mol; on the full
+            benchmark's χ (34 paths) FIRE alone froze on creases of the sorted-distance χ
+            (122× one path, ~1,960 evaluations per node); with the hand-off of trapped
+            copies to L-BFGS (:class:`~amore_openmm.mep.fire.CopyFIREThenLBFGS`) 11.7× one
+            path against the pool's 32.7×, 259 evaluations per node, but 2,925 nodes
+            against the pool's 3,348 and a median ΔE of 2.3 kJ/mol at matching χ: not yet
+            a default. Systems
             with constraints always use "joint".
         passes: joint minimisations per round at most ("joint"; see the module docstring).
         joint_factor: scales the joint tolerance ``tolerance·√(A/P)`` ("joint").
