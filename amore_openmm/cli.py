@@ -340,26 +340,26 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _number_or_auto(value: Any, convert: Any, flag: str, what: str) -> Any:
+    """``value`` converted, or "auto"; a ConfigError naming ``flag`` otherwise."""
+    if value == "auto":
+        return value
+    try:
+        return convert(value)
+    except ValueError:
+        raise ConfigError(f"{flag} {value!r} is not a number; give {what} or auto") from None
+
+
 def cmd_fes(args: argparse.Namespace) -> int:
     from .biased import MIN_OVERLAP, umbrella_free_energy
     from .pipeline import read_model
     from .pipeline.state import check_out_dir
     from .systems import load_system
     check_out_dir(Path(args.out))
-    kappa: Any = args.kappa
-    if kappa != "auto":
-        try:
-            kappa = float(kappa)
-        except ValueError:
-            raise ConfigError(f"--kappa {kappa!r} is not a number; give the stiffness in "
-                              "kJ/mol (e.g. 5000) or auto") from None
-    windows: Any = args.windows
-    if windows != "auto":
-        try:
-            windows = int(windows)
-        except ValueError:
-            raise ConfigError(f"--windows {windows!r} is not a number; give a count of "
-                              "evenly spaced windows (e.g. 21) or auto") from None
+    kappa = _number_or_auto(args.kappa, float, "--kappa",
+                            "the stiffness in kJ/mol (e.g. 5000)")
+    windows = _number_or_auto(args.windows, int, "--windows",
+                              "a count of evenly spaced windows (e.g. 21)")
     ms = load_system(args.system)
     fes = umbrella_free_energy(ms, read_model(args.model), args.out, windows=windows,
                                kappa=kappa, frames=args.frames, max_windows=args.max_windows,

@@ -175,6 +175,7 @@ def transitions(model: MultiChiModel, data: Any, system: Any, out: str | os.Path
     write_json(out / "states.json", {"memberships_at_minima": chi_min,
                                      "argmax": np.argmax(chi_min, axis=1),
                                      "distinct": len(set(np.argmax(chi_min, 1))) == k})
+    chi_ens = memberships(model, x_ens)
     pairs: dict[str, Any] = {}
     all_paths: dict[tuple[int, int], list[Any]] = {}
     for i, j in itertools.combinations(range(k), 2):
@@ -183,8 +184,7 @@ def transitions(model: MultiChiModel, data: Any, system: Any, out: str | os.Path
                                     **trace_kwargs)
         all_paths[(i, j)] = paths
         write_path_files(pdir, paths, ms.topology, atoms=ms.selection)
-        chi = memberships(model, x_ens)
-        ens = x_ens[chi[:, i] + chi[:, j] >= 0.5]   # the samples this transition describes
+        ens = x_ens[chi_ens[:, i] + chi_ens[:, j] >= 0.5]   # the samples this transition describes
         entry: dict[str, Any] = {"pair": [i, j], "starts": how, "n_paths": len(paths),
                                  "certified_nodes": [int(p.n_certified) for p in paths],
                                  "nodes": [len(p) for p in paths],
@@ -209,7 +209,7 @@ def transitions(model: MultiChiModel, data: Any, system: Any, out: str | os.Path
                "pairs": pairs}
     if figures:
         from .figures import rate_figure, simplex_figure
-        summary["figures"] = [str(simplex_figure(out / "simplex.png", memberships(model, x_ens),
+        summary["figures"] = [str(simplex_figure(out / "simplex.png", chi_ens,
                                                  chi_min)),
                               str(rate_figure(out / "rates.png", rates))]
     write_json(out / "summary.json", summary)

@@ -9,7 +9,6 @@ model to ``model/multichi.pt`` (TorchScript: ``model/multichi_script.pt``).
 """
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +65,7 @@ def transitions_stage(ctx: StageContext) -> dict[str, Any]:
     model = _fit(ctx, data)
     w = np.asarray(data.weights, dtype=float)
     ens = np.asarray(data.x)[w > 0] if np.any(w > 0) else np.asarray(data.x)
-    n_pairs = len(list(itertools.combinations(range(model.n_chi), 2)))
+    n_pairs = model.n_chi * (model.n_chi - 1) // 2
     summary = transitions(model, data, ctx.system, ctx.out / TRANSITIONS_DIR,
                           n_paths=max(1, int(cfg.final_paths)),
                           step=cfg.mep.step, platform=ctx.platform, workers=cfg.workers,
