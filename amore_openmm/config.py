@@ -158,10 +158,12 @@ class RunConfig:
     path_max_nodes: int | None = stage_field("mep", "max_nodes", auto=True)
     kappa: float | None = stage_field("mep", "kappa")
     final_paths: int = field(default=4, metadata={"help": "χ-MEPs traced with the final χ"})
-    path_tracer: str = field(default="pool", metadata={
-        "help": "pool: χ-MEPs one at a time on the workers' Contexts; batched: all paths of a "
-                "stage in one Context of packed copies (faster for many vacuum paths, slower "
-                "in implicit solvent; a periodic System is traced with pool)"})
+    path_tracer: str = field(default="auto", metadata={
+        "help": "pool: χ-MEPs one at a time on the workers' Contexts; batched: the paths of a "
+                "stage in packed Contexts of copies, one per worker process (2.7x faster "
+                "than pool on 34 vacuum alanine paths; a periodic System is traced with "
+                "pool); auto: batched for 4+ paths per worker in vacuum without "
+                "constraints, else pool"})
     # -- sensitivity / report ---------------------------------------------------------------
     sensitivity_bins: int = stage_field("sensitivity", "bins")
     sensitivity_samples: int = stage_field("sensitivity", "samples")
@@ -285,7 +287,7 @@ _CHOICES = {"optimizer": TrainingSettings.OPTIMIZERS,
             "preset": PRESET_NAMES,
             "free_energy": ("auto", "on", "off"),
             "generation_starts": ("mep", "stratified", "both"),
-            "path_tracer": ("pool", "batched"), "equilibrium_method": ("plain", "remd")}
+            "path_tracer": ("auto", "pool", "batched"), "equilibrium_method": ("plain", "remd")}
 _MIN = {"fes_windows": 2, "fes_frames": 2, "fes_stride": 1, "fes_equilibration": 0,
         "fes_bootstrap": 2, "fes_bins": 3, "stratified_windows": 2, "stratified_frames": 2,
         "n_starts": 2, "n_koopman": 1, "n_chi": 1, "lag_steps": 1, "stride_steps": 1, "iterations": 1,

@@ -134,6 +134,10 @@ def main() -> None:
     dev = (f_umb - f_umb[both].mean()) - (f_md - f_md[both].mean())
     centres = 0.5 * (edges[1:] + edges[:-1])
 
+    outside = (chi_md < fes.chi.min()) | (chi_md > fes.chi.max())
+    inner = float(chi_sensitivity(model, x[~outside], bins=10, bootstrap=0).per_atom[atom]) \
+        if (~outside).sum() > 1 else None
+
     # -- (b) cost-normalised standard error of the top atom ------------------------------
     se_u, se_p = float(umb.per_atom_err[atom]), float(plain.per_atom_err[atom])
     norm_u, norm_p = se_u * np.sqrt(cpu_umb), se_p * np.sqrt(cpu_plain)
@@ -156,7 +160,13 @@ def main() -> None:
         "cpu_min_umbrella": cpu_umb, "cpu_min_plain": cpu_plain,
         "se_sqrt_cpu_min_umbrella": norm_u, "se_sqrt_cpu_min_plain": norm_p,
         "cost_normalised_se_ratio_plain_over_umbrella": norm_p / norm_u,
-        "umbrella_ess": ess}), flush=True)
+        "umbrella_ess": ess,
+        # coverage: the windows' frames span chi_range_umbrella; the plain run's frames
+        # outside it (basin bottoms, where ‖∇χ‖² is small) are missing from the reweighted
+        # ensemble, so compare also the plain average over the frames inside it
+        "chi_range_umbrella": [float(fes.chi.min()), float(fes.chi.max())],
+        "plain_fraction_outside_umbrella_range": float(np.mean(outside)),
+        "grad_sq_plain_inside_umbrella_range_nm-2": inner}), flush=True)
 
 
 if __name__ == "__main__":

@@ -192,7 +192,8 @@ def test_flag_defaults_come_from_runconfig_and_the_library(monkeypatch):
     monkeypatch.setattr(mep, "trace_chi_meps", lambda *a, **k: seen.update(k) or [])
     args = build_parser().parse_args(required["mep"])
     trace_paths("muller_brown", None, np.zeros((3, 1, 3)), args.final_paths,
-                step=args.path_step, kappa=args.kappa, max_nodes=args.path_max_nodes)
+                step=args.path_step, kappa=args.kappa, max_nodes=args.path_max_nodes,
+                tracer="pool")
     # "auto": the library's defaults (amore_openmm.settings.MEPSettings) apply
     assert not {"step", "max_nodes", "kappa"} & set(seen) and seen["settings"] == MEPSettings()
     sig = inspect.signature(mep.trace_chi_mep).parameters

@@ -597,3 +597,90 @@ def test_fire_trapped_on_a_crease_goes_on_with_lbfgs():
     e_fire = _crease(fire.result(0)[0][None])[0][0]
     e_both = _crease(both.result(0)[0][None])[0][0]
     assert e_both < e_fire - 1.0, (e_both, e_fire)
+
+
+def test_serial_and_packed_physical_forces_are_the_same_forces(ala):
+    """The two evaluators of the moving copies' forces (one packed call, or one single-copy
+    Reference call per copy) give the same total forces, for any subset of copies."""
+    from amore_openmm.mep.packed_levels import PackedLevelSets
+    model = _distance_chi(ala)
+    xs = _starts(ala, 4, sigma=0.02)
+    out = {}
+    for evaluator in ("packed", "serial"):
+        levels = PackedLevelSets(ala, model, 4, "Reference", None, 1, 1.0, 5.0, evaluator)
+        levels.load(xs)
+        for p in range(4):
+            levels.set_level(p, 0.4 + 0.05 * p, 1e4)
+        idx = np.array([0, 2, 3])
+        out[evaluator] = levels.forces(idx, xs[idx] + 0.003)
+        assert (levels.serial_below > 4) == (evaluator == "serial")
+    np.testing.assert_allclose(out["serial"], out["packed"], rtol=1e-6, atol=1e-6)
+    assert np.abs(out["packed"]).max() > 100.0      # real forces, not zeros
+    with pytest.raises(ValueError, match="evaluator"):
+        PackedLevelSets(ala, model, 2, "Reference", None, 1, 1.0, 5.0, "fast")
+
+
+def test_batched_paths_in_worker_processes_match_single_paths(ala):
+    """workers=2: the starts are shared by two processes (interleaved) and come back in
+    order, each path the single one; serial forces give the same paths."""
+    model = _distance_chi(ala)
+    starts = _starts(ala, 3)
+    kw = dict(step=0.03, max_nodes=7, tolerance=5.0, minimizer="copies")
+    single = [trace_chi_mep(ala, model, s, step=0.03, max_nodes=7, tolerance=5.0)
+              for s in starts]
+    _compare(single, trace_chi_meps_batched(ala, model, starts, workers=2,
+                                            evaluator="packed", **kw))
+    _compare(single, trace_chi_meps_batched(ala, model, starts, evaluator="serial", **kw))
+    with pytest.raises(ValueError, match="workers"):
+        trace_chi_meps_batched(ala, model, starts, workers=0, **kw)
+
+
+def test_call_in_processes_returns_in_order_and_reports_a_failing_worker():
+    import math
+
+    from amore_openmm.sampling.workers import call_in_processes
+    assert call_in_processes(math.sqrt, [9.0, 4.0]) == [3.0, 2.0]
+    with pytest.raises(RuntimeError, match="math domain error"):
+        call_in_processes(math.sqrt, [4.0, -1.0])
+
+
+def test_auto_path_tracer_batches_vacuum_paths_only(ala):
+    """path_tracer = "auto": batched from 4 paths per worker of a vacuum molecule without
+    constraints; the pool for fewer paths, implicit solvent (VGVAPG's GB) and
+    constraints."""
+    from amore_openmm.pipeline.stages import choose_path_tracer
+    assert choose_path_tracer(ala, 8, workers=2) == "batched"
+    assert choose_path_tracer(ala, 4, workers=1) == "batched"
+    assert choose_path_tracer(ala, 4, workers=2) == "pool"
+    assert choose_path_tracer(ala, 1, workers=1) == "pool"
+    assert choose_path_tracer(load_system("vgvapg"), 64, workers=2) == "pool"
+    constrained = copy.copy(ala)
+    constrained.system = openmm.XmlSerializer.clone(ala.system)
+    constrained.system.addConstraint(0, 1, 0.109)
+    assert choose_path_tracer(constrained, 64, workers=2) == "pool"
+
+
+def test_streamed_node_that_fails_its_certificate_is_relaxed_again_alone(ala, monkeypatch):
+    """A per-copy minimiser that gives up after one iteration leaves nodes uncertified; each
+    is relaxed again by OpenMM's minimiser on a single copy, so the paths are still the
+    single ones."""
+    from amore_openmm.mep import batched
+    from amore_openmm.mep.copy_lbfgs import CopyLBFGS
+    from amore_openmm.mep.packed_levels import PackedLevelSets
+
+    class GiveUp(CopyLBFGS):
+        def start(self, c, x, tolerance, max_iterations, keep_memory=False):
+            super().start(c, x, tolerance, 1, keep_memory)
+
+    alone = []
+    relax_alone = PackedLevelSets.relax_alone
+    monkeypatch.setattr(batched._Stream, "optimizer", GiveUp)
+    monkeypatch.setattr(PackedLevelSets, "relax_alone",
+                        lambda self, *a: alone.append(a[1]) or relax_alone(self, *a))
+    model = _distance_chi(ala)
+    starts = _starts(ala, 2)
+    kw = dict(step=0.03, max_nodes=7, tolerance=5.0)
+    single = [trace_chi_mep(ala, model, s, **kw) for s in starts]
+    _compare(single, trace_chi_meps_batched(ala, model, starts, minimizer="copies", **kw))
+    lo, hi = batched.FALLBACK_CHI
+    assert len(alone) >= 7 and all(lo <= z <= hi for z in alone)

@@ -48,12 +48,22 @@ not move it.
 No particle masses change and the Context is never rebuilt. (Zero masses would also freeze
 particles in OpenMM's minimiser, but need ``Context.reinitialize`` at every change.)
 
+Cost. A force call of the streamed minimisers costs the physical forces of the moving copies
+plus one batched χ pass over them. The packed Context costs the same whether 1 or P copies
+move (alanine dipeptide, 34 copies: 0.72 ms on CPU and Reference alike), and in a stream
+half the calls have fewer than 16 copies moving (paths wait while their threads take Euler
+steps, and the longest path sets the tail), so below a measured copy count the physical forces
+come from a single-copy Reference Context, one copy after another (0.02–0.03 ms each;
+``evaluator=``, :data:`~amore_openmm.mep.packed_levels.EVALUATORS`). The server is one Python
+thread: ``workers=`` shares the starts among processes, one per core.
+
 Measurements per node are the single-path ones (:meth:`LevelSetTracer.measure`): energy and
 physical force of the copy alone (a single-copy helper Context), χ and ∇χ from the batched
 model pass, the certificate of :mod:`.certify`.
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -66,9 +76,16 @@ from .fire import K_REF, CopyFIREThenLBFGS, bond_metric
 from .packed_levels import PackedLevelSets, Request, Snapshot
 from .path import ChiPath
 from .trace import trace_chi_mep
-from .tracer import LevelSetTracer, RelaxSettings, as_chi_model
+from .tracer import LevelSetNode, LevelSetTracer, RelaxSettings, as_chi_model
 
 __all__ = ["trace_chi_meps_batched"]
+
+
+#: χ range where a streamed copy's uncertified node is relaxed again alone
+#: (:meth:`_CopyTracer.relax`). Outside it ‖∇χ‖ → 0 and the level sets hold minima far
+#: apart in energy: OpenMM's minimiser failed there as often (measured: 60 of 87 such
+#: relaxations at χ < 0.07 or > 0.96 stayed uncertified, at ~0.3 s each).
+FALLBACK_CHI = (0.1, 0.9)
 
 
 class _Aborted(Exception):
@@ -120,6 +137,8 @@ class _Rounds(_Rendezvous):
     """Joint minimiser: lockstep rounds, one when every live path has posted a request (or
     ended)."""
 
+    fallback = False
+
     def serve(self) -> None:
         """Run rounds until every slot has finished (main thread)."""
         while True:
@@ -142,6 +161,8 @@ class _Stream(_Rendezvous):
     call, and a copy's result is posted as soon as its own minimisation ends."""
 
     optimizer: type = CopyLBFGS
+    #: a node whose certificate fails is relaxed again by OpenMM's minimiser, alone
+    fallback = True
 
     def serve(self) -> None:
         """Step the copies being minimised until every slot has finished (main thread)."""
@@ -246,9 +267,23 @@ class _CopyTracer(LevelSetTracer):
             return snap.chi, snap.grad
         if self._last is not None and np.array_equal(x, self._last[0]):
             return self._last[1], self._last[2]
-        chi, g = self.model.chi_and_grad(np.asarray(x)[None])
+        # the batched restraint's pass (numpy where it can): as the snapshots', and cheaper
+        # than a torch pass per node
+        chi, g = self.levels.restraint.chi_and_grad(np.asarray(x, dtype=np.float64)[None])
         self._last = (np.array(x), float(chi[0]), g[0])
         return float(chi[0]), g[0]
+
+    def relax(self, x: np.ndarray, z: float, kappa: float | None = None) -> LevelSetNode:
+        node = super().relax(x, z, kappa)
+        lo, hi = FALLBACK_CHI
+        if node.local_ok or not self.rounds.fallback or not lo <= node.chi <= hi:
+            return node
+        # the per-copy minimiser missed this node's certificate inside χ's interior
+        # (measured: runs of nodes near χ ≈ 0.7 on the 34-path benchmark, where 3-6 paths
+        # then ended): OpenMM's own minimiser on a single copy, as the pool would relax it
+        alone = self.levels.relax_alone(x, z, kappa, self.settings)
+        alone.iterations += max(node.iterations, 0)
+        return alone
 
     def minimize(self, z: float, kappa: float, tolerance: float, max_iterations: int) -> int:
         snap = self.rounds.submit(self.slot, Request(self._x.copy(), float(z), float(kappa),
@@ -261,7 +296,8 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
                            copies: int | None = None, platform: str = "Reference",
                            properties: dict | None = None, passes: int = 3,
                            joint_factor: float = 1.0, gb_cutoff: float = 5.0,
-                           minimizer: str = "joint", **kwargs: Any) -> list[ChiPath]:
+                           minimizer: str = "joint", evaluator: str = "auto",
+                           workers: int = 1, **kwargs: Any) -> list[ChiPath]:
     """Trace one certified χ-MEP from each of ``starts`` (S, n, 3), all in one packed Context.
 
     Args:
@@ -289,8 +325,23 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
             copies to L-BFGS (:class:`~amore_openmm.mep.fire.CopyFIREThenLBFGS`) 11.7× one
             path against the pool's 32.7×, 259 evaluations per node, but 2,925 nodes
             against the pool's 3,348 and a median ΔE of 2.3 kJ/mol at matching χ: not yet
-            a default. Systems
+            a default: on that χ FIRE's copies stop converging near χ ≈ 0.7 and the
+            paths end there uncertified. Since then (physical forces of few moving copies
+            from a single-copy Context, ``evaluator``; a process per core, ``workers=2``)
+            "copies" takes 5.6× one path against the pool's 15.3× (34 paths, 2 cores,
+            3,341 nodes against 3,354), and inside χ ∈ [0.1, 0.9] its paths are as close
+            to the pool's (max ΔE per path median 0.6, max 2.3 kJ/mol) as the pool's own
+            paths are to those from starts moved by 1e-5 nm (1.7, 2.1). A χ-MEP is not
+            more reproducible than that. Systems
             with constraints always use "joint".
+        evaluator: physical forces of the moving copies ("copies", "fire"): "packed" (one
+            call of the packed Context), "serial" (one call per moving copy of a
+            single-copy Reference Context) or "auto" (default: serial while fewer copies
+            move than the measured cost ratio of the two; see
+            :data:`~amore_openmm.mep.packed_levels.EVALUATORS`).
+        workers: processes that share the starts (interleaved), each with its own packed
+            Context of its share of the copies (a process per core: the streaming server
+            is one Python thread); 1 (default): this process.
         passes: joint minimisations per round at most ("joint"; see the module docstring).
         joint_factor: scales the joint tolerance ``tolerance·√(A/P)`` ("joint").
         gb_cutoff: nm, the packed implicit-solvent cutoff (see ``pack_replicas``).
@@ -323,9 +374,41 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
                          f"{joint_factor}")
     if minimizer not in ("copies", "fire", "joint"):
         raise ValueError(f"minimizer must be 'joint', 'copies' or 'fire', got {minimizer!r}")
-    model = as_chi_model(model)
+    if int(workers) != workers or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    options = dict(platform=platform, properties=properties, passes=passes,
+                   joint_factor=joint_factor, gb_cutoff=gb_cutoff, minimizer=minimizer,
+                   evaluator=evaluator, **kwargs)
+    workers = min(int(workers), len(starts))
+    chi = as_chi_model(model)                   # a bad model fails here, not in a worker
+    if workers > 1:
+        from ..sampling.workers import call_in_processes
+        # interleaved groups: neighbouring transition states (similar paths) are spread
+        groups = [np.arange(w, len(starts), workers) for w in range(workers)]
+        share = None if copies is None else max(1, -(-slots // workers))
+        sent = model if isinstance(model, (str, os.PathLike)) else chi
+        parts = call_in_processes(_trace_group, [(system, sent, starts[g], share, options)
+                                                 for g in groups])
+        paths: list[ChiPath | None] = [None] * len(starts)
+        for g, part in zip(groups, parts):
+            for i, path in zip(g, part):
+                paths[int(i)] = path
+        return [p for p in paths if p is not None]
+    return _trace_batched(system, chi, starts, slots, **options)
+
+
+def _trace_group(task: tuple) -> list[ChiPath]:
+    """One worker's share of :func:`trace_chi_meps_batched` (``workers`` > 1)."""
+    system, model, starts, copies, options = task
+    return trace_chi_meps_batched(system, model, starts, copies=copies, **options)
+
+
+def _trace_batched(system: MolecularSystem, model: Any, starts: np.ndarray, slots: int, *,
+                   platform: str, properties: dict | None, passes: int, joint_factor: float,
+                   gb_cutoff: float, minimizer: str, evaluator: str, **kwargs: Any
+                   ) -> list[ChiPath]:
     levels = PackedLevelSets(system, model, slots, platform, properties, passes,
-                             joint_factor, gb_cutoff)
+                             joint_factor, gb_cutoff, evaluator)
     levels.load(np.stack([starts[c] for c in range(slots)]))
     # the per-copy L-BFGS moves atoms freely: Systems with constraints take the joint one
     serve = _Rounds if minimizer == "joint" or levels.has_constraints else \

@@ -21,6 +21,17 @@ WORKER_CMD = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
               "from amore_openmm.sampling.workers import worker_main; worker_main()")
 
 
+def _start_worker() -> subprocess.Popen:
+    """A worker process (one OpenMP thread: the parent shares the cores among workers)."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                else "")
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.Popen([sys.executable, "-c", WORKER_CMD], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env)
+
+
 def worker_main() -> None:
     """Entry point of a burst worker process: one Context, chunks in, results out."""
     proto_in = os.fdopen(os.dup(0), "rb")
@@ -62,13 +73,7 @@ class ProcessSlot:
         self._launch()
 
     def _launch(self) -> None:
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent.parent)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
-                                    else "")
-        env["OMP_NUM_THREADS"] = "1"
-        self.proc = subprocess.Popen([sys.executable, "-c", WORKER_CMD],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.proc = _start_worker()
         self._init_sent = False
         self._initialised = False
 
@@ -143,3 +148,50 @@ class ProcessSlot:
                 except OSError:
                     pass
             self.proc = None
+
+
+def call_in_processes(fn: Callable[[Any], Any], tasks: list[Any]) -> list[Any]:
+    """``[fn(t) for t in tasks]``, each call in its own worker process, all in parallel.
+
+    ``fn`` must be importable by the workers (a module-level function of this package) and
+    ``fn``, the tasks and the results picklable. A worker that fails raises here with its
+    traceback; an interrupt (or any error) stops every worker.
+    """
+    slots: list[subprocess.Popen] = []
+    finished = False
+    try:
+        for task in tasks:
+            proc = _start_worker()
+            slots.append(proc)
+            pickle.dump(("call", fn, task), proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            proc.stdin.flush()
+        results = []
+        for proc in slots:
+            try:
+                reply = pickle.load(proc.stdout)
+            except EOFError:
+                raise RuntimeError(f"worker process {proc.pid} died (exit code "
+                                   f"{proc.wait()}); see its messages on stderr") from None
+            if reply[0] != "ok":
+                raise RuntimeError(f"worker process {proc.pid} failed:\n{reply[1]}")
+            results.append(reply[1])
+        finished = True
+        return results
+    finally:
+        for proc in slots:
+            if proc.poll() is None and not finished:     # busy: it would not read "stop"
+                proc.kill()
+                proc.wait()
+            elif proc.poll() is None:
+                try:
+                    pickle.dump(("stop",), proc.stdin)
+                    proc.stdin.close()
+                    proc.wait(timeout=10)
+                except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
+                    proc.kill()
+                    proc.wait()
+            for fh in (proc.stdin, proc.stdout):
+                try:
+                    fh.close()
+                except OSError:
+                    pass
