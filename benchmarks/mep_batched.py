@@ -66,7 +66,8 @@ def summary(name: str, paths: list, seconds: float, before: list[float], **extra
 
 #: χ window of the energy comparison "inner": away from the saturated ends, where ‖∇χ‖ → 0
 #: and a level set holds several minima far apart in energy (measured: the pool's own paths
-#: from starts moved by 1e-5 nm differ by up to 25 kJ/mol there, ≤ 2.1 inside)
+#: from starts moved by 1e-5 nm have barriers up to 25 kJ/mol apart when the end nodes
+#: count, energies at matching χ ≤ 2.1 kJ/mol apart inside)
 INNER = (0.1, 0.9)
 
 

@@ -235,10 +235,10 @@ def trace_paths(system: Any, model: Any, data: Any, n_paths: int = _D.final_path
     ``platform``: see :func:`mep_platform` (Reference, or CPU for a periodic or
     implicit-solvent System, unless CPU, CUDA or OpenCL is asked for). ``tracer``: "auto"
     (:func:`choose_path_tracer`), "pool" (one
-    path at a time per worker, :func:`~amore_openmm.mep.trace_chi_meps`) or "batched" (all
-    paths in one Context of packed copies, :func:`~amore_openmm.mep.trace_chi_meps_batched`, on
-    the CPU platform unless another is asked for; a periodic System falls back to "pool" with
-    a warning)."""
+    path at a time per worker, :func:`~amore_openmm.mep.trace_chi_meps`) or "batched" (the
+    paths in Contexts of packed copies, one per worker process, each copy with its own
+    L-BFGS, :func:`~amore_openmm.mep.trace_chi_meps_batched`, on the CPU platform unless
+    another is asked for; a periodic System falls back to "pool" with a warning)."""
     from ..mep import trace_chi_meps, trace_chi_meps_batched
     from ..systems import load_system
     check_settings({"final_paths": n_paths, "path_step": step, "kappa": kappa,
