@@ -192,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
         se.add_argument(f"--{name}", required=True, help=what)
     se.add_argument("--paths", help="paths.npz: also path-vs-ensemble MSE and path PDBs "
                                     "(written into --out)")
+    se.add_argument("--fit", action="append", default=[], metavar="MODEL",
+                    help="another χ fit of the same data (other seed; repeatable): the "
+                         "ranking is the mean over --model and the fits, its error holds "
+                         "the fit-to-fit spread")
     _add_stage_options(se, "sensitivity")
 
     _add_fes(sub)
@@ -328,15 +332,17 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     check_out_dir(Path(args.out))
     ms = load_system(args.system)
     model = read_model(args.model)
+    fits = [read_model(f) for f in args.fit]
     data = read_data(args.data, n_atoms=ms.n_atoms)
     paths = load_chipaths(args.paths) if args.paths else None
     res = write_sensitivity(args.out, model, ms, data.x, weights=data.weights, paths=paths,
                             bins=args.sensitivity_bins, top_k=args.top_k,
-                            mep_dir=args.out if paths else None)
+                            mep_dir=args.out if paths else None, fits=fits)
     top = ", ".join(f"{a['index_0based']}:{a['label']} {a['mean_grad_sq']:.3g}±"
                     f"{a['mean_grad_sq_err']:.2g} (in top-{a['top_k']}: "
                     f"{a['top_k_frequency']:.2f})" for a in res["top_atoms"][:5])
-    print(f"sensitivity -> {args.out}; top atoms (0-based): {top}")
+    over = f" (mean over {len(fits) + 1} χ fits)" if fits else ""
+    print(f"sensitivity -> {args.out}; top atoms (0-based){over}: {top}")
     return EXIT_OK
 
 

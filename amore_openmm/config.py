@@ -168,6 +168,7 @@ class RunConfig:
     sensitivity_bins: int = stage_field("sensitivity", "bins")
     sensitivity_samples: int = stage_field("sensitivity", "samples")
     top_k: int = stage_field("sensitivity", "top_k")
+    sensitivity_fits: int = stage_field("sensitivity", "fits")
     figures: bool = field(default=True, metadata={"help": "write figures/*.png"})
     # -- free energy along χ and stratified starts (pipeline/fes_stages.py) -----------------
     free_energy: str = field(default="auto", metadata={
@@ -294,6 +295,7 @@ _MIN = {"fes_windows": 2, "fes_frames": 2, "fes_stride": 1, "fes_equilibration":
         "iterations_per_generation": 0, "minibatch": 1, "generations": 0,
         "paths_per_generation": 1, "starts_per_path": 1, "path_max_nodes": 3,
         "final_paths": 0, "sensitivity_bins": 1, "sensitivity_samples": 1, "top_k": 1,
+        "sensitivity_fits": 1,
         "workers": 1, "equilibrium_replicas": 0, "equilibrium_steps": 0,
         "equilibration_steps": 0, "remd_replicas": 2, "remd_exchanges": 0}
 

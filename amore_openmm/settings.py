@@ -203,6 +203,8 @@ class SensitivitySettings(_Settings):
     samples: int = _opt(5000, "max. ensemble samples for the sensitivity (subsampled, "
                               "seeded)")
     top_k: int = _opt(10, "atoms/features listed in the report")
+    fits: int = _opt(1, "χ fits (training seeds, the final data) whose sensitivities are "
+                        "averaged: the ranking's error then holds the training variance")
 
 
 #: stage name -> settings class (the properties of RunConfig of the same names)

@@ -6,9 +6,10 @@ One run, one JSON line:
 (a) F(χ) from ``umbrella_free_energy`` (adaptive windows, MBAR) against the χ histogram of a
     long unbiased run, mean-aligned over the χ bins where the unbiased run has at least
     ``--min-count`` frames: the maximal deviation (kT) and the χ range compared (goal ≤ 0.5).
-(b) The top atom's ensemble ⟨‖∇ᵢχ‖²⟩: MBAR-reweighted from the windows (block bootstrap
-    within windows) and plain from the unbiased frames (moving-block bootstrap, block = the
-    statistical inefficiency of χ). Cost-normalised error SE·sqrt(CPU-minutes) of each and
+(b) The top atom's ensemble ⟨‖∇ᵢχ‖²⟩: MBAR-reweighted from the windows and plain from the
+    unbiased frames. Each error is the larger of a block bootstrap (umbrella: within
+    windows, MBAR re-solved; plain: block = the statistical inefficiency of χ) and batch
+    means over consecutive time segments; both are printed. Cost-normalised error SE·sqrt(CPU-minutes) of each and
     their ratio plain/umbrella (goal ≥ 10). CPU time is ``time.process_time`` of everything
     a method needs: MD (χ restraint forces included), pilots, χ/gradient evaluation, MBAR.
 
@@ -23,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import subprocess
@@ -84,9 +86,12 @@ def main() -> None:
     ap.add_argument("--bins", type=int, default=25)
     ap.add_argument("--min-count", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", default="", help="keep the umbrella run (samples, F(χ)) and "
+                    "the plain frames in this directory (default: a temporary one)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from amore_openmm.biased import fit_mbar, reweighted_sensitivity, umbrella_free_energy
+    from amore_openmm.biased import reweighted_sensitivity, umbrella_free_energy
+    from amore_openmm.biased.mbar import SEGMENTS
     from amore_openmm.biased.mbar import statistical_inefficiency
     from amore_openmm.biased.umbrella import UmbrellaSamples, evaluate_chi_batch
     from amore_openmm.chi import ChiModel
@@ -109,17 +114,23 @@ def main() -> None:
     g = int(np.ceil(statistical_inefficiency(one)))
     plain = chi_sensitivity(model, x, bins=10, bootstrap=args.bootstrap, block=g,
                             seed=args.seed)
+    # batch means over the same number of consecutive segments as the umbrella's error
+    quarters = [chi_sensitivity(model, part, bins=1, bootstrap=0, min_count=1).per_atom
+                for part in np.array_split(x, SEGMENTS)]
     cpu_plain = (time.process_time() - c0) / 60.0
 
     # -- umbrella + MBAR -----------------------------------------------------------------
     c0 = time.process_time()
-    with tempfile.TemporaryDirectory() as tmp:
+    with (contextlib.nullcontext(args.keep) if args.keep
+          else tempfile.TemporaryDirectory()) as tmp:
         fes = umbrella_free_energy(ms, model, tmp, windows="auto", frames=args.frames,
                                    stride=args.stride, equilibration=args.equilibration,
                                    bins=args.bins, bootstrap=args.bootstrap, seed=args.seed,
                                    pilot_frames=args.pilot_frames,
                                    max_windows=args.max_windows)
         info = json.loads((Path(tmp) / "fes.json").read_text())
+        if args.keep:
+            np.save(Path(tmp) / "plain_positions.npy", x)
     umb, ess = reweighted_sensitivity(fes, model, bins=10, bootstrap=args.bootstrap,
                                       seed=args.seed)
     cpu_umb = (time.process_time() - c0) / 60.0
@@ -139,7 +150,12 @@ def main() -> None:
         if (~outside).sum() > 1 else None
 
     # -- (b) cost-normalised standard error of the top atom ------------------------------
-    se_u, se_p = float(umb.per_atom_err[atom]), float(plain.per_atom_err[atom])
+    se_u_boot = float(np.std(umb.boot_per_atom[:, atom], ddof=1))
+    se_u_seg = float(np.std(umb.segment_per_atom[:, atom], ddof=1) / np.sqrt(SEGMENTS))
+    se_p_boot = float(plain.per_atom_err[atom])
+    se_p_seg = float(np.std(np.asarray(quarters)[:, atom], ddof=1) / np.sqrt(SEGMENTS))
+    # both errors are the larger of bootstrap and batch means, as reweighted_sensitivity's
+    se_u, se_p = float(umb.per_atom_err[atom]), max(se_p_boot, se_p_seg)
     norm_u, norm_p = se_u * np.sqrt(cpu_umb), se_p * np.sqrt(cpu_plain)
     print(json.dumps({
         "system": "alanine_dipeptide (vacuum, Reference)", "model": str(path),
@@ -157,6 +173,10 @@ def main() -> None:
         "F_median_err_kT": float(np.nanmedian(f_err[both])) if both.any() else None,
         "grad_sq_umbrella_nm-2": float(umb.per_atom[atom]), "se_umbrella": se_u,
         "grad_sq_plain_nm-2": float(plain.per_atom[atom]), "se_plain": se_p,
+        "se_umbrella_bootstrap": se_u_boot, "se_umbrella_segments": se_u_seg,
+        "se_plain_bootstrap": se_p_boot, "se_plain_segments": se_p_seg,
+        "umbrella_block_frames": int(umb.block),
+        "umbrella_segments_top_atom": [float(v) for v in umb.segment_per_atom[:, atom]],
         "cpu_min_umbrella": cpu_umb, "cpu_min_plain": cpu_plain,
         "se_sqrt_cpu_min_umbrella": norm_u, "se_sqrt_cpu_min_plain": norm_p,
         "cost_normalised_se_ratio_plain_over_umbrella": norm_p / norm_u,

@@ -219,3 +219,51 @@ def test_fes_cli_bad_input_exits_2(mb, chi, tmp_path, capsys):
         UmbrellaSampler(mb, chi, [0.5], substeps="fast")
     with pytest.raises(ValueError, match="windows"):
         umbrella_free_energy(mb, chi, tmp_path / "c", windows="some")
+
+
+def _iid_windows(chi, seed, shift=0.0, n=200, z=np.linspace(0.1, 0.9, 5), kappa_kT=60.0):
+    """Independent frames drawn exactly from five biased densities of a 1-D double well
+    V/kT = 8((x − ½)² − ¼)² under a sigmoid χ(x); with ``shift`` the second half of every
+    window is drawn from the window at z + shift (a window that has not stopped drifting)."""
+    kT, grid = 2.494, np.linspace(-1.0, 2.0, 6001)
+    gx = np.zeros((len(grid), 1, 3))
+    gx[:, 0, 0] = grid
+    gchi, v = chi.chi(gx), 8.0 * ((grid - 0.5) ** 2 - 0.25) ** 2
+    rng, xs = np.random.default_rng(seed), []
+    for zk in z:
+        for centre, m in ((zk, n // 2), (zk + shift, n - n // 2)):
+            cdf = np.cumsum(np.exp(-v - 0.5 * kappa_kT * (gchi - centre) ** 2))
+            xs.append(np.interp(rng.random(m), cdf / cdf[-1], grid))
+    pos = np.zeros((len(z) * n, 1, 3))
+    pos[:, 0, 0] = np.concatenate(xs)
+    return UmbrellaSamples(positions=pos, chi=chi.chi(pos), energy=np.zeros(len(pos)),
+                           window=np.repeat(np.arange(len(z)), n), z=z.copy(),
+                           kappa=np.full(len(z), kappa_kT * kT), kT=kT)
+
+
+def test_reweighted_sensitivity_error_matches_the_spread_of_independent_runs():
+    # the reported error of ⟨‖∇χ‖²⟩ (MBAR re-solved per resample, batch means) is what 25
+    # independent umbrella runs actually scatter by: neither 2x too small nor too large
+    chi = sigmoid_chi((0.0, 0.0), (1.0, 0.0), steepness=6.0)
+    est, err = [], []
+    for r in range(25):
+        fes = fit_mbar(_iid_windows(chi, r), bootstrap=0, block=1)
+        sens, _ = reweighted_sensitivity(fes, chi, bootstrap=25, bins=1, min_count=1, seed=r)
+        est.append(sens.per_atom[0])
+        err.append(sens.per_atom_err[0])
+    assert 0.6 < np.std(est, ddof=1) / np.median(err) < 1.6
+
+
+def test_reweighted_sensitivity_error_sees_drifting_windows():
+    # every window's second half sits 0.15 further along χ: a bootstrap within windows
+    # cannot see that the frames are not one stationary ensemble, the time segments can
+    chi = sigmoid_chi((0.0, 0.0), (1.0, 0.0), steepness=6.0)
+    fes = fit_mbar(_iid_windows(chi, 99, shift=0.15), bootstrap=0, block=1)
+    sens, _ = reweighted_sensitivity(fes, chi, bootstrap=25, bins=1, min_count=1, block=1)
+    boot, _ = reweighted_sensitivity(fes, chi, bootstrap=25, bins=1, min_count=1, block=1,
+                                     segments=0)
+    seg = sens.segment_per_atom[:, 0]
+    assert seg.shape == (4,) and boot.segment_per_atom is None
+    assert min(seg[:2]) - max(seg[2:]) > 5 * boot.per_atom_err[0]
+    assert sens.per_atom_err[0] > 3 * boot.per_atom_err[0]
+

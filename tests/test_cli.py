@@ -162,6 +162,22 @@ def test_single_stage_commands_chain(tmp_path, capsys):
     # the paths' folder is an input: nothing in it is rewritten
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in mep.iterdir()} == before
     assert "top atoms (0-based): 0:MB1:P" in capsys.readouterr().out
+    # a second fit of the same data (another seed): the saved ranking is the mean of both
+    fit = tmp_path / "chi_fit1.pt"
+    assert main(["train", str(data), "--system", "muller_brown", "--out", str(fit),
+                 "--iterations", "200", "--seed", "1"]) == 0
+    both = tmp_path / "sens2"
+    assert main(["sensitivity", "--model", str(model), "--fit", str(fit), "--system",
+                 "muller_brown", "--data", str(data), "--out", str(both), "--bins", "10"]) == 0
+    assert "(mean over 2 χ fits)" in capsys.readouterr().out
+    from amore_openmm.data import KoopmanData
+    from amore_openmm.sensitivity import Sensitivity, chi_sensitivity
+    d = KoopmanData.load(data)
+    one = Sensitivity.load(sens / "levelset.npz")
+    two = Sensitivity.load(both / "levelset.npz")
+    other = chi_sensitivity(ChiModel.load(fit), d.x, weights=d.weights, bins=10, bootstrap=0)
+    assert one.fits == 1 and two.fits == 2
+    assert np.allclose(two.per_atom, 0.5 * (one.per_atom + other.per_atom), rtol=1e-6)
 
 
 def test_flag_defaults_come_from_runconfig_and_the_library(monkeypatch):

@@ -325,3 +325,25 @@ def test_report_marks_uncertified_paths_and_shows_error_bars():
     assert "0/4" in row1 and "—" in row1
     atom = next(line for line in md.splitlines() if "ACE1:O" in line)
     assert "1.5 ± 0.2" in atom and "0.97" in atom and "| 5 | 6 |" in atom
+
+
+def test_sensitivity_fits_average_more_chi_fits_of_the_final_data(tmp_path):
+    from amore_openmm.chi import ChiModel
+    from amore_openmm.sensitivity import Sensitivity, chi_sensitivity
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    with AmoreRun(out, "muller_brown", preset="quick", quiet=True,
+                  overrides={**TINY, "generations": 0, "sensitivity_fits": 3}) as run:
+        rep = run.run()
+    fits = [ChiModel.load(out / "model" / n) for n in ("chi_state.pt", "chi_fit1.pt",
+                                                        "chi_fit2.pt")]
+    assert [m.metadata.get("fit") for m in fits] == [None, 1, 2]
+    data = KoopmanData.load(out / "data" / "koopman.npz")
+    x = data.x[data.weights > 0]
+    # other seeds, other χ: the fits are not copies of the run's χ
+    assert not np.allclose(fits[1].chi(x[:200]), fits[0].chi(x[:200]), atol=1e-3)
+    saved = Sensitivity.load(out / "sensitivity" / "levelset.npz")
+    own = [chi_sensitivity(m, x, bins=10, bootstrap=0).per_atom for m in fits]
+    assert saved.fits == 3 and np.allclose(saved.per_atom, np.mean(own, axis=0), rtol=1e-6)
+    assert rep["sensitivity_fits"] == 3
+    assert "mean over 3 χ fits" in (out / "report.md").read_text()

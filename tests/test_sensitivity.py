@@ -5,6 +5,7 @@ import torch
 
 from amore_openmm.chi import ChiModel, PairwiseDistances
 from amore_openmm.sensitivity import (Sensitivity, chi_gradients, chi_sensitivity,
+                                      chi_sensitivity_over_fits, combine_fits,
                                       feature_saliency, path_agreement, path_vs_ensemble_mse)
 
 torch.set_num_threads(1)
@@ -292,3 +293,26 @@ def test_angle_saliency_is_the_chain_rule_through_sin_and_cos(ala):
     expect = 0.09 * np.mean(np.cos(theta) ** 2)
     assert abs(ranked[feat.dihedral_names[psi]] - expect) < 1e-9 * max(expect, 1)
     assert all(v < 1e-20 for k, v in ranked.items() if k != feat.dihedral_names[psi])
+
+
+def test_combining_fits_adds_the_fit_to_fit_spread(tmp_path):
+    x = _samples(n=400, seed=9)
+    one = chi_sensitivity(DistanceChi(1, 3), x, bins=5, seed=2)
+    # two identical fits: the same numbers, no spread to add
+    same = combine_fits([one, chi_sensitivity(DistanceChi(1, 3), x, bins=5, seed=2)])
+    assert same.fits == 2 and np.allclose(same.per_atom, one.per_atom)
+    assert np.allclose(same.per_atom_err, one.per_atom_err)
+    # two fits that disagree on which atom drives χ (atom 1 or atom 0, both with atom 3)
+    other = chi_sensitivity(DistanceChi(0, 3), x, bins=5, seed=2)
+    both = chi_sensitivity_over_fits([DistanceChi(1, 3), DistanceChi(0, 3)], x, bins=5,
+                                     seed=2)
+    assert np.allclose(both.per_atom, 0.5 * (one.per_atom + other.per_atom))
+    assert np.all(both.per_atom_err >= 0.5 * np.abs(one.per_atom - other.per_atom) - 1e-12)
+    assert np.all(both.per_atom_err[[0, 1]] > 3 * one.per_atom_err[1])
+    # resampling the fits: atom 0 and atom 1 each come out on top in some resamples
+    top1 = both.top_frequency(1)
+    assert 0.1 < top1[0] < 0.9 and 0.1 < top1[1] < 0.9
+    back = Sensitivity.load(both.save(tmp_path / "fits.npz"))
+    assert back.fits == 2 and np.allclose(back.per_atom, both.per_atom)
+    with pytest.raises(ValueError, match="atoms or χ bins"):
+        combine_fits([one, chi_sensitivity(DistanceChi(1, 3), x, bins=4)])

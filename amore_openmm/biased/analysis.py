@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from .mbar import ChiFreeEnergy
+from .mbar import SEGMENTS, ChiFreeEnergy
 from .umbrella import UmbrellaSamples
 
 __all__ = ["stratified_starts", "reweighted_sensitivity", "window_sensitivity"]
@@ -59,15 +59,47 @@ def stratified_starts(samples_or_fes: Any, n: int, rng: Any = None, bins: int | 
     return (x, chosen) if return_indices else x
 
 
-def reweighted_sensitivity(fes: ChiFreeEnergy, model: Any, **kwargs: Any) -> tuple[Any, float]:
+def reweighted_sensitivity(fes: ChiFreeEnergy, model: Any, segments: int = SEGMENTS,
+                           **kwargs: Any) -> tuple[Any, float]:
     """Ensemble ⟨‖∇ᵢχ‖²⟩ of the unbiased Boltzmann ensemble from the biased frames:
-    :func:`~amore_openmm.sensitivity.chi_sensitivity` with the MBAR weights (its bootstrap
-    resamples frames with their weights; ``block`` defaults to the MBAR block length).
+    :func:`~amore_openmm.sensitivity.chi_sensitivity` with the MBAR weights.
+
+    Its error is the larger of two:
+
+    * a block bootstrap within windows with MBAR re-solved per resample
+      (:func:`~amore_openmm.biased.mbar.bootstrap_weights`), so the error of the window free
+      energies is in it; ``block`` defaults to the larger statistical inefficiency of χ and
+      of ‖∇χ‖² (inside a window χ is held and the gradient can decorrelate slower);
+    * a batch-means error over ``segments`` consecutive time segments of every window, MBAR
+      solved on each (:func:`~amore_openmm.biased.mbar.segment_weights`; 0: none), which
+      also sees windows still drifting and modes slower than any block
+      (``Sensitivity.segment_per_atom`` keeps the segments' values).
+
     Returns (Sensitivity, Kish effective sample size of the weights)."""
-    from ..sensitivity import chi_sensitivity
+    from ..sensitivity import chi_gradients, chi_sensitivity
+    from .mbar import bootstrap_weights, segment_weights, statistical_inefficiency
     s = _samples_of(fes)
-    kwargs.setdefault("block", fes.block)
-    sens = chi_sensitivity(model, s.positions, weights=fes.weights, **kwargs)
+    n_boot = int(kwargs.pop("bootstrap", 200))
+    seed = int(kwargs.get("seed", 0))
+    _, grad = chi_gradients(model, s.positions, kwargs.get("batch_size", 4096))
+    g2 = np.einsum("bij,bij->bi", grad, grad)
+    block = kwargs.pop("block", None)
+    if block is None:
+        block = max(int(fes.block), int(np.ceil(statistical_inefficiency(s, g2.sum(axis=1)))))
+    resample = None
+    if n_boot > 1:
+        resample = (fes.boot_weights if fes.boot_weights.shape == (n_boot, s.n_samples)
+                    and int(block) == int(fes.block)
+                    else bootstrap_weights(s, n_boot, int(block), seed, fes.f_k))
+    sens = chi_sensitivity(model, s.positions, weights=fes.weights, bootstrap=n_boot,
+                           block=int(block), resample_weights=resample, **kwargs)
+    if int(segments) >= 2 and int(s.counts.min()) >= int(segments):
+        w = segment_weights(s, int(segments))
+        seg = w @ g2 / w.sum(axis=1, keepdims=True)
+        seg[:, ~sens.featurized] = np.nan
+        batch_err = seg.std(axis=0, ddof=1) / np.sqrt(len(seg))
+        sens.per_atom_err = np.fmax(sens.per_atom_err, batch_err)
+        sens.segment_per_atom = seg
     return sens, fes.effective_sample_size
 
 

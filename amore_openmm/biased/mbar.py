@@ -22,7 +22,12 @@ from scipy.special import logsumexp
 from ..data import atomic_path, atomic_save_npz
 from .umbrella import UmbrellaSamples
 
-__all__ = ["fit_mbar", "ChiFreeEnergy", "statistical_inefficiency", "barrier_height"]
+__all__ = ["fit_mbar", "ChiFreeEnergy", "statistical_inefficiency", "barrier_height",
+           "bootstrap_weights", "segment_weights", "SEGMENTS"]
+
+
+#: consecutive time segments of the batch-means errors (:func:`segment_weights`)
+SEGMENTS = 4
 
 
 def _pymbar() -> Any:
@@ -32,12 +37,18 @@ def _pymbar() -> Any:
     return pymbar
 
 
-def statistical_inefficiency(samples: UmbrellaSamples) -> float:
-    """Largest statistical inefficiency g (frames) of χ over the windows (pymbar.timeseries)."""
+def statistical_inefficiency(samples: UmbrellaSamples, values: Any = None) -> float:
+    """Largest statistical inefficiency g (frames) over the windows (pymbar.timeseries) of
+    χ, or of ``values`` ((N,) one number per frame, e.g. an observable to be reweighted:
+    inside a window χ is held, and a coordinate orthogonal to it can decorrelate slower)."""
     ts = _pymbar().timeseries
+    series = samples.chi if values is None else np.asarray(values, dtype=float)
+    if series.shape != samples.chi.shape:
+        raise ValueError(f"values must have one number per frame ({samples.n_samples}), "
+                         f"got shape {series.shape}")
     g = 1.0
     for k in range(samples.n_windows):
-        c = samples.chi[samples.window == k]
+        c = series[samples.window == k]
         if len(c) > 4 and np.ptp(c) > 0:
             g = max(g, float(ts.statistical_inefficiency(c)))
     return g
@@ -94,20 +105,51 @@ def fit_mbar(samples: UmbrellaSamples, bootstrap: int = 100, block: int | str = 
     n_k = samples.counts
     f_k = _solve(bias, n_k)
     logw = _log_weights(bias, n_k, f_k)
-    rng = np.random.default_rng(seed)
-    boot = np.zeros((int(bootstrap), samples.n_samples))
-    for r in range(int(bootstrap)):
-        mult = _block_resample(samples.window, int(block), rng)
-        keep = mult > 0
-        sub_bias = np.repeat(bias[:, keep], mult[keep], axis=1)
-        fr = _solve(sub_bias, n_k, f_k)
-        lw = _log_weights(bias, n_k, fr)
-        w = np.exp(lw - lw.max()) * mult
-        boot[r] = w / w.sum()
+    boot = bootstrap_weights(samples, bootstrap, int(block), seed, f_k)
     return ChiFreeEnergy(chi=samples.chi.copy(), window=samples.window.copy(),
                          weights=np.exp(logw), f_k=f_k, z=samples.z.copy(),
                          kappa=samples.kappa.copy(), kT=samples.kT, boot_weights=boot,
                          block=int(block), samples=samples)
+
+
+def bootstrap_weights(samples: UmbrellaSamples, n: int, block: int, seed: int = 0,
+                      f_k: np.ndarray | None = None) -> np.ndarray:
+    """(n, N) unbiased weights of n block-bootstrap resamples (``block`` frames drawn
+    together within each window), MBAR re-solved for each, so the error of the window free
+    energies enters every reweighted average; 0 for frames a resample did not draw."""
+    bias, n_k = samples.bias_kT(), samples.counts
+    f_k = _solve(bias, n_k) if f_k is None else f_k
+    rng = np.random.default_rng(seed)
+    boot = np.zeros((int(n), samples.n_samples))
+    for r in range(int(n)):
+        mult = _block_resample(samples.window, int(block), rng)
+        keep = mult > 0
+        fr = _solve(np.repeat(bias[:, keep], mult[keep], axis=1), n_k, f_k)
+        lw = _log_weights(bias, n_k, fr)
+        w = np.exp(lw - lw.max()) * mult
+        boot[r] = w / w.sum()
+    return boot
+
+
+def segment_weights(samples: UmbrellaSamples, segments: int) -> np.ndarray:
+    """(segments, N) unbiased weights from consecutive time segments: segment q holds the
+    q-th 1/``segments`` of every window's frames, MBAR solved on it alone (0 elsewhere).
+    Their spread is a batch-means error that also sees what a bootstrap within windows
+    cannot: windows still drifting, or a mode slower than the block."""
+    if int(segments) < 2:
+        raise ValueError(f"segments must be >= 2, got {segments}")
+    bias = samples.bias_kT()
+    rank = np.zeros(samples.n_samples)
+    for k in range(samples.n_windows):
+        idx = np.flatnonzero(samples.window == k)
+        rank[idx] = np.arange(len(idx)) / max(len(idx), 1)
+    part = np.minimum((rank * int(segments)).astype(int), int(segments) - 1)
+    out = np.zeros((int(segments), samples.n_samples))
+    for q in range(int(segments)):
+        sel = part == q
+        n_k = np.bincount(samples.window[sel], minlength=samples.n_windows)
+        out[q, sel] = np.exp(_log_weights(bias[:, sel], n_k, _solve(bias[:, sel], n_k)))
+    return out
 
 
 def barrier_height(centers: np.ndarray, f: np.ndarray, split: float = 0.5,
@@ -190,22 +232,34 @@ class ChiFreeEnergy:
         return 0.5 * (edges[1:] + edges[:-1]), f, err
 
     def barrier(self, bins: Any = 50, chi_range: tuple[float, float] = (0.0, 1.0),
-                split: float = 0.5, reference: str = "left") -> dict[str, float]:
+                split: float = 0.5, reference: str = "left",
+                segments: int = SEGMENTS) -> dict[str, float]:
         """ΔF‡: the maximum of F(χ) between the basin minima on either side of ``split``
         minus the reference basin's minimum ("left": the reactant, χ < split; "right";
-        "lower": the lower of the two). Returns kT and kJ/mol values with bootstrap errors."""
+        "lower": the lower of the two). Returns kT and kJ/mol values with errors: the
+        bootstrap's, or the batch-means error over ``segments`` time segments
+        (:func:`segment_weights`; needs ``samples``, 0: none) where that is larger."""
         if reference not in ("left", "right", "lower"):
             raise ValueError(f"reference must be 'left', 'right' or 'lower', got {reference!r}")
         edges = self._edges(bins, chi_range)
         centers = 0.5 * (edges[1:] + edges[:-1])
-        val = barrier_height(centers, self._free(self.weights, self.chi, edges), split,
-                               reference)
-        boot = [barrier_height(centers, self._free(w, self.chi, edges), split, reference)
-                for w in self.boot_weights]
-        boot = np.asarray([b for b in boot if np.isfinite(b)])
+
+        def height(w: np.ndarray) -> float:
+            return barrier_height(centers, self._free(w, self.chi, edges), split, reference)
+
+        val = height(self.weights)
+        boot = np.asarray([b for b in map(height, self.boot_weights) if np.isfinite(b)])
         err = float(boot.std(ddof=1)) if len(boot) > 1 else float("nan")
-        return {"barrier_kT": val, "barrier_err_kT": err, "barrier_kJ_mol": val * self.kT,
-                "barrier_err_kJ_mol": err * self.kT}
+        out = {"barrier_kT": val}
+        if (self.samples is not None and int(segments) >= 2
+                and int(self.samples.counts.min()) >= int(segments)):
+            seg = np.array([height(w) for w in segment_weights(self.samples, int(segments))])
+            if np.all(np.isfinite(seg)):
+                err = float(np.fmax(err, seg.std(ddof=1) / np.sqrt(len(seg))))
+                out["barrier_segments_kT"] = seg.tolist()
+        out.update({"barrier_err_kT": err, "barrier_kJ_mol": val * self.kT,
+                    "barrier_err_kJ_mol": err * self.kT})
+        return out
 
     def write_csv(self, path: str | os.PathLike, bins: Any = 50,
                   chi_range: tuple[float, float] | None = None) -> Path:

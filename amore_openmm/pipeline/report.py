@@ -93,6 +93,7 @@ def build_report(run: StageContext) -> dict[str, Any]:
         "transitions": st.get("transitions"),
         "generation_starts": cfg.generation_starts,
         "top_atoms": st.get("top_atoms", []),
+        "sensitivity_fits": int(st.get("sensitivity_fits", 1)),
         "top_features": _top_features(run, cfg.top_k),
         "backbone_atoms": _backbone_atoms(run),
         "path_vs_ensemble_mse": mses,
@@ -183,10 +184,15 @@ def _md_paths(rep: dict[str, Any]) -> list[str]:
 
 def _md_atoms(rep: dict[str, Any]) -> list[str]:
     k = rep["top_atoms"][0]["top_k"]
+    fits = int(rep.get("sensitivity_fits", 1))
+    over = (f" The mean over {fits} χ fits of the same data (training seeds); the error and "
+            "the top-k frequency hold the fit-to-fit spread too." if fits > 1 else
+            " One χ fit: the error holds the frames' noise, not the training variance "
+            "(`--sensitivity-fits N` averages N fits).")
     lines = ["## Most χ-sensitive atoms", "",
              f"⟨‖∇ᵢχ‖²⟩_ρ over the weighted ensemble ± bootstrap standard error; \"in top-{k}\" "
              f"is how often the atom is among the {k} most sensitive across bootstrap "
-             "resamples. Atoms the featurizer does not see are not ranked.", "",
+             "resamples. Atoms the featurizer does not see are not ranked." + over, "",
              "| rank | index (0-based) | index (1-based) | atom | ⟨‖∇ᵢχ‖²⟩ (nm⁻²) | share | "
              f"in top-{k} |", "|---|---|---|---|---|---|---|"]
     for r, a in enumerate(rep["top_atoms"], start=1):

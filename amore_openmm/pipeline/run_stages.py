@@ -283,12 +283,48 @@ def _ensemble(ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sensitivity(ctx: StageContext) -> dict[str, Any]:
-    """Ensemble/level-set sensitivity with error bars, feature saliency, path MSE, PDBs."""
+    """Ensemble/level-set sensitivity with error bars, feature saliency, path MSE, PDBs;
+    with ``sensitivity_fits`` > 1 the ranking is the mean over that many χ fits."""
     x, w = _ensemble(ctx)
     res = write_sensitivity(ctx.paths["atoms_csv"].parent, ctx.load_model(), ctx.system, x,
                             weights=w, paths=load_chipaths(ctx.paths["paths"]),
-                            settings=ctx.config.sensitivity, mep_dir=ctx.paths["mep_dir"])
-    return {"path_mse": res["path_mse"], "top_atoms": res["top_atoms"]}
+                            settings=ctx.config.sensitivity, mep_dir=ctx.paths["mep_dir"],
+                            fits=_extra_fits(ctx))
+    return {"path_mse": res["path_mse"], "top_atoms": res["top_atoms"],
+            "sensitivity_fits": int(res["sensitivity"].fits)}
+
+
+def _extra_fits(ctx: StageContext) -> list[Any]:
+    """``sensitivity_fits`` − 1 more χ fits of the final data from scratch (seeds
+    ``fit/j``), each with as many iterations as the final χ had over all generations;
+    ``model/chi_fit{j}.pt``, reused on resume while it belongs to the same final χ."""
+    import hashlib
+    from ..chi import ChiModel
+    cfg = ctx.config
+    n = int(cfg.sensitivity.fits)
+    if n <= 1:
+        return []
+    digest = hashlib.sha256(ctx.paths["chi_state"].read_bytes()).hexdigest()[:16]
+    trained = sum(1 for st in ctx.completed if st.startswith("train_") and st not in ctx.skipped)
+    iters = cfg.iterations + max(trained - 1, 0) * cfg.iterations_per_generation
+    data, fits = ctx.load_data(), []
+    for j in range(1, n):
+        path = ctx.paths["chi_state"].parent / f"chi_fit{j}.pt"
+        if path.is_file():
+            model = ChiModel.load(path)
+            if model.metadata.get("fit_of") == digest:
+                fits.append(model)
+                continue
+        ctx.log.info("sensitivity: χ fit %d of %d (%d iterations, seed fit/%d)", j + 1, n,
+                     iters, j)
+        model, _ = train_chi(data, ctx.system, iters, featurizer=cfg.featurizer,
+                             minibatch=cfg.minibatch, optimizer=cfg.optimizer, lr=cfg.lr,
+                             weight_decay=cfg.weight_decay,
+                             seed=stage_seed(cfg.seed, f"fit/{j}"), progress=ctx.progress)
+        model.metadata.update(fit_of=digest, fit=j)
+        model.save(path)
+        fits.append(model)
+    return fits
 
 
 def figures(ctx: StageContext) -> dict[str, Any]:

@@ -384,18 +384,22 @@ def top_atoms(sens: Any, k: int) -> list[dict[str, Any]]:
 def write_sensitivity(out: str | os.PathLike, model: Any, system: Any, positions: np.ndarray,
                       *, weights: np.ndarray | None = None, paths: list[Any] | None = None,
                       settings: SensitivitySettings | None = None, bins: int | None = None,
-                      top_k: int | None = None, mep_dir: str | os.PathLike | None = None
-                      ) -> dict[str, Any]:
+                      top_k: int | None = None, mep_dir: str | os.PathLike | None = None,
+                      fits: Any = ()) -> dict[str, Any]:
     """χ-sensitivity files into ``out``: ``atoms.csv``
     (:meth:`~amore_openmm.sensitivity.Sensitivity.write_ranking_csv`), ``levelset.npz``,
     ``features.csv``; with ``paths`` also the path-vs-ensemble MSE per path and, when
     ``mep_dir`` is given, ``path_XXX.pdb`` there (B-factor: the level-set average
     ⟨‖∇ᵢχ‖²⟩_z at each node's χ). ``weights``: per-sample weights of the ensemble.
     ``settings``: :class:`~amore_openmm.settings.SensitivitySettings` (its ``bins`` and
-    ``top_k``; ``bins``/``top_k`` override them unless None).
+    ``top_k``; ``bins``/``top_k`` override them unless None). ``fits``: more χ fits of the
+    same data (other seeds): the ranking (``atoms.csv``, ``levelset.npz``, ``top_atoms``) is
+    then their mean with ``model``'s (:func:`~amore_openmm.sensitivity.combine_fits`); the
+    path MSE and the PDBs stay ``model``'s own, whose paths they are.
     Returns {"path_mse", "sensitivity", "saliency", "top_atoms"}."""
     from ..mep import write_path_pdb
-    from ..sensitivity import chi_sensitivity, feature_saliency, path_vs_ensemble_mse
+    from ..sensitivity import (chi_sensitivity, combine_fits, feature_saliency,
+                               path_vs_ensemble_mse)
     from ..systems import load_system
     s = settings or SensitivitySettings()
     bins = s.bins if bins is None else bins
@@ -403,7 +407,9 @@ def write_sensitivity(out: str | os.PathLike, model: Any, system: Any, positions
     check_settings({"sensitivity_bins": bins, "top_k": top_k}, "write_sensitivity")
     out = check_out_dir(Path(out))
     ms = load_system(system)
-    sens = chi_sensitivity(model, positions, bins=bins, labels=ms, weights=weights)
+    own = chi_sensitivity(model, positions, bins=bins, labels=ms, weights=weights)
+    sens = combine_fits([own] + [chi_sensitivity(m, positions, bins=bins, labels=ms,
+                                                 weights=weights) for m in fits])
     sens.write_ranking_csv(out / "atoms.csv", k=TOP_FREQUENCY_K, atoms=ms.selection)
     sens.save(out / "levelset.npz")
     sal = feature_saliency(model, positions)
@@ -411,11 +417,11 @@ def write_sensitivity(out: str | os.PathLike, model: Any, system: Any, positions
     mses: list[float] = []
     for i, p in enumerate(paths or []):
         try:
-            mses.append(float(path_vs_ensemble_mse(p, sens)))
+            mses.append(float(path_vs_ensemble_mse(p, own)))
         except ValueError:
             mses.append(float("nan"))
         if mep_dir is not None:
             write_path_pdb(Path(mep_dir) / f"path_{i:03d}.pdb", p, ms.topology,
-                           sensitivity=sens, atoms=ms.selection)
+                           sensitivity=own, atoms=ms.selection)
     return {"path_mse": mses, "sensitivity": sens, "saliency": sal,
             "top_atoms": top_atoms(sens, top_k)}

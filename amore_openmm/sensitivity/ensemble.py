@@ -38,6 +38,9 @@ class Sensitivity:
         featurized: (n,) bool, atoms whose gradient can be non-zero.
         min_count: the minimum count per bin used.
         block: bootstrap block length (1: independent samples).
+        segment_per_atom: (S, n) ``per_atom`` of S consecutive time segments when the error
+            is also a batch-means error (reweighted windows); None otherwise.
+        fits: χ fits averaged (:func:`~amore_openmm.sensitivity.combine_fits`); 1: one χ.
     """
 
     per_atom: np.ndarray
@@ -54,6 +57,8 @@ class Sensitivity:
     featurized: np.ndarray | None = None
     min_count: int = 1
     block: int = 1
+    segment_per_atom: np.ndarray | None = None
+    fits: int = 1
 
     def __post_init__(self) -> None:
         n = len(self.per_atom)
@@ -127,15 +132,17 @@ class Sensitivity:
                                chi_max=self.chi_max, per_atom_err=self.per_atom_err,
                                levelset_err=self.levelset_err,
                                boot_per_atom=self.boot_per_atom, featurized=self.featurized,
-                               min_count=self.min_count, block=self.block)
+                               min_count=self.min_count, block=self.block, fits=self.fits,
+                               **({} if self.segment_per_atom is None else
+                                  {"segment_per_atom": self.segment_per_atom}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Sensitivity":
         """Load a file written by :meth:`save` (older files: no errors, min_count 1)."""
         with np.load(path) as z:
             opt = {k: z[k] for k in ("per_atom_err", "levelset_err", "boot_per_atom",
-                                     "featurized") if k in z.files}
-            ints = {k: int(z[k]) for k in ("min_count", "block") if k in z.files}
+                                     "featurized", "segment_per_atom") if k in z.files}
+            ints = {k: int(z[k]) for k in ("min_count", "block", "fits") if k in z.files}
             return cls(per_atom=z["per_atom"], levelset=z["levelset"], counts=z["counts"],
                        bin_edges=z["bin_edges"], labels=[str(s) for s in z["labels"]],
                        n_samples=int(z["n_samples"]), chi_min=float(z["chi_min"]),
@@ -198,26 +205,34 @@ def _binned_means(onehot: Any, w: np.ndarray, g2: np.ndarray) -> np.ndarray:
 
 
 def _bootstrap(onehot: Any, w: np.ndarray, g2: np.ndarray, n_boot: int, block: int,
-               seed: int) -> tuple[np.ndarray, np.ndarray]:
+               seed: int, resample: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Bootstrap of the weighted means: (R, n) per-atom means of the R resamples and the
     (bins, n) standard deviation of the level-set means over the resamples (Welford, bins
     empty in a resample skipped).
 
     Moving-block bootstrap: ``block`` consecutive samples are drawn together (1: ordinary
     bootstrap), which keeps the correlation of trajectory frames inside each block.
+    ``resample``: (R, B) weights of given resamples instead (e.g. MBAR re-solved per
+    resample, :func:`~amore_openmm.biased.mbar.bootstrap_weights`).
     """
     rng = np.random.default_rng(seed)
     b, n = g2.shape
     block = max(1, min(int(block), b))
     n_blocks = -(-b // block)
+    if resample is not None:
+        n_boot = len(resample)
     per_atom = np.empty((n_boot, n))
     count = np.zeros((onehot.shape[0], n))
     mean = np.zeros((onehot.shape[0], n))
     m2 = np.zeros((onehot.shape[0], n))
     for r in range(n_boot):
-        starts = rng.integers(0, b - block + 1, size=n_blocks)
-        pick = (starts[:, None] + np.arange(block)).ravel()[:b]
-        mult = np.bincount(pick, minlength=b) * w
+        if resample is not None:
+            mult = resample[r]
+        else:
+            starts = rng.integers(0, b - block + 1, size=n_blocks)
+            pick = (starts[:, None] + np.arange(block)).ravel()[:b]
+            mult = np.bincount(pick, minlength=b) * w
         per_atom[r] = mult @ g2 / mult.sum() if mult.sum() > 0 else np.nan
         level = _binned_means(onehot, mult, g2)
         ok = np.isfinite(level)
@@ -235,7 +250,7 @@ def chi_sensitivity(model: Any, positions: Any, bins: int = SensitivitySettings(
                     chi_range: tuple[float, float] = (0.0, 1.0), batch_size: int = 4096,
                     *, weights: Any = None, bootstrap: int = 200,
                     min_count: int = DEFAULT_MIN_COUNT, block: int = 1,
-                    seed: int = 0) -> Sensitivity:
+                    seed: int = 0, resample_weights: Any = None) -> Sensitivity:
     """Ensemble and level-set χ-sensitivities ⟨‖∇ᵢχ‖²⟩_ρ and ⟨‖∇ᵢχ‖²⟩_z with error bars.
 
     Args:
@@ -255,6 +270,9 @@ def chi_sensitivity(model: Any, positions: Any, bins: int = SensitivitySettings(
         block: block length of the moving-block bootstrap (use the decorrelation time in
             frames for trajectory data; 1: independent samples).
         seed: seed of the resampling.
+        resample_weights: (R, B) weights of R given resamples (0: a sample not drawn) that
+            replace the moving-block bootstrap (``bootstrap`` and ``block`` are then unused),
+            e.g. :func:`~amore_openmm.biased.mbar.bootstrap_weights`.
 
     Atoms the model does not featurize (``model.featurized_atoms``) are NaN in ``per_atom``,
     ``levelset`` and their errors, never 0.
@@ -271,6 +289,13 @@ def chi_sensitivity(model: Any, positions: Any, bins: int = SensitivitySettings(
     w = _check_weights(weights, len(chi))
     keep = w > 0
     chi, w = chi[keep], w[keep]
+    resample = None
+    if resample_weights is not None:
+        resample = np.asarray(resample_weights, dtype=float)
+        if resample.ndim != 2 or resample.shape[1] != len(keep) or np.any(resample < 0):
+            raise ValueError(f"resample_weights must be a non-negative (R, {len(keep)}) "
+                             f"array, got shape {resample.shape}")
+        resample = resample[:, keep]
     g2 = np.einsum("bij,bij->bi", grad[keep], grad[keep])            # (B, n) ‖∇ᵢχ‖²
     n, nb = g2.shape[1], int(bins)
     feat = featurized_mask(model, n)
@@ -280,7 +305,7 @@ def chi_sensitivity(model: Any, positions: Any, bins: int = SensitivitySettings(
     onehot = _bin_matrix(idx, nb)
     levelset = _binned_means(onehot, w, g2)                         # (bins, n)
     per_atom = w @ g2 / w.sum()
-    boot, lerr = _bootstrap(onehot, w, g2, int(bootstrap), block, seed)
+    boot, lerr = _bootstrap(onehot, w, g2, int(bootstrap), block, seed, resample)
     err = boot.std(axis=0, ddof=1) if len(boot) > 1 else np.full(n, np.nan)
     sparse = counts < int(min_count)
     levelset[sparse] = np.nan
