@@ -151,6 +151,17 @@ def test_umbrella_free_energy_writes_files_from_an_exported_chi(mb, chi, tmp_pat
     assert len(fes.weights) == 100
     x = fes.samples.positions
     assert np.allclose(fes.chi, chi.chi(x), atol=1e-5)
+    # the windows' sensitivities, from the TorchScript file: a projection χ has the same
+    # ‖∇χ‖² everywhere, so the reweighted mean and every window's level set equal it
+    g2 = float(np.sum(chi.grad(x[:1])[0, 0] ** 2))
+    info = json.loads((tmp_path / "fes" / "fes.json").read_text())["reweighted_sensitivity"]
+    assert info["top_atoms"][0]["index_0based"] == 0
+    assert info["top_atoms"][0]["mean_grad_sq"] == pytest.approx(g2, rel=1e-5)
+    assert 0 < info["effective_sample_size"] <= 100
+    rows = (tmp_path / "fes" / "window_levelsets.csv").read_text().splitlines()
+    assert rows[0].startswith("z,atom_index_0based") and len(rows) >= 2   # windows near z
+    assert all(float(r.split(",")[3]) == pytest.approx(g2, rel=1e-5) for r in rows[1:])
+    assert (tmp_path / "fes" / "reweighted_atoms.csv").read_text().startswith("rank,")
 
 
 # -- a χ shaped like ISOKANN's (flat in the basins, steep at the saddle) ------------------

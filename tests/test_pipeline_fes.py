@@ -53,9 +53,13 @@ def test_report_carries_the_free_energy_with_its_certificate(fes_run):
         assert np.isfinite(fe["barrier_kJ_mol"]) and fe["barrier_err_kJ_mol"] > 0
         assert fe["barrier_kJ_mol"] == pytest.approx(fe["barrier_kT"] * 12.5, rel=1e-6)
         assert "certified" in md and "NOT CERTIFIED" not in md
+        top = fe["reweighted_sensitivity"]["top_atoms"]
+        assert top[0]["label"] in md and "Most χ-sensitive atoms of the unbiased" in md
     else:   # no number without a certificate
         assert fe["barrier_kJ_mol"] is None and fe["barrier_kT"] is None and fe["reason"]
-        assert "NOT CERTIFIED" in md
+        assert "NOT CERTIFIED" in md and "reweighted_sensitivity" not in fe
+        assert "Most χ-sensitive atoms of the unbiased" not in md
+    assert (out / "fes" / "reweighted_atoms.csv").is_file()
 
 
 def test_stratified_starts_are_flatter_in_chi_than_mep_starts(fes_run):

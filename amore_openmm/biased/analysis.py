@@ -1,14 +1,17 @@
 """What biased windows give the adaptive loop: stratified starts and reweighted sensitivities."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..data import atomic_path
 from .mbar import SEGMENTS, ChiFreeEnergy
 from .umbrella import UmbrellaSamples
 
-__all__ = ["stratified_starts", "reweighted_sensitivity", "window_sensitivity"]
+__all__ = ["stratified_starts", "reweighted_sensitivity", "window_sensitivity",
+           "write_window_sensitivities"]
 
 
 def _samples_of(obj: Any) -> UmbrellaSamples:
@@ -83,6 +86,7 @@ def reweighted_sensitivity(fes: ChiFreeEnergy, model: Any, segments: int = SEGME
     seed = int(kwargs.get("seed", 0))
     _, grad = chi_gradients(model, s.positions, kwargs.get("batch_size", 4096))
     g2 = np.einsum("bij,bij->bi", grad, grad)
+    del grad                                   # (N, n, 3): chi_sensitivity makes its own
     block = kwargs.pop("block", None)
     if block is None:
         block = max(int(fes.block), int(np.ceil(statistical_inefficiency(s, g2.sum(axis=1)))))
@@ -129,3 +133,46 @@ def window_sensitivity(samples: UmbrellaSamples, model: Any, halfwidth: float | 
                                min_count=1, block=block, seed=seed + k)
         mean[k], err[k] = sens.per_atom, sens.per_atom_err
     return z.copy(), mean, err, used
+
+
+def write_window_sensitivities(fes: ChiFreeEnergy, model: Any, out_dir: Any,
+                               labels: Any = None, atoms: Any = None, bins: int = 20,
+                               bootstrap: int = 100, top_k: int = 5, seed: int = 0
+                               ) -> dict[str, Any]:
+    """The χ-sensitivities of umbrella windows into ``out_dir``:
+
+    * ``reweighted_atoms.csv`` and ``reweighted_sensitivity.npz``: ⟨‖∇ᵢχ‖²⟩ of the unbiased
+      ensemble (:func:`reweighted_sensitivity`, its errors holding the window free energies'
+      error and the time segments');
+    * ``window_levelsets.csv``: the level-set averages ⟨‖∇ᵢχ‖²⟩_z from the frames of the
+      window at each z (:func:`window_sensitivity`): z, atom, mean, error, frames.
+
+    ``labels``: a MolecularSystem, Topology or names; ``atoms``: the atoms listed (e.g. the
+    system's selection: no solvent). Returns what ``fes.json`` keeps: the effective sample
+    size and the ``top_k`` atoms (index, label, mean, error, top-k frequency)."""
+    out = Path(out_dir)
+    if isinstance(model, (str, Path)):          # a χ file: its TorchScript module
+        from ..forces import load_chi_module
+        model = load_chi_module(model)
+    sens, ess = reweighted_sensitivity(fes, model, bins=bins, bootstrap=bootstrap,
+                                       seed=seed, labels=labels, min_count=1)
+    sens.save(out / "reweighted_sensitivity.npz")
+    sens.write_ranking_csv(out / "reweighted_atoms.csv", k=top_k, atoms=atoms)
+    z, mean, err, used = window_sensitivity(_samples_of(fes), model, bootstrap=bootstrap,
+                                            seed=seed)
+    listed = range(mean.shape[1]) if atoms is None else np.asarray(atoms, dtype=np.int64)
+    with atomic_path(out / "window_levelsets.csv") as tmp, open(tmp, "w") as fh:
+        fh.write("z,atom_index_0based,label,mean_grad_sq_nm-2,stderr_nm-2,frames\n")
+        for k in np.argsort(z):
+            for i in listed:
+                if np.isfinite(mean[k, i]):
+                    fh.write(f"{z[k]:.6g},{i},{sens.labels[i]},{mean[k, i]:.6g},"
+                             f"{err[k, i]:.4g},{used[k]}\n")
+    freq = sens.top_frequency(top_k)
+    pool = set(range(sens.n_atoms)) if atoms is None else set(int(a) for a in atoms)
+    ranked = [int(i) for i in sens.ranking if int(i) in pool][:int(top_k)]
+    return {"effective_sample_size": float(ess), "top_k": int(top_k),
+            "top_atoms": [{"index_0based": i, "label": sens.labels[i],
+                           "mean_grad_sq": float(sens.per_atom[i]),
+                           "mean_grad_sq_err": float(sens.per_atom_err[i]),
+                           "top_k_frequency": float(freq[i])} for i in ranked]}

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..data import atomic_write_text
+from .analysis import write_window_sensitivities
 from .mbar import ChiFreeEnergy, fit_mbar
 from .adaptive import PILOT_OVERLAP, WindowPlan, pair_overlap, plan_windows
 from .umbrella import STIFFNESS_LIMIT, UmbrellaSampler
@@ -47,6 +48,8 @@ def umbrella_free_energy(system: Any, model: Any, out_dir: str | os.PathLike,
                          ) -> ChiFreeEnergy:
     """Umbrella windows along χ, MBAR, and the files of ``out_dir``:
     ``umbrella_samples.npz``, ``fes.npz``, ``fes.csv`` (F(χ) in kT and kJ/mol with errors),
+    the windows' χ-sensitivities (:func:`~amore_openmm.biased.analysis.write_window_sensitivities`:
+    ``reweighted_atoms.csv``, ``reweighted_sensitivity.npz``, ``window_levelsets.csv``),
     ``fes.png`` and ``fes.json`` (ΔF‡ with error, effective sample size, wall seconds, the
     window plan, and ``certified``: ΔF‡ is finite, every pair of neighbouring windows
     overlaps by at least :data:`MIN_OVERLAP` and no window's restraint was too stiff for
@@ -97,6 +100,10 @@ def umbrella_free_energy(system: Any, model: Any, out_dir: str | os.PathLike,
     fes.write_csv(out / "fes.csv", bins, (0.0, 1.0))
     fes.plot(out / "fes.png", bins, (0.0, 1.0))
     summary = certify(samples, fes, bins)
+    # the windows' χ-sensitivities: certified with (and only with) the profile
+    summary["reweighted_sensitivity"] = write_window_sensitivities(
+        fes, sampler.model, out, labels=system, atoms=getattr(system, "selection", None),
+        bootstrap=bootstrap, seed=seed)
     summary.update({"n_samples": samples.n_samples, "windows": samples.z.tolist(),
                     "kappa_kJ_mol": samples.kappa.tolist(),
                     "substeps": np.asarray(samples.substeps).tolist(),

@@ -85,6 +85,12 @@ def _fes_record(summary: dict[str, Any], tag: dict[str, Any], periodic: bool,
         if summary.get("note"):
             # the certificate's own words (biased.certify): gaps, empty bins, too stiff a step
             rec["reason"] = str(summary["note"])
+    # the windows' reweighted ranking stands or falls with the profile's certificate
+    sens = summary.get("reweighted_sensitivity")
+    if rec["certified"] and sens:
+        rec["reweighted_sensitivity"] = sens
+        rec["files"].update({k: f"{FES_DIR}/{k}" for k in (
+            "reweighted_atoms.csv", "reweighted_sensitivity.npz", "window_levelsets.csv")})
     return rec
 
 
@@ -266,13 +272,23 @@ def fes_markdown(fe: dict[str, Any] | None, headline: bool = False) -> list[str]
     if fe.get("certified"):
         value = (f"**ΔF‡ = {_pm(fe['barrier_kJ_mol'], fe['barrier_err_kJ_mol'])} kJ/mol "
                  f"({_pm(fe['barrier_kT'], fe['barrier_err_kT'])} kT)**, certified; "
-                 "error: block-bootstrap standard error.")
+                 "error: the larger of a block bootstrap within windows (MBAR re-solved) "
+                 "and batch means over 4 time segments.")
     else:
         value = (f"**ΔF‡ NOT CERTIFIED**: {fe.get('reason', '')}. No barrier is reported; the "
                  "uncertified profile is in `fes/`.")
     lines = [title, "", *note, value, "", size]
     if (fe.get("files") or {}).get("fes.png"):
         lines += ["", f"![F(χ)]({fe['files']['fes.png']})"]
+    sens = fe.get("reweighted_sensitivity")
+    if sens and sens.get("top_atoms"):
+        lines += ["", "Most χ-sensitive atoms of the unbiased ensemble from the windows "
+                  f"(MBAR-reweighted ⟨‖∇ᵢχ‖²⟩ ± error, effective sample size "
+                  f"{sens['effective_sample_size']:.0f}; level sets per window in "
+                  f"`{FES_DIR}/window_levelsets.csv`): " + ", ".join(
+                      f"{a['label']} (index {a['index_0based']}) "
+                      f"{_pm(a['mean_grad_sq'], a['mean_grad_sq_err'], '.3g')} nm⁻²"
+                      for a in sens["top_atoms"]) + "."]
     return lines
 
 
