@@ -164,6 +164,19 @@ def test_umbrella_free_energy_writes_files_from_an_exported_chi(mb, chi, tmp_pat
     assert (tmp_path / "fes" / "reweighted_atoms.csv").read_text().startswith("rank,")
 
 
+def test_window_sensitivities_over_the_memory_budget_leave_the_profile(mb, chi, tmp_path,
+                                                                        monkeypatch):
+    from amore_openmm.data import MEMORY_BUDGET_ENV
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, "1e-6")                 # 1 kB
+    with pytest.warns(RuntimeWarning, match="memory budget"):
+        umbrella_free_energy(mb, chi, tmp_path / "fes", windows=5, frames=20, stride=5,
+                             equilibration=2, bins=10, bootstrap=3)
+    info = json.loads((tmp_path / "fes" / "fes.json").read_text())
+    assert "GB" in info["reweighted_sensitivity"]["skipped"] and "barrier_kT" in info
+    assert (tmp_path / "fes" / "fes.csv").is_file()
+    assert not (tmp_path / "fes" / "reweighted_atoms.csv").exists()
+
+
 # -- a χ shaped like ISOKANN's (flat in the basins, steep at the saddle) ------------------
 @pytest.fixture(scope="module")
 def steep_chi():

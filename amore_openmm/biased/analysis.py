@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data import atomic_path
+from ..data import (MEMORY_BUDGET_ENV, MemoryBudgetError, atomic_path,
+                    memory_budget_bytes)
 from .mbar import SEGMENTS, ChiFreeEnergy
 from .umbrella import UmbrellaSamples
 
@@ -151,6 +152,15 @@ def write_window_sensitivities(fes: ChiFreeEnergy, model: Any, out_dir: Any,
     system's selection: no solvent). Returns what ``fes.json`` keeps: the effective sample
     size and the ``top_k`` atoms (index, label, mean, error, top-k frequency)."""
     out = Path(out_dir)
+    s = _samples_of(fes)
+    # gradients (N, n, 3) twice at the peak, ‖∇ᵢχ‖² (N, n) twice, the resample weights
+    need = 8 * s.n_samples * (8 * s.positions.shape[1] + 2 * int(bootstrap))
+    if need > memory_budget_bytes():
+        raise MemoryBudgetError(
+            f"the χ-sensitivities of {s.n_samples} umbrella frames of {s.positions.shape[1]} "
+            f"atoms need ~{need / 1e9:.1f} GB, more than the memory budget "
+            f"{memory_budget_bytes() / 1e9:.1f} GB; raise {MEMORY_BUDGET_ENV} or call "
+            "reweighted_sensitivity on a subset of the windows' frames")
     if isinstance(model, (str, Path)):          # a χ file: its TorchScript module
         from ..forces import load_chi_module
         model = load_chi_module(model)
@@ -158,7 +168,7 @@ def write_window_sensitivities(fes: ChiFreeEnergy, model: Any, out_dir: Any,
                                        seed=seed, labels=labels, min_count=1)
     sens.save(out / "reweighted_sensitivity.npz")
     sens.write_ranking_csv(out / "reweighted_atoms.csv", k=top_k, atoms=atoms)
-    z, mean, err, used = window_sensitivity(_samples_of(fes), model, bootstrap=bootstrap,
+    z, mean, err, used = window_sensitivity(s, model, bootstrap=bootstrap,
                                             seed=seed)
     listed = range(mean.shape[1]) if atoms is None else np.asarray(atoms, dtype=np.int64)
     with atomic_path(out / "window_levelsets.csv") as tmp, open(tmp, "w") as fh:
@@ -170,7 +180,8 @@ def write_window_sensitivities(fes: ChiFreeEnergy, model: Any, out_dir: Any,
                              f"{err[k, i]:.4g},{used[k]}\n")
     freq = sens.top_frequency(top_k)
     pool = set(range(sens.n_atoms)) if atoms is None else set(int(a) for a in atoms)
-    ranked = [int(i) for i in sens.ranking if int(i) in pool][:int(top_k)]
+    ranked = [int(i) for i in sens.ranking
+              if int(i) in pool and np.isfinite(sens.per_atom[i])][:int(top_k)]
     return {"effective_sample_size": float(ess), "top_k": int(top_k),
             "top_atoms": [{"index_0based": i, "label": sens.labels[i],
                            "mean_grad_sq": float(sens.per_atom[i]),

@@ -281,7 +281,9 @@ def fes_markdown(fe: dict[str, Any] | None, headline: bool = False) -> list[str]
     if (fe.get("files") or {}).get("fes.png"):
         lines += ["", f"![F(χ)]({fe['files']['fes.png']})"]
     sens = fe.get("reweighted_sensitivity")
-    if sens and sens.get("top_atoms"):
+    if sens and sens.get("skipped"):
+        lines += ["", f"The windows' χ-sensitivities were not computed: {sens['skipped']}."]
+    elif sens and sens.get("top_atoms"):
         lines += ["", "Most χ-sensitive atoms of the unbiased ensemble from the windows "
                   f"(MBAR-reweighted ⟨‖∇ᵢχ‖²⟩ ± error, effective sample size "
                   f"{sens['effective_sample_size']:.0f}; level sets per window in "
