@@ -14,7 +14,6 @@ data stay unbiased; only where the bursts start is chosen by the bias.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..data import atomic_save_npz, write_json
-from .runio import load_paths, read_npz
+from .runio import file_digest, load_paths, read_npz
 from .state import StageContext, stage_seed
 
 __all__ = ["FES_DIR", "fes_enabled", "free_energy", "generation_starts", "skip_paths",
@@ -47,11 +46,8 @@ def fes_enabled(run: StageContext) -> bool:
 
 def _chi_tag(run: StageContext) -> dict[str, Any]:
     """The generation and file digest of the final χ (what the umbrella windows used)."""
-    trained = [int(s.split("_")[1]) for s in run.completed
-               if s.startswith("train_") and s not in run.skipped]
-    g = max(trained)
-    digest = hashlib.sha256(run.model_path(g).read_bytes()).hexdigest()[:16]
-    return {"generation": g, "digest": digest}
+    g = max(run.trained_generations)
+    return {"generation": g, "digest": file_digest(run.model_path(g))}
 
 
 def _fes_record(summary: dict[str, Any], tag: dict[str, Any], periodic: bool,

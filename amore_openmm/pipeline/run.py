@@ -46,7 +46,7 @@ from .multichi_stages import multichi_enabled
 from .runio import read_data, read_model
 from .state import (LOGGER_NAME, STATE_VERSION, RunDirError, RunLock, StageContext,
                     check_writable, stage_generation, system_identity, check_out_dir,
-                    run_layout, sweep_temp_files)
+                    run_layout, sweep_temp_files, trained_generations)
 
 __all__ = ["AmoreRun"]
 
@@ -465,8 +465,7 @@ class AmoreRun:
     def load_model(self, g: int | None = None) -> Any:
         """χ after generation ``g`` (default: the latest trained)."""
         if g is None:
-            trained = [int(s.split("_")[1]) for s in self.completed
-                       if s.startswith("train_") and s not in self.skipped]
+            trained = trained_generations(self.completed, self.skipped)
             if not trained:
                 raise RunDirError(f"{self.out}: no χ trained yet; run `amore train` first")
             g = max(trained)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..data import KoopmanData, atomic_save_npz, atomic_write_text, to_jsonable, write_json
 from .report import build_report, default_figures, report_markdown
-from .runio import load_chipaths, read_data, read_npz, save_paths
+from .runio import file_digest, load_chipaths, read_data, read_npz, save_paths
 from .stages import (TRAJECTORY_PARTIAL, train_chi, trace_paths,
                      trajectory_frames, write_sensitivity)
 from .state import StageContext, stage_seed
@@ -298,15 +298,14 @@ def _extra_fits(ctx: StageContext) -> list[Any]:
     """``sensitivity_fits`` − 1 more χ fits of the final data from scratch (seeds
     ``fit/j``), each with as many iterations as the final χ had over all generations;
     ``model/chi_fit{j}.pt``, reused on resume while it belongs to the same final χ."""
-    import hashlib
     from ..chi import ChiModel
     cfg = ctx.config
     n = int(cfg.sensitivity.fits)
     if n <= 1:
         return []
-    digest = hashlib.sha256(ctx.paths["chi_state"].read_bytes()).hexdigest()[:16]
-    trained = sum(1 for st in ctx.completed if st.startswith("train_") and st not in ctx.skipped)
-    iters = cfg.iterations + max(trained - 1, 0) * cfg.iterations_per_generation
+    trained = ctx.trained_generations
+    digest = file_digest(ctx.model_path(max(trained)))
+    iters = cfg.iterations + (len(trained) - 1) * cfg.iterations_per_generation
     data, fits = ctx.load_data(), []
     for j in range(1, n):
         path = ctx.paths["chi_state"].parent / f"chi_fit{j}.pt"

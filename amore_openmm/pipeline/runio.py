@@ -3,6 +3,7 @@ that turn a damaged file into a :class:`DamagedFileError` naming it."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -14,7 +15,7 @@ import numpy as np
 from ..data import KoopmanData, atomic_save_npz, atomic_write_text, to_jsonable, write_json
 from .state import DamagedFileError
 
-__all__ = ["save_paths", "load_paths", "load_chipaths", "write_features_csv", "read_npz",
+__all__ = ["file_digest", "save_paths", "load_paths", "load_chipaths", "write_features_csv", "read_npz",
            "write_path_files",
            "read_data", "read_model", "write_json"]
 
@@ -62,6 +63,11 @@ def read_model(path: str | os.PathLike) -> Any:
 # --------------------------------------------------------------------------------------------
 # χ-MEP collections: all paths of a stage in one .npz
 # --------------------------------------------------------------------------------------------
+def file_digest(path: str | os.PathLike) -> str:
+    """16 hex digits of the SHA-256 of a file (what ties a derived file to its χ)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def save_paths(path: str | os.PathLike, paths: list[Any]) -> Path:
     """All χ-MEPs in one ``.npz``: the per-node arrays of every path
     (:meth:`~amore_openmm.mep.ChiPath.node_arrays`: positions nm, chi, energy kJ/mol without

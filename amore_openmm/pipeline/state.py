@@ -15,7 +15,8 @@ if TYPE_CHECKING:  # typing only: the config is not needed to read a run directo
     from ..data import KoopmanData
 
 __all__ = ["RunDirError", "DamagedFileError", "RunLock", "run_layout", "STATE_VERSION",
-           "LOGGER_NAME", "sweep_temp_files", "StageContext", "RunStore"]
+           "LOGGER_NAME", "sweep_temp_files", "StageContext", "RunStore",
+           "trained_generations"]
 
 STATE_VERSION = 1
 LOGGER_NAME = "amore_openmm.run"
@@ -119,6 +120,10 @@ class StageContext:
     def skipped(self) -> list[str]:
         return self.store.skipped
 
+    @property
+    def trained_generations(self) -> list[int]:
+        return trained_generations(self.completed, self.skipped)
+
     def seed(self, stage: str) -> int:
         """The stage's seed (:func:`stage_seed` of the run seed)."""
         return stage_seed(self.config.seed, stage)
@@ -137,6 +142,12 @@ class StageContext:
 
     def executor(self) -> Any:
         return self.store.executor()
+
+
+def trained_generations(completed: list[str], skipped: list[str]) -> list[int]:
+    """The generations whose χ was trained (``train_g`` done, not skipped by a stop rule)."""
+    return [int(st.split("_")[1]) for st in completed
+            if st.startswith("train_") and st not in skipped]
 
 
 def stage_generation(stage: str) -> int | None:

@@ -2,9 +2,9 @@
 
 ISOKANN's χ is a random function of its training seed: on alanine dipeptide (2,000 starts,
 600 iterations) four fits of k = 1 share only 2–4 of their top-5 atoms, and the bootstrap over
-frames cannot see that (all fits use the same frames). The mean over fits, with an error that
-adds the fit-to-fit spread to the frame error, ranks the same top 5 for k = 1 and k = 2
-(``benchmarks/multichi.py --only ala --fits 4``).
+frames cannot see that (all fits use the same frames). The mean over fits carries an error
+that adds the fit-to-fit spread to the frame error, so a tie at the edge of the top k shows
+as one (``benchmarks/multichi.py --only ala --fits 4`` compares k = 1 and k = 2 this way).
 """
 from __future__ import annotations
 
