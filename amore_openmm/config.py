@@ -35,7 +35,7 @@ from .data import atomic_write_text
 from .presets import GENERIC_PRESETS, PRESET_NAMES, PRESETS
 from .settings import (MEPSettings, SamplingSettings, SensitivitySettings, TrainingSettings,
                        build_stage, stage_field)
-from .systems import read_toml
+from .systems import manifest_run_table, read_toml
 from .systems.molecular import DEFAULT_TEMPERATURE
 
 __all__ = ["RunConfig", "ConfigError", "PRESETS", "resolve_config", "load_config_file",
@@ -423,31 +423,6 @@ def _check_consistency(cfg: RunConfig) -> None:
                           ": need 0 <= ts_low < ts_high <= 1")
 
 
-def system_key(system: str) -> tuple[str | None, dict[str, Any]]:
-    """(name used for built-in presets, the manifest's [run] table) for a system source.
-
-    Only a bundled system's name or the ``name`` in a folder's ``system.toml`` selects
-    built-in presets; a file on disk gets the generic presets whatever it is called."""
-    from .systems import read_manifest, systems_root
-
-    src = str(system)
-    path = Path(src).expanduser()
-    manifest = None
-    if path.is_dir():
-        manifest = path / "system.toml"
-    elif not path.exists() and (systems_root() / src / "system.toml").is_file():
-        manifest = systems_root() / src / "system.toml"
-    if manifest is not None and manifest.is_file():
-        data = read_manifest(manifest)
-        sec = data.get("system", {})
-        name = "muller_brown" if sec.get("kind") == "muller_brown" else sec.get("name")
-        run = data.get("run", {})
-        return name, {"__where__": str(manifest), **run}
-    if src == "muller_brown" and not path.exists():
-        return "muller_brown", {}
-    return None, {}
-
-
 def _absolute_paths(cfg: RunConfig, system: str) -> RunConfig:
     """System and structure paths stored absolute, so that a run resumes from any working
     directory; ``pdb`` only belongs to a System .xml."""
@@ -472,7 +447,7 @@ def resolve_config(system: str, preset: str = "default",
     if preset not in _CHOICES["preset"]:
         raise ConfigError(f"preset {preset!r} is not known; use one of "
                           f"{', '.join(_CHOICES['preset'])}")
-    name, run_table = system_key(system)
+    name, run_table = manifest_run_table(system)
     if preset == "science" and "science" not in PRESETS.get(name or "", {}):
         raise ConfigError(f"preset 'science' is the VGVAPG reproduction (system vgvapg); "
                           f"{system!r} has none: use --preset default, quick or paper, or set "

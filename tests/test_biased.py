@@ -111,6 +111,13 @@ def test_reweighted_sensitivity_and_level_sets(umbrella, chi):
     assert sens.per_atom[0] == pytest.approx(g2, rel=1e-5) and ess == fes.effective_sample_size
     z, mean, err, used = window_sensitivity(samples, chi, bootstrap=5)
     assert np.allclose(mean[used >= 2, 0], g2, rtol=1e-5) and np.sum(used >= 20) >= 15
+    # gradients handed in (computed once by write_window_sensitivities) give the same windows
+    from amore_openmm.sensitivity import chi_gradients
+    c, g = chi_gradients(chi, samples.positions)
+    z2, mean2, _, used2 = window_sensitivity(samples, chi, bootstrap=5, gradients=(c, g))
+    assert np.array_equal(used2, used) and np.allclose(mean2, mean, equal_nan=True)
+    with pytest.raises(ValueError, match="gradients"):
+        window_sensitivity(samples, chi, bootstrap=5, gradients=(c[:-1], g[:-1]))
 
 
 def test_stratified_starts_are_flat_in_chi(umbrella):
@@ -154,7 +161,11 @@ def test_umbrella_free_energy_writes_files_from_an_exported_chi(mb, chi, tmp_pat
     # the windows' sensitivities, from the TorchScript file: a projection χ has the same
     # ‖∇χ‖² everywhere, so the reweighted mean and every window's level set equal it
     g2 = float(np.sum(chi.grad(x[:1])[0, 0] ** 2))
-    info = json.loads((tmp_path / "fes" / "fes.json").read_text())["reweighted_sensitivity"]
+    summary = json.loads((tmp_path / "fes" / "fes.json").read_text())
+    info = summary["reweighted_sensitivity"]
+    # the weights are certified with the profile, and say so when not
+    assert info["certified"] == summary["certified"]
+    assert summary["certified"] or "not a result" in info["note"]
     assert info["top_atoms"][0]["index_0based"] == 0
     assert info["top_atoms"][0]["mean_grad_sq"] == pytest.approx(g2, rel=1e-5)
     assert 0 < info["effective_sample_size"] <= 100

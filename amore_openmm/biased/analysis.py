@@ -79,15 +79,18 @@ def reweighted_sensitivity(fes: ChiFreeEnergy, model: Any, segments: int = SEGME
       also sees windows still drifting and modes slower than any block
       (``Sensitivity.segment_per_atom`` keeps the segments' values).
 
+    ``gradients``: (χ, ∇χ) of the frames when the caller has them (:func:`chi_gradients`).
+
     Returns (Sensitivity, Kish effective sample size of the weights)."""
     from ..sensitivity import chi_gradients, chi_sensitivity
     from .mbar import bootstrap_weights, segment_weights, statistical_inefficiency
     s = _samples_of(fes)
     n_boot = int(kwargs.pop("bootstrap", 200))
     seed = int(kwargs.get("seed", 0))
-    _, grad = chi_gradients(model, s.positions, kwargs.get("batch_size", 4096))
-    g2 = np.einsum("bij,bij->bi", grad, grad)
-    del grad                                   # (N, n, 3): chi_sensitivity makes its own
+    gradients = kwargs.pop("gradients", None)
+    if gradients is None:
+        gradients = chi_gradients(model, s.positions, kwargs.get("batch_size", 4096))
+    g2 = np.einsum("bij,bij->bi", gradients[1], gradients[1])
     block = kwargs.pop("block", None)
     if block is None:
         block = max(int(fes.block), int(np.ceil(statistical_inefficiency(s, g2.sum(axis=1)))))
@@ -97,7 +100,8 @@ def reweighted_sensitivity(fes: ChiFreeEnergy, model: Any, segments: int = SEGME
                     and int(block) == int(fes.block)
                     else bootstrap_weights(s, n_boot, int(block), seed, fes.f_k))
     sens = chi_sensitivity(model, s.positions, weights=fes.weights, bootstrap=n_boot,
-                           block=int(block), resample_weights=resample, **kwargs)
+                           block=int(block), resample_weights=resample,
+                           gradients=gradients, **kwargs)
     if int(segments) >= 2 and int(s.counts.min()) >= int(segments):
         w = segment_weights(s, int(segments))
         seg = w @ g2 / w.sum(axis=1, keepdims=True)
@@ -109,10 +113,12 @@ def reweighted_sensitivity(fes: ChiFreeEnergy, model: Any, segments: int = SEGME
 
 
 def window_sensitivity(samples: UmbrellaSamples, model: Any, halfwidth: float | None = None,
-                       bootstrap: int = 100, block: int = 1, seed: int = 0
+                       bootstrap: int = 100, block: int = 1, seed: int = 0,
+                       gradients: Any = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Level-set averages ⟨‖∇ᵢχ‖²⟩_z from the window at each z: plain means over the
     window's frames with |χ − z| ≤ ``halfwidth`` (default half the window spacing).
+    ``gradients``: (χ, ∇χ) of all the frames when the caller has them.
 
     Returns (z (K,), mean (K, n) nm⁻², bootstrap s.e. (K, n), frames used (K,)); windows with
     fewer than 2 frames in range are NaN.
@@ -122,6 +128,10 @@ def window_sensitivity(samples: UmbrellaSamples, model: Any, halfwidth: float | 
     if halfwidth is None:
         halfwidth = 0.5 * float(np.min(np.diff(np.sort(z)))) if len(z) > 1 else 0.05
     n_atoms = samples.positions.shape[1]
+    if gradients is not None and not (len(gradients[0]) == len(gradients[1])
+                                      == samples.n_samples):
+        raise ValueError(f"gradients must be (χ, ∇χ) of all {samples.n_samples} frames, got "
+                         f"{len(gradients[0])} and {len(gradients[1])}")
     mean = np.full((len(z), n_atoms), np.nan)
     err = np.full((len(z), n_atoms), np.nan)
     used = np.zeros(len(z), dtype=np.int64)
@@ -130,8 +140,9 @@ def window_sensitivity(samples: UmbrellaSamples, model: Any, halfwidth: float | 
         used[k] = int(sel.sum())
         if used[k] < 2:
             continue
+        given = None if gradients is None else (gradients[0][sel], gradients[1][sel])
         sens = chi_sensitivity(model, samples.positions[sel], bins=1, bootstrap=bootstrap,
-                               min_count=1, block=block, seed=seed + k)
+                               min_count=1, block=block, seed=seed + k, gradients=given)
         mean[k], err[k] = sens.per_atom, sens.per_atom_err
     return z.copy(), mean, err, used
 
@@ -153,8 +164,8 @@ def write_window_sensitivities(fes: ChiFreeEnergy, model: Any, out_dir: Any,
     size and the ``top_k`` atoms (index, label, mean, error, top-k frequency)."""
     out = Path(out_dir)
     s = _samples_of(fes)
-    # gradients (N, n, 3) twice at the peak, ‖∇ᵢχ‖² (N, n) twice, the resample weights
-    need = 8 * s.n_samples * (8 * s.positions.shape[1] + 2 * int(bootstrap))
+    # gradients (N, n, 3) once, ‖∇ᵢχ‖² (N, n) twice, the resample weights
+    need = 8 * s.n_samples * (5 * s.positions.shape[1] + 2 * int(bootstrap))
     if need > memory_budget_bytes():
         raise MemoryBudgetError(
             f"the χ-sensitivities of {s.n_samples} umbrella frames of {s.positions.shape[1]} "
@@ -164,12 +175,16 @@ def write_window_sensitivities(fes: ChiFreeEnergy, model: Any, out_dir: Any,
     if isinstance(model, (str, Path)):          # a χ file: its TorchScript module
         from ..forces import load_chi_module
         model = load_chi_module(model)
+    from ..sensitivity import chi_gradients
+    gradients = chi_gradients(model, s.positions)
     sens, ess = reweighted_sensitivity(fes, model, bins=bins, bootstrap=bootstrap,
-                                       seed=seed, labels=labels, min_count=1)
+                                       seed=seed, labels=labels, min_count=1,
+                                       gradients=gradients)
     sens.save(out / "reweighted_sensitivity.npz")
     sens.write_ranking_csv(out / "reweighted_atoms.csv", k=top_k, atoms=atoms)
-    z, mean, err, used = window_sensitivity(s, model, bootstrap=bootstrap,
-                                            seed=seed)
+    z, mean, err, used = window_sensitivity(s, model, bootstrap=bootstrap, seed=seed,
+                                            gradients=gradients)
+    del gradients
     listed = range(mean.shape[1]) if atoms is None else np.asarray(atoms, dtype=np.int64)
     with atomic_path(out / "window_levelsets.csv") as tmp, open(tmp, "w") as fh:
         fh.write("z,atom_index_0based,label,mean_grad_sq_nm-2,stderr_nm-2,frames\n")

@@ -104,9 +104,14 @@ def umbrella_free_energy(system: Any, model: Any, out_dir: str | os.PathLike,
     # the windows' χ-sensitivities: certified with (and only with) the profile; too big
     # for the memory budget they are left out (the samples are saved), not the profile
     try:
-        summary["reweighted_sensitivity"] = write_window_sensitivities(
+        rw = write_window_sensitivities(
             fes, sampler.model, out, labels=system, atoms=getattr(system, "selection", None),
             bootstrap=bootstrap, seed=seed)
+        rw["certified"] = bool(summary.get("certified"))
+        if not rw["certified"]:
+            rw["note"] = ("the F(χ) profile is not certified, so neither are these weights: "
+                          "not a result (see the profile's note)")
+        summary["reweighted_sensitivity"] = rw
     except MemoryBudgetError as err:
         warnings.warn(str(err), RuntimeWarning, stacklevel=2)
         summary["reweighted_sensitivity"] = {"skipped": str(err)}

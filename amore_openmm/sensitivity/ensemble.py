@@ -250,7 +250,8 @@ def chi_sensitivity(model: Any, positions: Any, bins: int = SensitivitySettings(
                     chi_range: tuple[float, float] = (0.0, 1.0), batch_size: int = 4096,
                     *, weights: Any = None, bootstrap: int = 200,
                     min_count: int = DEFAULT_MIN_COUNT, block: int = 1,
-                    seed: int = 0, resample_weights: Any = None) -> Sensitivity:
+                    seed: int = 0, resample_weights: Any = None,
+                    gradients: Any = None) -> Sensitivity:
     """Ensemble and level-set χ-sensitivities ⟨‖∇ᵢχ‖²⟩_ρ and ⟨‖∇ᵢχ‖²⟩_z with error bars.
 
     Args:
@@ -273,6 +274,8 @@ def chi_sensitivity(model: Any, positions: Any, bins: int = SensitivitySettings(
         resample_weights: (R, B) weights of R given resamples (0: a sample not drawn) that
             replace the moving-block bootstrap (``bootstrap`` and ``block`` are then unused),
             e.g. :func:`~amore_openmm.biased.mbar.bootstrap_weights`.
+        gradients: (χ (B,), ∇χ (B, n, 3)) of ``positions`` already computed
+            (:func:`chi_gradients`), so callers that need them too autograd once.
 
     Atoms the model does not featurize (``model.featurized_atoms``) are NaN in ``per_atom``,
     ``levelset`` and their errors, never 0.
@@ -285,7 +288,11 @@ def chi_sensitivity(model: Any, positions: Any, bins: int = SensitivitySettings(
     lo, hi = float(chi_range[0]), float(chi_range[1])
     if not hi > lo:
         raise ValueError(f"chi_range must be (low, high) with high > low, got {chi_range}")
-    chi, grad = chi_gradients(model, positions, batch_size)
+    chi, grad = (chi_gradients(model, positions, batch_size) if gradients is None
+                 else (np.asarray(gradients[0]), np.asarray(gradients[1])))
+    if grad.shape[0] != len(chi) or len(chi) != len(positions):
+        raise ValueError(f"gradients must be (χ ({len(positions)},), ∇χ ({len(positions)}, n, "
+                         f"3)), got shapes {chi.shape} and {grad.shape}")
     w = _check_weights(weights, len(chi))
     keep = w > 0
     chi, w = chi[keep], w[keep]
@@ -296,7 +303,7 @@ def chi_sensitivity(model: Any, positions: Any, bins: int = SensitivitySettings(
             raise ValueError(f"resample_weights must be a non-negative (R, {len(keep)}) "
                              f"array, got shape {resample.shape}")
         resample = resample[:, keep]
-    g2 = np.einsum("bij,bij->bi", grad[keep], grad[keep])            # (B, n) ‖∇ᵢχ‖²
+    g2 = np.einsum("bij,bij->bi", grad, grad)[keep]                  # (B, n) ‖∇ᵢχ‖²
     n, nb = g2.shape[1], int(bins)
     feat = featurized_mask(model, n)
     edges = np.linspace(lo, hi, nb + 1)

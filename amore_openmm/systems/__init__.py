@@ -20,7 +20,7 @@ from .bundled import (ALANINE_PHI_PSI, BUNDLED_BUILDERS, VGVAPG_CONFORMATIONS,
 from .common import (BOLTZ, PlatformError, SystemLoadError, as_positions_nm, get_platform,
                      load_forcefield, platform_names)
 from .geometry import backbone_dihedral_atoms, backbone_dihedrals, dihedral_angles
-from .loader import bundled_systems, load_system, systems_root
+from .loader import bundled_systems, load_system, manifest_run_table, systems_root
 from .manifest import MANIFEST_SCHEMA, read_manifest, read_toml, toml_text
 from .molecular import INTEGRATORS, MolecularSystem
 from .muller_brown import (MULLER_BROWN, muller_brown_energy, muller_brown_expression,
@@ -33,6 +33,7 @@ from .selection import (ION_RESIDUES, WATER_RESIDUES, default_selection, make_wh
 __all__ = [
     # loading
     "MolecularSystem", "SystemLoadError", "load_system", "bundled_systems", "systems_root",
+    "manifest_run_table",
     "read_manifest", "read_toml", "toml_text", "MANIFEST_SCHEMA", "INTEGRATORS",
     "as_positions_nm", "load_forcefield", "BOLTZ",
     # OpenMM platforms

@@ -20,7 +20,7 @@ from .molecular import MolecularSystem
 from .muller_brown import muller_brown_system
 from .selection import is_water_residue
 
-__all__ = ["load_system", "systems_root", "bundled_systems", "NONBONDED", "CONSTRAINTS",
+__all__ = ["load_system", "systems_root", "manifest_run_table", "bundled_systems", "NONBONDED", "CONSTRAINTS",
            "SETTING_OVERRIDES", "BUILD_OVERRIDES"]
 
 NONBONDED = {"NoCutoff": app.NoCutoff, "CutoffNonPeriodic": app.CutoffNonPeriodic,
@@ -334,3 +334,26 @@ def _load_manifest_folder(folder: Path, opts: dict[str, Any], check: bool, atoms
     if check:
         ms.check_finite()
     return ms
+
+
+def manifest_run_table(system: str) -> tuple[str | None, dict[str, Any]]:
+    """(name used for built-in presets, the manifest's [run] table) for a system source.
+
+    Only a bundled system's name or the ``name`` in a folder's ``system.toml`` selects
+    built-in presets; a file on disk gets the generic presets whatever it is called."""
+    src = str(system)
+    path = Path(src).expanduser()
+    manifest = None
+    if path.is_dir():
+        manifest = path / "system.toml"
+    elif not path.exists() and (systems_root() / src / "system.toml").is_file():
+        manifest = systems_root() / src / "system.toml"
+    if manifest is not None and manifest.is_file():
+        data = read_manifest(manifest)
+        sec = data.get("system", {})
+        name = "muller_brown" if sec.get("kind") == "muller_brown" else sec.get("name")
+        run = data.get("run", {})
+        return name, {"__where__": str(manifest), **run}
+    if src == "muller_brown" and not path.exists():
+        return "muller_brown", {}
+    return None, {}
