@@ -8,9 +8,10 @@ outer iteration recomputes the target t with the current network (no gradient th
 then fits χ(x) to t by minibatch mean-squared error (one pass over the training starts by
 default). The features of x and y are computed once per fit: only the network changes.
 
-A seeded random fraction of the starts (``validation_fraction``, default 0.1) is held out:
-the validation loss is the same MSE against the same recomputed target on those starts. It is
-reported with the train loss in ``model.metadata["training"]``.
+A seeded fraction of the starts (``validation_fraction``, default 0.1) is held out: the
+validation loss is the same MSE against the same target on those starts, reported with the
+train loss in ``model.metadata["training"]``; ``restore_best`` ends a fit with the network of
+its lowest validation loss (:mod:`amore_openmm.isokann_validation`).
 
 Fitting again (``Isokann.fit(more_data, model=chi)``) continues from the current weights and
 the optimizer's state (kept on the estimator and in ``model.optimizer_state``, which
@@ -32,6 +33,7 @@ from .chi.network import default_network_spec
 from .data import KoopmanData
 from .interrupt import check_interrupt, stop_requested
 from .isokann_memory import check_training_memory, chi_of_ends, chunk_rows, featurize
+from .isokann_validation import BestWeights, validation_split
 from .orientation import orient
 from .settings import TrainingSettings, merge_settings
 
@@ -64,22 +66,6 @@ def check_system_matches(system: Any, data: KoopmanData) -> None:
     if system.n_atoms != data.n_atoms:
         raise ValueError(f"system {getattr(system, 'name', '')!r} has {system.n_atoms} "
                          f"atoms but the data have {data.n_atoms}")
-
-
-def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) start indices: start i is held out when u_i < ``fraction``, with
-    u = ``default_rng(seed).random(n)``. Data appended later (merged generations) keep the
-    assignment of the earlier starts. At least one start is held out when fraction > 0 and
-    n ≥ 3; none when that would leave fewer than two training starts."""
-    if fraction <= 0 or n < 3:
-        return np.arange(n), np.zeros(0, dtype=np.int64)
-    u = np.random.default_rng(seed).random(n)
-    val = u < fraction
-    if not val.any():
-        val[int(np.argmin(u))] = True
-    if n - val.sum() < 2:
-        val[:] = False
-    return np.flatnonzero(~val), np.flatnonzero(val)
 
 
 def _shift_scale(kchi: torch.Tensor, mode: str, q: float) -> tuple[float, float]:
@@ -156,7 +142,7 @@ class Isokann:
 
     The training knobs (iterations, minibatch, optimizer, lr, weight_decay,
     steps_per_iteration, featurizer, network, validation_fraction, shift_scale,
-    shift_quantile, memory_budget_gb, n_chi) are a
+    shift_quantile, memory_budget_gb, n_chi, restore_best) are a
     :class:`~amore_openmm.settings.TrainingSettings` (``settings``, default
     ``TrainingSettings()``: the defaults and what each means live there); a keyword of the
     same name overrides its field, an unknown keyword is an
@@ -198,6 +184,7 @@ class Isokann:
         self.validation_fraction = float(st.validation_fraction)
         self.shift_scale, self.shift_quantile = st.shift_scale, float(st.shift_quantile)
         self.memory_budget_gb = st.memory_budget_gb
+        self.restore_best = bool(st.restore_best)
         self.loss_history: list[float] = []
         self.records_: list[dict[str, Any]] = []
         self.model_: ChiModel | None = None
@@ -348,6 +335,7 @@ class Isokann:
             bar = progress_bar(iters, desc="ISOKANN", unit="iteration", leave=False)
         history: list[float] = []
         records: list[dict[str, Any]] = []
+        best = BestWeights(iters, self.restore_best and len(val) > 0)
         net.train()
         for it in range(1, iters + 1):
             if bar is not None and stop_requested():
@@ -368,6 +356,7 @@ class Isokann:
             if it in marks:
                 records.append({"iteration": it, "train_loss": _mse(net, fx[train], t[train]),
                                 "val_loss": _mse(net, fx[val], t[val]) if len(val) else None})
+            best.check(it, net, lambda: _mse(net, fx[val], t[val]))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1]:.2e}")
@@ -376,8 +365,12 @@ class Isokann:
         if iters == 0:
             target()  # still validate the data
         net.eval()
+        restored = best.restore(net)
+        if restored:  # the summary's losses describe the network the fit returns
+            restored.update(train_loss=_mse(net, fx[train], t[train]),
+                            val_loss=_mse(net, fx[val], t[val]))
         return {"history": history, "records": records, "minibatch": mb, "steps": steps,
-                "n_train": len(train_np), "n_val": len(val_np)}
+                "n_train": len(train_np), "n_val": len(val_np), "best": restored}
 
     def _summary(self, model: ChiModel, data: KoopmanData, run: dict[str, Any], iters: int,
                  dev: torch.device, source: str, wall: float, t_feat: float
@@ -409,7 +402,7 @@ class Isokann:
             "loss_records": list(prev.get("loss_records", [])) + records,
             "wall_s": wall, "featurize_s": t_feat,
             "samples_per_s": (iters * steps * mb / max(wall - t_feat, 1e-9)) if iters else 0.0,
-            "system_name": data.system_name,
+            "system_name": data.system_name, **run["best"],
         }
 
 

@@ -126,6 +126,8 @@ class TrainingSettings(_Settings):
     memory_budget_gb: float | None = _opt(None, "refuse training that needs more GB (auto: "
                                                 "$AMORE_MEMORY_BUDGET_GB or 4)")
     n_chi: int = _opt(1, "memberships k (1: the scalar χ)")
+    restore_best: bool = _opt(False, "end each fit with the network of its lowest validation "
+                                     "loss (checked every 1 % of its iterations)")
 
     OPTIMIZERS: ClassVar[tuple[str, ...]] = ("adam", "nesterov")
     SHIFT_SCALES: ClassVar[tuple[str, ...]] = ("minmax", "quantile")

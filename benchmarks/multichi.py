@@ -75,12 +75,15 @@ def muller_brown() -> None:
                         "barrier_kj_mol": v["barrier_kj_mol"]} for k, v in summ["pairs"].items()})
 
 
-def alanine(quick: bool, n_fits: int = 4) -> None:
+def alanine(quick: bool, n_fits: int = 4, iterations: int | None = None,
+            restore_best: bool = False) -> None:
     from amore_openmm.pipeline import sample_data
-    from amore_openmm.sensitivity import chi_sensitivity, chi_sensitivity_over_fits
+    from amore_openmm.sensitivity import (chi_sensitivity, chi_sensitivity_over_fits,
+                                          ranking_agreement)
     ms = load_system("alanine_dipeptide")
     n = 500 if quick else 2000
-    iters = 300 if quick else 600
+    iters = iterations or (300 if quick else 600)
+    train = dict(iterations=iters, minibatch=100, lr=1e-3, restore_best=restore_best)
     t0 = time.perf_counter()
     data = sample_data(ms, n_starts=n, n_koopman=2, seed=0, workers=1, progress=False)
     emit(name="ala_sample", seconds=time.perf_counter() - t0, n_starts=len(data))
@@ -90,11 +93,16 @@ def alanine(quick: bool, n_fits: int = 4) -> None:
     # (seeds 0 and 1) for the seed-to-seed baseline
     for name, k, seed in (("k1", 1, 0), ("k1_seed1", 1, 1), ("k2", 2, 0)):
         t0 = time.perf_counter()
-        fits[name] = Isokann(iterations=iters, minibatch=100, lr=1e-3, seed=seed,
-                             n_chi=k).fit(data, system=ms)
+        fits[name] = Isokann(seed=seed, n_chi=k, **train).fit(data, system=ms)
         secs[name] = time.perf_counter() - t0
     emit(name="ala_train", seconds=secs, ratio_k2_over_k1=secs["k2"] / secs["k1"],
-         iterations=iters)
+         iterations=iters, restore_best=restore_best,
+         # the validation loss of each fit and, with --restore-best, where it was lowest
+         val_loss={n: m.metadata["training"].get("best_val_loss",
+                                                  m.metadata["training"].get("val_loss"))
+                   for n, m in fits.items()},
+         best_iteration={n: m.metadata["training"].get("best_iteration")
+                         for n, m in fits.items()})
     scalar = {"k1": fits["k1"], "k1_seed1": fits["k1_seed1"], "k2": pair_model(fits["k2"], 0, 1)}
     chis = {n: m.chi(data.x) for n, m in scalar.items()}
     tops, p_top5 = {}, {}
@@ -128,14 +136,17 @@ def alanine(quick: bool, n_fits: int = 4) -> None:
     over = {"k1": [fits["k1"], fits["k1_seed1"]], "k2": [scalar["k2"]]}
     for name, k in (("k1", 1), ("k2", 2)):
         while len(over[name]) < n_fits:
-            m = Isokann(iterations=iters, minibatch=100, lr=1e-3, seed=len(over[name]),
-                        n_chi=k).fit(data, system=ms)
+            m = Isokann(seed=len(over[name]), n_chi=k, **train).fit(data, system=ms)
             over[name].append(m if k == 1 else pair_model(m, 0, 1))
     mean = {n: chi_sensitivity_over_fits(ms_, data.x, bins=20, labels=ms, bootstrap=100)
             for n, ms_ in over.items()}
     tops_f = {n: [int(i) for i, _, _ in s_.top(5)] for n, s_ in mean.items()}
     sixth = {n: [int(i) for i, _, _ in s_.top(6)][-1] for n, s_ in mean.items()}
-    emit(name="ala_k2_vs_k1_over_fits", fits=n_fits, top5=tops_f, sixth=sixth,
+    agree = ranking_agreement(mean["k1"], mean["k2"], k=5, z=2.0)
+    emit(name="ala_k2_vs_k1_over_fits", fits=n_fits, iterations=iters,
+         restore_best=restore_best, top5=tops_f, sixth=sixth,
+         # equal up to ties at the edge of the top 5, no atom's share 2σ apart
+         agreement=agree.to_dict(),
          same_top5_set_k1_k2=set(tops_f["k1"]) == set(tops_f["k2"]),
          overlap_k1_k2=len(set(tops_f["k1"]) & set(tops_f["k2"])),
          p_top5={n: {int(a): round(float(s_.top_frequency(5)[a]), 2)
@@ -157,12 +168,16 @@ def main() -> None:
     ap.add_argument("--only", choices=("mb", "ala"))
     ap.add_argument("--fits", type=int, default=4,
                     help="χ fits per k averaged for the k = 2 vs k = 1 ranking (1: none)")
+    ap.add_argument("--iterations", type=int, default=None,
+                    help="ISOKANN iterations of each alanine fit (default 600; 300 --quick)")
+    ap.add_argument("--restore-best", action="store_true",
+                    help="end each alanine fit with its lowest-validation-loss network")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.only in (None, "mb"):
         muller_brown()
     if args.only in (None, "ala"):
-        alanine(args.quick, args.fits)
+        alanine(args.quick, args.fits, args.iterations, args.restore_best)
 
 
 if __name__ == "__main__":

@@ -443,6 +443,22 @@ def test_validation_loss_is_reported_and_comparable_to_train_loss(mb):
     assert full.metadata["training"]["val_loss"] is None
 
 
+def test_restore_best_ends_with_the_network_of_the_lowest_validation_loss(mb):
+    ms, data, _, iso, model = mb
+    small = data.subset(np.arange(0, data.n_starts, 10))
+    kw = dict(iterations=60, minibatch=50, lr=1e-2, seed=1)
+    kept = Isokann(restore_best=True, **kw).fit(small, system=ms)
+    tr = kept.metadata["training"]
+    assert tr["restored_best"] and 1 <= tr["best_iteration"] <= 60
+    assert np.isfinite(tr["val_loss"]) and np.isfinite(tr["train_loss"])
+    # every iteration is checked (60 < CHECKS), the recorded ones included
+    assert tr["best_val_loss"] <= min(r["val_loss"] for r in tr["loss_records"]) + 1e-12
+    # the network returned is the one of that iteration: the same fit stopped there
+    again = Isokann(**dict(kw, iterations=tr["best_iteration"])).fit(small, system=ms)
+    np.testing.assert_allclose(kept.chi(small.x[:100]), again.chi(small.x[:100]), atol=1e-5)
+    assert "restored_best" not in again.metadata["training"]
+
+
 def test_initial_target_carries_a_chi_into_a_fresh_network(mb):
     """``initial_target``: a fresh χ first regressed onto another χ's values reproduces it,
     and the ISOKANN iterations after it stay on that process (the basins stay apart, the two

@@ -159,3 +159,14 @@ def test_paths_per_pair_follow_the_string_method(mb, mb3, mb_transitions):
             "pair_0_1", "pair_0_2", "pair_1_2"} <= files
     pair = json.loads((out / "pair_0_1" / "pair.json").read_text())
     assert pair["pair"] == [0, 1] and (out / "pair_0_1" / "atoms.csv").is_file()
+
+
+def test_restore_best_keeps_the_memberships_of_the_lowest_validation_loss(mb, mb_data):
+    small = mb_data.subset(np.arange(0, mb_data.n_starts, 10))
+    kw = dict(iterations=80, minibatch=50, lr=1e-2, seed=0, n_chi=3, shift_scale="quantile")
+    kept = Isokann(restore_best=True, **kw).fit(small, system=mb)
+    tr = kept.metadata["training"]
+    assert tr["restored_best"] and 1 <= tr["best_iteration"] <= 80
+    again = Isokann(**dict(kw, iterations=tr["best_iteration"])).fit(small, system=mb)
+    np.testing.assert_allclose(memberships(kept, small.x), memberships(again, small.x),
+                               atol=1e-5)

@@ -316,3 +316,35 @@ def test_combining_fits_adds_the_fit_to_fit_spread(tmp_path):
     assert back.fits == 2 and np.allclose(back.per_atom, both.per_atom)
     with pytest.raises(ValueError, match="atoms or χ bins"):
         combine_fits([one, chi_sensitivity(DistanceChi(1, 3), x, bins=4)])
+
+
+def _given(shares, errs):
+    """A Sensitivity with these per-atom values and errors (one bin)."""
+    v = np.asarray(shares, dtype=float)
+    return Sensitivity(per_atom=v, levelset=v[:, None], counts=np.array([10]),
+                       bin_edges=np.array([0.0, 1.0]), per_atom_err=np.asarray(errs, float))
+
+
+def test_ranking_agreement_tells_a_tie_at_the_edge_from_a_different_ranking():
+    from amore_openmm.sensitivity import ranking_agreement
+    base = [0.30, 0.20, 0.15, 0.10, 0.09, 0.08, 0.05, 0.03]
+    err = [0.01] * 8
+    # atoms 4 and 5 swap places, within their errors: the top-5 sets differ by a tie
+    swapped = [0.30, 0.20, 0.15, 0.10, 0.08, 0.09, 0.05, 0.03]
+    r = ranking_agreement(_given(base, err), _given(swapped, err), k=5)
+    assert not r.same_top_k and r.differing == (4, 5) and all(r.boundary_ties)
+    assert r.same_within_errors and not r.apart
+    # the same swap with errors 10× smaller is a real difference
+    tight = [0.001] * 8
+    r = ranking_agreement(_given(base, tight), _given(swapped, tight), k=5)
+    assert not any(r.boundary_ties) and set(r.apart) == {4, 5} and not r.same_within_errors
+    # equal sets whose shares differ beyond the errors do not agree either
+    moved = [0.20, 0.30, 0.15, 0.10, 0.09, 0.08, 0.05, 0.03]
+    r = ranking_agreement(_given(base, err), _given(moved, err), k=5)
+    assert r.same_top_k and set(r.apart) == {0, 1} and not r.same_within_errors
+    # the scale of χ cancels: b = 4 a (a k = 2 pair difference) is the same ranking
+    r = ranking_agreement(_given(base, err), _given(4 * np.array(base), 4 * np.array(err)))
+    assert r.same_within_errors and np.allclose(r.share_z, 0)
+    assert r.to_dict()["same_within_errors"] is True
+    with pytest.raises(ValueError, match="atoms"):
+        ranking_agreement(_given(base, err), _given(base[:5], err[:5]))

@@ -26,8 +26,9 @@ from scipy.optimize import linear_sum_assignment
 
 from ..chi import make_featurizer
 from ..interrupt import check_interrupt
-from ..isokann import IsokannError, check_system_matches, training_device, validation_split
+from ..isokann import IsokannError, check_system_matches, training_device
 from ..isokann_memory import check_training_memory, chunk_rows, featurize
+from ..isokann_validation import BestWeights, validation_split
 from .model import MultiChiModel, multichi_spec
 
 __all__ = ["fit_multichi", "isa_vertices", "isa_targets", "check_n_chi"]
@@ -151,8 +152,15 @@ def fit_multichi(est: Any, data: Any, model: MultiChiModel | None = None, system
     history: list[float] = []
     vert = np.zeros(k, dtype=np.int64)
     quantile = VERTEX_QUANTILE if est.shift_scale == "quantile" else 0.0
+    val_t = torch.as_tensor(val, device=dev)
+    best = BestWeights(iters, bool(getattr(est, "restore_best", False)) and len(val) > 0)
+
+    def val_loss(t: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(((_net_rows(net, fx[val_t]) - t[val_t]) ** 2).sum(1).mean())
+
     net.train()
-    for _ in range(iters):
+    for it in range(1, iters + 1):
         check_interrupt()
         y = _net_rows(net, fy).reshape(n, nk, k).mean(dim=1).double().cpu().numpy()
         chi = _net_rows(net, fx).double().cpu().numpy()
@@ -169,12 +177,10 @@ def fit_multichi(est: Any, data: Any, model: MultiChiModel | None = None, system
             opt.step()
             total += float(loss.detach())
         history.append(total / steps)
+        best.check(it, net, lambda: val_loss(t))
     net.eval()
-    val_loss = None
-    if len(val) and iters:
-        with torch.no_grad():
-            pred = _net_rows(net, fx[torch.as_tensor(val, device=dev)])
-            val_loss = float(((pred - t[torch.as_tensor(val, device=dev)]) ** 2).sum(1).mean())
+    restored = best.restore(net)
+    last_val = val_loss(t) if len(val) and iters else None
     model.to(device="cpu")
     est.loss_history.extend(history)
     summary = {"n_chi": k, "iterations": iters, "n_starts": n, "n_koopman": nk,
@@ -183,9 +189,9 @@ def fit_multichi(est: Any, data: Any, model: MultiChiModel | None = None, system
                "optimizer": est.optimizer, "lr": est.lr, "weight_decay": est.weight_decay,
                "minibatch": mb, "steps_per_iteration": steps, "seed": est.seed,
                "device": str(dev), "transform": "isa", "vertex_quantile": quantile,
-               "final_loss": history[-1] if history else None, "val_loss": val_loss,
+               "final_loss": history[-1] if history else None, "val_loss": last_val,
                "isa_vertices": [int(v) for v in vert], "wall_s": time.perf_counter() - t0,
-               "system_name": data.system_name}
+               "system_name": data.system_name, **restored}
     model.metadata["training"] = summary
     if data.system_name:
         model.metadata.setdefault("system_name", data.system_name)

@@ -12,7 +12,7 @@ For samples x of an ensemble ρ (optionally weighted):
 * agreement of ‖∇ᵢχ‖² along a χ-MEP with the level-set average at the nodes' χ values, as
   the paper's absolute MSE (nm⁻⁴) and scale-free measures (:mod:`.compare`);
 * the mean over several χ fits of the same data, whose error includes the training
-  variance (:mod:`.fits`).
+  variance, and whether two rankings agree within their errors (:mod:`.fits`).
 
 ∇χ comes from ``ChiModel.chi_and_grad`` (or batched autograd for any other torch module
 mapping positions (B, n, 3) nm → χ (B,)) (:mod:`.gradients`). ∇χ is in nm⁻¹, so
@@ -21,9 +21,10 @@ sensitivities are in nm⁻². Atoms the model does not featurize are NaN, never 
 from .compare import (PathAgreement, angle_saliency, feature_saliency, path_agreement,
                       path_vs_ensemble_mse)
 from .ensemble import DEFAULT_MIN_COUNT, Sensitivity, chi_sensitivity
-from .fits import chi_sensitivity_over_fits, combine_fits
+from .fits import RankingAgreement, chi_sensitivity_over_fits, combine_fits, ranking_agreement
 from .gradients import atom_labels, chi_gradients, featurized_mask
 
 __all__ = ["Sensitivity", "chi_sensitivity", "angle_saliency", "chi_gradients",
            "feature_saliency", "path_vs_ensemble_mse", "path_agreement", "PathAgreement", "atom_labels",
-           "featurized_mask", "DEFAULT_MIN_COUNT", "combine_fits", "chi_sensitivity_over_fits"]
+           "featurized_mask", "DEFAULT_MIN_COUNT", "combine_fits", "chi_sensitivity_over_fits",
+           "RankingAgreement", "ranking_agreement"]

@@ -8,13 +8,14 @@ as one (``benchmarks/multichi.py --only ala --fits 4`` compares k = 1 and k = 2 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from .ensemble import Sensitivity, chi_sensitivity
 
-__all__ = ["combine_fits", "chi_sensitivity_over_fits"]
+__all__ = ["combine_fits", "chi_sensitivity_over_fits", "RankingAgreement", "ranking_agreement"]
 
 
 def _mean_and_error(values: np.ndarray, errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,3 +79,91 @@ def chi_sensitivity_over_fits(models: Sequence[Any], positions: Any, seed: int =
         raise ValueError("chi_sensitivity_over_fits needs at least one χ model")
     return combine_fits([chi_sensitivity(m, positions, seed=seed, **kwargs) for m in models],
                         seed=seed)
+
+
+@dataclass(frozen=True)
+class RankingAgreement:
+    """Two χ-sensitivity rankings compared with their errors (:func:`ranking_agreement`).
+
+    Attributes:
+        k: the top-k compared; ``z``: the tolerance in standard errors.
+        top_a, top_b: the top-k atoms (0-based) of each.
+        differing: atoms in one top k only.
+        boundary_ties: for each differing atom, True when the ranking that leaves it out has
+            it within ``z`` errors of its own k-th atom (a tie at the edge of the top k).
+        share_z: (n,) (share_a − share_b) / its error per atom (shares: ⟨‖∇ᵢχ‖²⟩ over the
+            sum over atoms, so the scale of χ cancels); NaN for atoms not featurized.
+        apart: atoms whose shares differ by more than ``z`` errors.
+    """
+
+    k: int
+    z: float
+    top_a: tuple[int, ...]
+    top_b: tuple[int, ...]
+    differing: tuple[int, ...]
+    boundary_ties: tuple[bool, ...]
+    share_z: np.ndarray
+    apart: tuple[int, ...]
+
+    @property
+    def same_top_k(self) -> bool:
+        """The two top-k sets are equal."""
+        return not self.differing
+
+    @property
+    def same_within_errors(self) -> bool:
+        """The top-k sets are equal up to ties at their edge, and no atom's share differs by
+        more than ``z`` errors: the two rankings cannot be told apart by these data."""
+        return all(self.boundary_ties) and not self.apart
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"k": self.k, "z": self.z, "top_a": list(self.top_a), "top_b": list(self.top_b),
+                "same_top_k": self.same_top_k, "same_within_errors": self.same_within_errors,
+                "differing": {int(a): bool(t) for a, t in zip(self.differing,
+                                                              self.boundary_ties)},
+                "apart": list(self.apart),
+                "max_abs_share_z": float(np.nanmax(np.abs(self.share_z)))
+                if np.isfinite(self.share_z).any() else None}
+
+
+def _shares(s: Sensitivity) -> tuple[np.ndarray, np.ndarray]:
+    total = np.nansum(s.per_atom)
+    if not total > 0:
+        raise ValueError("ranking_agreement: a sensitivity sums to zero over its atoms")
+    return s.per_atom / total, np.asarray(s.per_atom_err, dtype=float) / total
+
+
+def ranking_agreement(a: Sensitivity, b: Sensitivity, k: int = 5, z: float = 2.0
+                      ) -> RankingAgreement:
+    """Do two χ-sensitivity rankings (two χ of the same process: k = 1 and a pair of k = 2,
+    two seeds, two ensembles) agree, given their errors?
+
+    The top-k sets may differ only by ties: an atom in ``a``'s top k but not in ``b``'s
+    counts as a tie when, in ``b``, its share is within ``z`` standard errors of the share of
+    ``b``'s k-th atom (and vice versa). Independently, every atom's share is compared
+    between the two (``share_z``). Errors are the sensitivities' ``per_atom_err`` (bootstrap,
+    and the fit-to-fit spread for :func:`combine_fits`); without errors only equal sets
+    agree."""
+    if a.n_atoms != b.n_atoms:
+        raise ValueError(f"ranking_agreement: {a.n_atoms} atoms against {b.n_atoms}; compare "
+                         "sensitivities of one system")
+    if int(k) < 1:
+        raise ValueError(f"ranking_agreement: k must be >= 1, got {k}")
+    pa, ea = _shares(a)
+    pb, eb = _shares(b)
+    top = {name: tuple(int(i) for i, _, _ in s.top(int(k))) for name, s in (("a", a), ("b", b))}
+    differing = tuple(sorted(set(top["a"]) ^ set(top["b"])))
+
+    def tied(i: int, p: np.ndarray, e: np.ndarray, own: tuple[int, ...]) -> bool:
+        edge = own[-1]
+        tol = float(z) * np.hypot(e[i], e[edge])
+        return bool(np.isfinite(tol) and p[i] + tol >= p[edge])
+
+    ties = tuple(tied(i, pb, eb, top["b"]) if i in top["a"] else tied(i, pa, ea, top["a"])
+                 for i in differing)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share_z = (pa - pb) / np.hypot(ea, eb)
+    apart = tuple(int(i) for i in np.flatnonzero(np.abs(np.nan_to_num(share_z)) > float(z)))
+    return RankingAgreement(k=int(k), z=float(z), top_a=top["a"], top_b=top["b"],
+                            differing=differing, boundary_ties=ties, share_z=share_z,
+                            apart=apart)
