@@ -43,8 +43,8 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 STAGE_OPTIONS: dict[str, tuple[Any, ...]] = {
     "sample": ("n_starts", "n_koopman", "lag_steps", "stride_steps", "seed", "platform",
                "workers"),
-    "train": ("iterations", "minibatch", "optimizer", "lr", "weight_decay", "featurizer",
-              "seed"),
+    "train": ("iterations", "minibatch", "optimizer", "lr", "weight_decay", "restore_best",
+              "featurizer", "seed"),
     "mep": (("n_paths", "final_paths"), "ts_low", "ts_high", ("step", "path_step"), "kappa",
             ("max_nodes", "path_max_nodes"), "platform", "workers", "path_tracer"),
     "sensitivity": (("bins", "sensitivity_bins"), "top_k"),
@@ -262,7 +262,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                               featurizer=args.featurizer, minibatch=args.minibatch,
                               optimizer=args.optimizer, lr=args.lr,
                               weight_decay=args.weight_decay, seed=args.seed,
-                              progress=not args.quiet)
+                              restore_best=args.restore_best, progress=not args.quiet)
     model.save(args.out)
     if args.script:
         model.export_torchscript(args.script)
@@ -280,7 +280,8 @@ def train_multichi(args: argparse.Namespace, data: Any) -> int:
     init = MultiChiModel.load(args.init) if args.init else None
     est = Isokann(iterations=args.iterations, minibatch=args.minibatch,
                   optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                  seed=args.seed, progress=not args.quiet, n_chi=args.n_chi,
+                  restore_best=args.restore_best, seed=args.seed, progress=not args.quiet,
+                  n_chi=args.n_chi,
                   featurizer=None if args.featurizer in (None, "auto") else args.featurizer)
     model = est.fit(data, model=init, system=None if init else load_system(args.system))
     model.save(args.out)

@@ -141,6 +141,7 @@ class RunConfig:
     optimizer: str = stage_field("training", "optimizer")
     lr: float = stage_field("training", "lr")
     weight_decay: float = stage_field("training", "weight_decay")
+    restore_best: bool = stage_field("training", "restore_best")
     # not in cfg.training: the generations always train one χ; k > 1 is the transitions stage
     n_chi: int = field(default=1, metadata={
         "help": "memberships k: > 1 adds a transitions stage (k states fitted on all data, "
@@ -277,7 +278,8 @@ RESUME_MUTABLE = frozenset({"platform", "workers", "generations", "figures", "to
                             "preset", "scheduler", "path_tracer"})
 
 #: settings of ISOKANN training only: a resumed run may change them until its first χ is fitted
-TRAINING_SETTINGS = ("lr", "weight_decay", "optimizer", "iterations", "minibatch", "featurizer")
+TRAINING_SETTINGS = ("lr", "weight_decay", "optimizer", "iterations", "minibatch", "featurizer",
+                     "restore_best")
 
 #: settings that choose or build the system (passed to load_system)
 SYSTEM_SETTINGS = ("temperature", "forcefield", "implicit_solvent", "atoms", "pdb")

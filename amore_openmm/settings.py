@@ -127,7 +127,7 @@ class TrainingSettings(_Settings):
                                                 "$AMORE_MEMORY_BUDGET_GB or 4)")
     n_chi: int = _opt(1, "memberships k (1: the scalar χ)")
     restore_best: bool = _opt(False, "end each fit with the network of its lowest validation "
-                                     "loss (checked every 1 % of its iterations)")
+                                     "loss (checked 100 times per fit)")
 
     OPTIMIZERS: ClassVar[tuple[str, ...]] = ("adam", "nesterov")
     SHIFT_SCALES: ClassVar[tuple[str, ...]] = ("minmax", "quantile")

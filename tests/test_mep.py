@@ -403,3 +403,32 @@ def test_path_starts_top_up_a_thin_window_with_the_samples_closest_to_half(mb, m
                                np.sort(np.abs(outside - 0.5))[:3], atol=1e-6)
     with pytest.warns(RuntimeWarning, match="widen the window"):    # an empty window
         assert len(path_starts(mb, model, data, 4, (2.0, 3.0), "Reference")) == 4
+
+
+def test_a_path_whose_start_fails_its_certificate_is_traced_again_from_a_spare(mb, mb_trained):
+    """A start whose level-set minimum is not certified (here: κ fixed far too soft to hold
+    the level set) is replaced by the path from the next transition state when that one is
+    certified; without spares, or when the spare fails too, the uncertified path stays."""
+    from amore_openmm.pipeline.stages import replace_failed_starts
+    model, data = mb_trained
+    ts = transition_states(model, data, mb, window=(0.4, 0.6))[:2]
+    assert len(ts) == 2
+
+    def soft(starts):
+        return trace_chi_meps(mb, model, starts, pool_size=1, kappa=1e-6, max_nodes=5)
+
+    def held(starts):
+        return trace_chi_meps(mb, model, starts, pool_size=1, max_nodes=5)
+
+    failed = soft(ts[:1])
+    assert failed[0].n_certified == 0
+    assert replace_failed_starts(list(failed), ts[:0], held)[0] is failed[0]
+    with pytest.warns(RuntimeWarning, match="1 replaced"):
+        fixed = replace_failed_starts(list(failed), ts[1:], held)[0]
+    assert fixed.n_certified == len(fixed) > 1
+    start = fixed.positions[fixed.start_index]
+    assert abs(float(model.chi(start[None])[0]) - float(model.chi(ts[1:])[0])) < 0.05
+    with pytest.warns(RuntimeWarning, match="0 replaced"):
+        assert replace_failed_starts(list(failed), ts[1:], soft)[0] is failed[0]
+    good = held(ts[:1])
+    assert replace_failed_starts(list(good), ts[1:], soft)[0] is good[0]   # not traced again

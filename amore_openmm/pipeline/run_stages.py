@@ -145,7 +145,7 @@ def train(ctx: StageContext, g: int) -> dict[str, Any]:
     iters = cfg.iterations if g == 0 else cfg.iterations_per_generation
     model, losses = train_chi(data, ctx.system, iters, model=prev, featurizer=cfg.featurizer,
                               minibatch=cfg.minibatch, optimizer=cfg.optimizer, lr=cfg.lr,
-                              weight_decay=cfg.weight_decay,
+                              weight_decay=cfg.weight_decay, restore_best=cfg.restore_best,
                               seed=stage_seed(cfg.seed, f"train/{g}"), progress=ctx.progress)
     rates = exit_rates(model, data, data.lag_time)
     val_loss = _last(model.metadata["training"]["val_loss"])
@@ -318,7 +318,7 @@ def _extra_fits(ctx: StageContext) -> list[Any]:
                      iters, j)
         model, _ = train_chi(data, ctx.system, iters, featurizer=cfg.featurizer,
                              minibatch=cfg.minibatch, optimizer=cfg.optimizer, lr=cfg.lr,
-                             weight_decay=cfg.weight_decay,
+                             weight_decay=cfg.weight_decay, restore_best=cfg.restore_best,
                              seed=stage_seed(cfg.seed, f"fit/{j}"), progress=ctx.progress)
         model.metadata.update(fit_of=digest, fit=j)
         model.save(path)

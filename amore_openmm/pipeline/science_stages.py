@@ -223,7 +223,7 @@ def dihedral_chi(run: StageContext) -> dict[str, Any]:
                          minibatch=cfg.minibatch, optimizer=cfg.optimizer, lr=cfg.lr,
                          weight_decay=cfg.weight_decay, seed=stage_seed(cfg.seed, "dihedral_chi"),
                          progress=run.progress, initial_target=run_chi.chi(data.x),
-                         initial_iterations=cfg.iterations)
+                         initial_iterations=cfg.iterations, restore_best=cfg.restore_best)
     files = science_paths(run)
     files["dihedral_model"].parent.mkdir(parents=True, exist_ok=True)
     model.save(files["dihedral_model"])

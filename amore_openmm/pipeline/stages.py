@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -88,7 +88,8 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
               minibatch: int = _D.minibatch, optimizer: str = _D.optimizer, lr: float = _D.lr,
               weight_decay: float = _D.weight_decay, seed: int = _D.seed,
               progress: bool = False, initial_target: Any = None,
-              initial_iterations: int = 0) -> tuple[Any, list[float]]:
+              initial_iterations: int = 0, restore_best: bool = _D.restore_best
+              ) -> tuple[Any, list[float]]:
     """ISOKANN χ on ``data`` (continuing from ``model``'s weights when given), oriented so
     that χ ≈ 0 at the system's first initial structure. Returns (model, loss history); the
     model's ``training`` dict holds the validation loss.
@@ -102,7 +103,8 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
     the IsokannError names the tries and the remedies. A continued fit is never retried:
     its weights carry the previous generations. ``initial_target``, ``initial_iterations``:
     see :meth:`~amore_openmm.isokann.Isokann.fit` (a fresh χ first regressed onto another
-    χ's values)."""
+    χ's values). ``restore_best``: every fit ends with the network of its lowest validation
+    loss (:class:`~amore_openmm.settings.TrainingSettings`)."""
     from ..isokann import IsokannError
     check_settings({"iterations": iterations, "minibatch": minibatch, "optimizer": optimizer,
                     "lr": lr, "weight_decay": weight_decay, "featurizer": featurizer},
@@ -114,7 +116,8 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
         fitted, losses = _fit_once(data, system, iterations, model, featurizer, minibatch,
                                    optimizer, lr, weight_decay, seed, progress,
                                    initial_target=initial_target,
-                                   initial_iterations=initial_iterations)
+                                   initial_iterations=initial_iterations,
+                                   restore_best=restore_best)
         if kept is not None:
             fitted.metadata.setdefault("training", {})["lr_reduced_to"] = lr
         return fitted, losses
@@ -130,7 +133,8 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
             fitted, losses = _fit_once(data, system, iterations, None, featurizer, minibatch,
                                        optimizer, fit_lr, weight_decay, fit_seed, progress,
                                        initial_target=initial_target,
-                                       initial_iterations=initial_iterations)
+                                       initial_iterations=initial_iterations,
+                                       restore_best=restore_best)
         except IsokannError as exc:
             problem, last = str(exc), exc
         else:
@@ -161,8 +165,8 @@ def train_chi(data: KoopmanData, system: Any, iterations: int = _D.iterations, *
 
 def _fit_once(data: KoopmanData, system: Any, iterations: int, model: Any, featurizer: str,
               minibatch: int, optimizer: str, lr: float, weight_decay: float, seed: int,
-              progress: bool, *, initial_target: Any = None, initial_iterations: int = 0
-              ) -> tuple[Any, list[float]]:
+              progress: bool, *, initial_target: Any = None, initial_iterations: int = 0,
+              restore_best: bool = False) -> tuple[Any, list[float]]:
     from ..chi import ChiModel, make_featurizer
     from ..chi.network import default_network_spec
     from ..isokann import Isokann, orient
@@ -170,7 +174,8 @@ def _fit_once(data: KoopmanData, system: Any, iterations: int, model: Any, featu
     from ..systems import load_system
     ms = load_system(system)
     est = Isokann(iterations=int(iterations), minibatch=minibatch, optimizer=optimizer, lr=lr,
-                  weight_decay=weight_decay, seed=seed, progress=progress)
+                  weight_decay=weight_decay, seed=seed, progress=progress,
+                  restore_best=restore_best)
     if model is None:
         kind = ms.featurizer if featurizer == "auto" else featurizer
         feat = make_featurizer(ms, kind)
@@ -255,22 +260,57 @@ def trace_paths(system: Any, model: Any, data: Any, n_paths: int = _D.final_path
     platform, properties = (batched_platform(platform) if tracer == "batched" else
                             mep_platform(ms, platform, workers))
     ts = path_starts(ms, model, data, n_paths, window, platform)
+    order = np.arange(len(ts))
     if seed is not None and len(ts) > n_paths:
         rng = np.random.default_rng(seed)
-        ts = ts[np.sort(rng.choice(len(ts), size=n_paths, replace=False))]
-    ts = ts[:n_paths]
+        chosen = np.sort(rng.choice(len(ts), size=n_paths, replace=False))
+        order = np.concatenate([chosen, rng.permutation(np.setdiff1d(order, chosen))])
+    ts, spares = ts[order[:n_paths]], ts[order[n_paths:n_paths * (1 + SPARE_STARTS_PER_PATH)]]
     opts = (settings or MEPSettings()).replace(**{k: v for k, v in (
         ("step", step), ("kappa", kappa), ("max_nodes", max_nodes)) if v is not None})
-    if tracer == "batched":
-        # per-copy L-BFGS streamed, one process per core (the measured fastest; see
-        # choose_path_tracer); a System with constraints takes the joint minimiser
-        procs = max(1, min(int(workers or os.cpu_count() or 1), len(ts)))
-        if procs > 1 and properties and "Threads" in properties:
-            properties = {**properties, "Threads": "1"}
-        return trace_chi_meps_batched(ms, model, ts, platform=platform, properties=properties,
-                                      minimizer="copies", workers=procs, settings=opts)
-    return trace_chi_meps(ms, model, ts, pool_size=workers, platform=platform,
-                          properties=properties, progress=progress, settings=opts)
+
+    def trace(starts: np.ndarray) -> list[Any]:
+        if tracer == "batched":
+            # per-copy L-BFGS streamed, one process per core (the measured fastest; see
+            # choose_path_tracer); a System with constraints takes the joint minimiser
+            procs = max(1, min(int(workers or os.cpu_count() or 1), len(starts)))
+            props = ({**properties, "Threads": "1"} if procs > 1 and properties and
+                     "Threads" in properties else properties)
+            return trace_chi_meps_batched(ms, model, starts, platform=platform,
+                                          properties=props, minimizer="copies",
+                                          workers=procs, settings=opts)
+        return trace_chi_meps(ms, model, starts, pool_size=workers, platform=platform,
+                              properties=properties, progress=progress, settings=opts)
+    return replace_failed_starts(trace(ts), spares, trace)
+
+
+#: further candidate starts per path (transition states not chosen): a path whose start node
+#: fails its certificate is traced once more from the next one. Measured: alanine dipeptide
+#: in TIP3P, default preset, χ of generation 1, the window's 2 transition states: the
+#: lowest-energy one's level-set minimum stopped unconverged (κ 6.9·10⁵, 3,313 evaluations),
+#: the other's certified; without a spare that generation added no bursts.
+SPARE_STARTS_PER_PATH = 1
+
+
+def replace_failed_starts(paths: list[Any], spares: np.ndarray,
+                          trace: Callable[[np.ndarray], list[Any]]) -> list[Any]:
+    """``paths`` with each path of no certified node (its start failed) traced again from the
+    next of ``spares`` by ``trace``; the replacement is kept only when it has certified
+    nodes, and a warning says which paths were replaced."""
+    failed = [i for i, p in enumerate(paths) if not int(p.n_certified)]
+    if not failed or not len(spares):
+        return paths
+    again = trace(spares[:len(failed)])
+    kept = []
+    for i, p in zip(failed, again):
+        if int(p.n_certified):
+            paths[i] = p
+            kept.append(i)
+    warnings.warn(f"{len(failed)} χ-MEP start(s) failed the certificate (no certified node); "
+                  f"traced again from {len(again)} spare transition state(s): "
+                  f"{len(kept)} replaced" + (f" (path(s) {kept})" if kept else ""),
+                  RuntimeWarning, stacklevel=3)
+    return paths
 
 
 #: paths per worker from which path_tracer = "auto" batches (see choose_path_tracer)

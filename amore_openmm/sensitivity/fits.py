@@ -4,7 +4,10 @@ ISOKANN's χ is a random function of its training seed: on alanine dipeptide (2,
 600 iterations) four fits of k = 1 share only 2–4 of their top-5 atoms, and the bootstrap over
 frames cannot see that (all fits use the same frames). The mean over fits carries an error
 that adds the fit-to-fit spread to the frame error, so a tie at the edge of the top k shows
-as one (``benchmarks/multichi.py --only ala --fits 4`` compares k = 1 and k = 2 this way).
+as one (``benchmarks/multichi.py --only ala --fits 4`` compares k = 1 and k = 2 this way,
+with :func:`ranking_agreement`). The training length moves the mean ranking as well, because
+a long fit learns the noise of Kχ; fits that keep their lowest validation loss
+(``TrainingSettings.restore_best``) do not (the numbers: :mod:`amore_openmm.isokann_validation`).
 """
 from __future__ import annotations
 
