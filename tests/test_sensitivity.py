@@ -342,6 +342,10 @@ def test_ranking_agreement_tells_a_tie_at_the_edge_from_a_different_ranking():
     moved = [0.20, 0.30, 0.15, 0.10, 0.09, 0.08, 0.05, 0.03]
     r = ranking_agreement(_given(base, err), _given(moved, err), k=5)
     assert r.same_top_k and set(r.apart) == {0, 1} and not r.same_within_errors
+    # an atom below both top 5 that differs shows in share_z only
+    sharp = err[:7] + [0.001]
+    r = ranking_agreement(_given(base, sharp), _given(base[:7] + [0.003], sharp), k=5)
+    assert r.same_within_errors and not r.apart and abs(r.share_z[7]) > 10
     # the scale of χ cancels: b = 4 a (a k = 2 pair difference) is the same ranking
     r = ranking_agreement(_given(base, err), _given(4 * np.array(base), 4 * np.array(err)))
     assert r.same_within_errors and np.allclose(r.share_z, 0)

@@ -96,7 +96,9 @@ class RankingAgreement:
             it within ``z`` errors of its own k-th atom (a tie at the edge of the top k).
         share_z: (n,) (share_a − share_b) / its error per atom (shares: ⟨‖∇ᵢχ‖²⟩ over the
             sum over atoms, so the scale of χ cancels); NaN for atoms not featurized.
-        apart: atoms whose shares differ by more than ``z`` errors.
+        apart: atoms of either top k whose shares differ by more than ``z`` errors (atoms
+            below both top k are compared in ``share_z`` only: with ~20 atoms at z = 2 one of
+            them is expected to exceed it by chance).
     """
 
     k: int
@@ -143,8 +145,8 @@ def ranking_agreement(a: Sensitivity, b: Sensitivity, k: int = 5, z: float = 2.0
 
     The top-k sets may differ only by ties: an atom in ``a``'s top k but not in ``b``'s
     counts as a tie when, in ``b``, its share is within ``z`` standard errors of the share of
-    ``b``'s k-th atom (and vice versa). Independently, every atom's share is compared
-    between the two (``share_z``). Errors are the sensitivities' ``per_atom_err`` (bootstrap,
+    ``b``'s k-th atom (and vice versa). Independently, the shares of the atoms of either top
+    k are compared between the two (``apart``; every atom's in ``share_z``). Errors are the sensitivities' ``per_atom_err`` (bootstrap,
     and the fit-to-fit spread for :func:`combine_fits`); without errors only equal sets
     agree."""
     if a.n_atoms != b.n_atoms:
@@ -166,7 +168,8 @@ def ranking_agreement(a: Sensitivity, b: Sensitivity, k: int = 5, z: float = 2.0
                  for i in differing)
     with np.errstate(invalid="ignore", divide="ignore"):
         share_z = (pa - pb) / np.hypot(ea, eb)
-    apart = tuple(int(i) for i in np.flatnonzero(np.abs(np.nan_to_num(share_z)) > float(z)))
+    union = sorted(set(top["a"]) | set(top["b"]))
+    apart = tuple(int(i) for i in union if abs(np.nan_to_num(share_z[i])) > float(z))
     return RankingAgreement(k=int(k), z=float(z), top_a=top["a"], top_b=top["b"],
                             differing=differing, boundary_ties=ties, share_z=share_z,
                             apart=apart)
