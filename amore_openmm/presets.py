@@ -69,16 +69,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "alanine_dipeptide_tip3p": {
         # 1,288 atoms with PME: ~120–500 steps/s per CPU core, so every MD step counts.
         # default: 1 ns of trajectory (frames every 0.5 ps) for the two basins (αR and β:
-        # χ's timescale ~50 ps); 77 min on 2 shared cores, 1.32 GB. 30 nodes per path: with
-        # 10 the final paths spanned only χ 0.31–0.76 (ψ moved 10°) and never left the
-        # transition region; with 30 both span χ 0.01–0.99 (ψ 2° → 130°), 26/26 certified
+        # χ's timescale ~50 ps); 89 min of stages on 2 shared cores with ΔF‡, 1.46 GB
+        # (README). 30 nodes per path: with 10 the final paths spanned only χ 0.31–0.76 (ψ
+        # moved 10°) and never left the transition region; with 30 both span χ 0.01–0.99
+        # (ψ 2° → 130°), 24–26 of 24–26 nodes certified
         "default": {"n_starts": 2000, "stride_steps": 250, "n_koopman": 2, "iterations": 600,
                     "iterations_per_generation": 150, "minibatch": 200, "generations": 2,
                     "paths_per_generation": 1, "starts_per_path": 10, "path_step": 0.05,
                     "path_max_nodes": 30, "final_paths": 2, "sensitivity_bins": 30,
                     "sensitivity_samples": 2000,
-                    # ΔF‡ along χ: 21 windows × 200 frames every 0.1 ps (231k steps; ~15-25
-                    # min estimated from the quick run's rate, not measured)
+                    # ΔF‡ along χ: 21 windows × 200 frames every 0.1 ps (231k steps; 43 min
+                    # on 2 shared cores, 15.8 ± 1.0 kJ/mol, certified)
                     "fes_windows": 21, "fes_frames": 200, "fes_stride": 50,
                     "fes_equilibration": 20, "fes_bins": 30},
         # quick: ≤ 10 min and ≤ 2 GB on 2 cores (benchmarks/solvated_pipeline.py): 20 ps of
