@@ -10,7 +10,8 @@ of its atoms from 600 to 3,000 iterations and holds 1–2 of the paper's three (
 17). Restoring the best network, the four top 5s (k = 1 and k = 2, 600 and 3,000 iterations)
 all hold the three and share their top 4 (``benchmarks/multichi.py --only ala --fits 4
 --restore-best``). Checked every ``1/CHECKS`` of a fit's iterations, against the target of
-that iteration.
+that iteration. Runs restore by default (:data:`amore_openmm.config.PIPELINE_DEFAULTS`); the
+estimator's own default is off.
 """
 from __future__ import annotations
 

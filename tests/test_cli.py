@@ -165,9 +165,9 @@ def test_single_stage_commands_chain(tmp_path, capsys):
     # a second fit of the same data (another seed): the saved ranking is the mean of both
     fit = tmp_path / "chi_fit1.pt"
     assert main(["train", str(data), "--system", "muller_brown", "--out", str(fit),
-                 "--iterations", "200", "--seed", "1", "--restore-best"]) == 0
-    assert ChiModel.load(fit).metadata["training"]["restored_best"]
-    assert "restored_best" not in m.metadata["training"]
+                 "--iterations", "200", "--seed", "1", "--no-restore-best"]) == 0
+    assert "restored_best" not in ChiModel.load(fit).metadata["training"]
+    assert m.metadata["training"]["restored_best"]     # the run's default
     both = tmp_path / "sens2"
     assert main(["sensitivity", "--model", str(model), "--fit", str(fit), "--system",
                  "muller_brown", "--data", str(data), "--out", str(both), "--bins", "10"]) == 0
