@@ -48,9 +48,10 @@ AUTO = "auto"
 #: one fit): a run's first fit is followed by ``iterations_per_generation`` more per
 #: generation, continuing from the weights, and over the default n_starts a minibatch of 100
 #: gives ~10 optimizer steps per outer iteration where the library's would give one.
-#: A run's fits keep their lowest validation loss (restore_best): on alanine dipeptide's default
-#: preset with 4 sensitivity fits, seeds 0–2, its top 5 then holds all three of the paper's atoms
-#: and 1–2 without (longer fits learn the noise of Kχ: amore_openmm.isokann_validation).
+#: A run's fits keep their lowest validation loss (restore_best): past it a fit learns the
+#: noise of Kχ (amore_openmm.isokann_validation). Seen after the choice, on alanine
+#: dipeptide's default preset (4 sensitivity fits, seeds 0–2): the top 5 holds all three of
+#: the paper's atoms, against 1–2 without.
 PIPELINE_DEFAULTS: dict[str, Any] = {"iterations": 500, "minibatch": 100, "restore_best": True}
 
 
