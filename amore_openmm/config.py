@@ -49,7 +49,7 @@ AUTO = "auto"
 #: generation, continuing from the weights, and over the default n_starts a minibatch of 100
 #: gives ~10 optimizer steps per outer iteration where the library's would give one.
 #: A run's fits keep their lowest validation loss (restore_best): past it a fit learns the
-#: noise of Kχ (amore_openmm.isokann_validation). Seen after the choice, on alanine
+#: noise of Kχ (amore_openmm.isokann_validation). Measured with it on alanine
 #: dipeptide's default preset (4 sensitivity fits, seeds 0–2): the top 5 holds all three of
 #: the paper's atoms, against 1–2 without.
 PIPELINE_DEFAULTS: dict[str, Any] = {"iterations": 500, "minibatch": 100, "restore_best": True}
