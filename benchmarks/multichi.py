@@ -145,7 +145,7 @@ def alanine(quick: bool, n_fits: int = 4, iterations: int | None = None,
     agree = ranking_agreement(mean["k1"], mean["k2"], k=5, z=2.0)
     emit(name="ala_k2_vs_k1_over_fits", fits=n_fits, iterations=iters,
          restore_best=restore_best, top5=tops_f, sixth=sixth,
-         # equal up to ties at the edge of the top 5, no atom's share 2σ apart
+         # equal up to ties at the edge of the top 5, no top-5 atom's share 2σ apart
          agreement=agree.to_dict(),
          same_top5_set_k1_k2=set(tops_f["k1"]) == set(tops_f["k2"]),
          overlap_k1_k2=len(set(tops_f["k1"]) & set(tops_f["k2"])),

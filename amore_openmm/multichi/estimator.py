@@ -153,7 +153,7 @@ def fit_multichi(est: Any, data: Any, model: MultiChiModel | None = None, system
     vert = np.zeros(k, dtype=np.int64)
     quantile = VERTEX_QUANTILE if est.shift_scale == "quantile" else 0.0
     val_t = torch.as_tensor(val, device=dev)
-    best = BestWeights(iters, bool(getattr(est, "restore_best", False)) and len(val) > 0)
+    best = BestWeights(iters, est.restore_best and len(val) > 0)
 
     def val_loss(t: torch.Tensor) -> float:
         with torch.no_grad():

@@ -300,6 +300,7 @@ def replace_failed_starts(paths: list[Any], spares: np.ndarray,
     failed = [i for i, p in enumerate(paths) if not int(p.n_certified)]
     if not failed or not len(spares):
         return paths
+    paths = list(paths)
     again = trace(spares[:len(failed)])
     kept = []
     for i, p in zip(failed, again):

@@ -117,8 +117,8 @@ class RankingAgreement:
 
     @property
     def same_within_errors(self) -> bool:
-        """The top-k sets are equal up to ties at their edge, and no atom's share differs by
-        more than ``z`` errors: the two rankings cannot be told apart by these data."""
+        """The top-k sets are equal up to ties at their edge, and no atom of either top k
+        has shares more than ``z`` errors apart: these data cannot tell the rankings apart."""
         return all(self.boundary_ties) and not self.apart
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,9 +146,9 @@ def ranking_agreement(a: Sensitivity, b: Sensitivity, k: int = 5, z: float = 2.0
     The top-k sets may differ only by ties: an atom in ``a``'s top k but not in ``b``'s
     counts as a tie when, in ``b``, its share is within ``z`` standard errors of the share of
     ``b``'s k-th atom (and vice versa). Independently, the shares of the atoms of either top
-    k are compared between the two (``apart``; every atom's in ``share_z``). Errors are the sensitivities' ``per_atom_err`` (bootstrap,
-    and the fit-to-fit spread for :func:`combine_fits`); without errors only equal sets
-    agree."""
+    k are compared between the two (``apart``; every atom's in ``share_z``). Errors are the
+    sensitivities' ``per_atom_err`` (bootstrap, and the fit-to-fit spread for
+    :func:`combine_fits`); without errors only equal sets agree."""
     if a.n_atoms != b.n_atoms:
         raise ValueError(f"ranking_agreement: {a.n_atoms} atoms against {b.n_atoms}; compare "
                          "sensitivities of one system")
