@@ -20,7 +20,10 @@ minimises it, in one of two ways (``minimizer=``):
   at the next call, and a copy's result goes back to its path as soon as its own RMS force
   meets its tolerance, so paths do not wait for each other's nodes. A copy's iterates do not
   depend on the other copies (they do not interact), so the paths equal the ones a lockstep
-  schedule would give, up to the round-off of the packed force sums.
+  schedule would give, up to the round-off of the packed force sums. Each copy's L-BFGS is
+  preconditioned by its bond metric and its χ restraint's stiff direction, and a copy whose
+  node lies on a crease of the sorted-distance χ converges by the nonsmooth stationarity
+  test (both in :mod:`.copy_lbfgs`).
 - ``"fire"``: as ``"copies"`` (streamed, per-copy convergence, refilled with the path's
   next node), but every copy runs FIRE (:mod:`.fire`) with its own time step, mixing factor
   and velocity, preconditioned along its ∇χ: one force call per step, no line search; a
@@ -55,7 +58,9 @@ half the calls have fewer than 16 copies moving (paths wait while their threads 
 steps, and the longest path sets the tail), so below a measured copy count the physical forces
 come from a single-copy Reference Context, one copy after another (0.02–0.03 ms each;
 ``evaluator=``, :data:`~amore_openmm.mep.packed_levels.EVALUATORS`). The server is one Python
-thread: ``workers=`` shares the starts among processes, one per core.
+thread: ``workers=`` shares the starts among processes, one per core. After it returns nodes
+it waits up to :data:`REJOIN_WAIT` for those paths' next requests, so that they join the next
+force call instead of the call after it.
 
 Measurements per node are the single-path ones (:meth:`LevelSetTracer.measure`): energy and
 physical force of the copy alone (a single-copy helper Context), χ and ∇χ from the batched
@@ -71,8 +76,8 @@ import numpy as np
 
 from ..systems import MolecularSystem
 from ..threads import wait_threads_gone
-from .copy_lbfgs import CopyLBFGS
-from .fire import K_REF, CopyFIREThenLBFGS, bond_metric
+from .copy_lbfgs import K_REF, CopyLBFGS
+from .fire import CopyFIREThenLBFGS, bond_metric
 from .packed_levels import PackedLevelSets, Request, Snapshot
 from .path import ChiPath
 from .trace import trace_chi_mep
@@ -86,6 +91,12 @@ __all__ = ["trace_chi_meps_batched"]
 #: apart in energy: OpenMM's minimiser failed there as often (measured: 60 of 87 such
 #: relaxations at χ < 0.07 or > 0.96 stayed uncertified, at ~0.3 s each).
 FALLBACK_CHI = (0.1, 0.9)
+
+
+#: seconds the streaming server waits for the paths whose nodes it has just returned to post
+#: their next request, so that they share the next force call (their threads need the GIL
+#: for the node's measurements and Euler step)
+REJOIN_WAIT = 0.002
 
 
 class _Aborted(Exception):
@@ -168,11 +179,16 @@ class _Stream(_Rendezvous):
         """Step the copies being minimised until every slot has finished (main thread)."""
         levels = self.levels
         opt = self.optimizer(self.slots, (levels.n_atoms, 3))
+        returned: set[int] = set()            # slots whose results were just posted
         while True:
             with self.cond:
                 if not opt.busy:
                     self.cond.wait_for(lambda: self.error is not None or bool(self.requests)
                                        or len(self.finished) == self.slots)
+                elif returned and REJOIN_WAIT > 0:
+                    self.cond.wait_for(lambda: self.error is not None or returned <= (
+                        self.requests.keys() | self.finished), timeout=REJOIN_WAIT)
+                returned = set()
                 if self.error is not None:
                     return
                 new, self.requests = self.requests, {}
@@ -191,23 +207,8 @@ class _Stream(_Rendezvous):
                 self._fail(exc)
                 return
             self._post(snaps)
+            returned = set(snaps)
 
-    def _start(self, opt: Any, p: int, req: Request) -> None:
-        opt.start(p, req.x, req.tolerance, req.max_iterations, keep_memory=True)
-
-    def _update(self, opt: Any, idx: np.ndarray, forces: np.ndarray) -> np.ndarray:
-        return opt.update(idx, forces)
-
-    def _finished(self, opt: Any, p: int) -> tuple:
-        x, total = opt.result(p)
-        return x.copy(), self.levels.last_physical[p].copy(), total.copy(), \
-            int(opt.evaluations[p])
-
-
-class _FireStream(_Stream):
-    """Per-copy FIRE (:mod:`.fire`), streamed as :class:`_Stream`."""
-
-    optimizer = CopyFIREThenLBFGS
     #: bond preconditioning (:func:`.fire.bond_metric`) for molecules up to this many atoms
     #: (the mass matrices are (3n)² per copy)
     metric_atoms = 200
@@ -224,8 +225,20 @@ class _FireStream(_Stream):
                   metric=metric)
 
     def _update(self, opt: Any, idx: np.ndarray, forces: np.ndarray) -> np.ndarray:
-        # heavy along ∇χ: the restraint's stiffness does not set the time step (see .fire)
+        # preconditioned along ∇χ: the restraint's stiffness does not set the step (see
+        # .copy_lbfgs and .fire)
         return opt.update(idx, forces, self.levels.stiff_directions(idx, K_REF))
+
+    def _finished(self, opt: Any, p: int) -> tuple:
+        x, total = opt.result(p)
+        return x.copy(), self.levels.last_physical[p].copy(), total.copy(), \
+            int(opt.evaluations[p])
+
+
+class _FireStream(_Stream):
+    """Per-copy FIRE (:mod:`.fire`), streamed as :class:`_Stream`."""
+
+    optimizer = CopyFIREThenLBFGS
 
 
 class _CopyTracer(LevelSetTracer):
@@ -309,30 +322,22 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
             c + copies, … one after another.
         platform, properties: OpenMM platform of the Contexts ("Reference" or "CPU").
         minimizer: "joint" (default): one ``LocalEnergyMinimizer`` of the packed System per
-            pass, converged copies held; "copies": each copy has its own L-BFGS, step and
-            convergence test, with one packed force call per evaluation for all copies
-            still moving (:mod:`.copy_lbfgs`). Measured (benchmarks/mep_batched.py, 34
-            alanine paths of ~100 nodes): "copies" took 8.0× one path alone against 11.1×
-            for "joint", with 240 force evaluations per node (OpenMM's: 255), but its paths
-            are further from the single ones (median ΔE 1.4 kJ/mol at matching χ, 12 of 34
-            paths more than 2 kJ/mol apart somewhere), so "joint" stays the default; on 4
-            short paths it was 1.26× against 1.39×. "fire": per-copy FIRE (:mod:`.fire`),
-            streamed as "copies"; measured on 12 alanine paths of ~100 nodes (quick χ of
-            the benchmark's --quick, 2 shared cores): 2.2× one path alone, the pool 11×,
-            same node counts, all certified, median ΔE 0.23 kJ/mol; on the full
-            benchmark's χ (34 paths) FIRE alone froze on creases of the sorted-distance χ
-            (122× one path, ~1,960 evaluations per node); with the hand-off of trapped
-            copies to L-BFGS (:class:`~amore_openmm.mep.fire.CopyFIREThenLBFGS`) 11.7× one
-            path against the pool's 32.7×, 259 evaluations per node, but 2,925 nodes
-            against the pool's 3,348 and a median ΔE of 2.3 kJ/mol at matching χ: not yet
-            a default: on that χ FIRE's copies stop converging near χ ≈ 0.7 and the
-            paths end there uncertified. Since then (physical forces of few moving copies
-            from a single-copy Context, ``evaluator``; a process per core, ``workers=2``)
-            "copies" takes 5.6× one path against the pool's 15.3× (34 paths, 2 cores,
-            3,341 nodes against 3,354), and inside χ ∈ [0.1, 0.9] its paths are as close
-            to the pool's (max ΔE per path median 0.6, max 2.3 kJ/mol) as the pool's own
-            paths are to those from starts moved by 1e-5 nm (1.7, 2.1). A χ-MEP is not
-            more reproducible than that. Systems
+            pass, converged copies held; "copies": each copy has its own preconditioned
+            L-BFGS, step and convergence test, with the nonsmooth test for nodes on a crease
+            of χ (:mod:`.copy_lbfgs`), one packed force call per evaluation for all copies
+            still moving; "fire": per-copy FIRE (:mod:`.fire`), streamed as "copies".
+            Measured (``benchmarks/mep_batched.py --minimizer copies --workers 2
+            --check-minima 60``: 34 alanine transition-state paths of ≤ 100 nodes, 2 shared
+            cores, five runs): "copies" 2.5–3.4× (median 2.9×) one path alone against the
+            pool's 13–19×, ~80 force evaluations per node against OpenMM's 257; 3,343–3,352
+            nodes against the pool's 3,354; inside χ ∈ [0.1, 0.9] energies as close to the
+            pool's (max ΔE per path median 1.1–1.7, max 2.1–2.2 kJ/mol) as the pool's own
+            paths are to those from starts moved by 1e-5 nm (1.7, 2.1); OpenMM's minimiser,
+            run from 60 random nodes, lowers their restrained energy by a median
+            0.0004–0.0009 and at most 0.034 kJ/mol over four runs (the pool's nodes: 0.0002,
+            0.003). Before the preconditioner and the nonsmooth test it took 5.6× (240
+            evaluations per node); "joint" took 11.1×; FIRE froze on the creases (its copies
+            hand over to L-BFGS, 11.7×, and its paths ended early near χ ≈ 0.7). Systems
             with constraints always use "joint".
         evaluator: physical forces of the moving copies ("copies", "fire"): "packed" (one
             call of the packed Context), "serial" (one call per moving copy of a
@@ -388,7 +393,7 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
         share = None if copies is None else max(1, -(-slots // workers))
         sent = model if isinstance(model, (str, os.PathLike)) else chi
         parts = call_in_processes(_trace_group, [(system, sent, starts[g], share, options)
-                                                 for g in groups])
+                                                 for g in groups], here=True)
         paths: list[ChiPath | None] = [None] * len(starts)
         for g, part in zip(groups, parts):
             for i, path in zip(g, part):

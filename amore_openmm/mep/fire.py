@@ -67,13 +67,11 @@ from typing import Callable
 
 import numpy as np
 
-from .copy_lbfgs import STALL_BAND, CopyLBFGS, CopyMinimization
+from .copy_lbfgs import K_REF, STALL_BAND, CopyLBFGS, CopyMinimization
 
 __all__ = ["CopyFIRE", "CopyFIREThenLBFGS", "K_REF", "OUTCOMES", "bond_metric",
            "minimize_copies_fire"]
 
-#: kJ/mol/nm², the stiffness the preconditioner leaves along ∇χ (about a bond's)
-K_REF = 1e5
 #: how a copy's minimisation ended (:attr:`CopyFIRE.outcome`)
 OUTCOMES = ("converged", "stalled", "max_steps", "trapped")
 CONVERGED, STALLED, MAX_STEPS, TRAPPED = range(4)

@@ -323,13 +323,18 @@ def choose_path_tracer(ms: Any, n_paths: int, workers: int | None = None) -> str
     :data:`BATCH_FROM_PATHS_PER_WORKER` paths per worker of a molecule in vacuum without
     constraints, else "pool".
 
-    Measured on alanine dipeptide, 2 cores (``trace_paths`` pool against batched, transition
-    states of the ``benchmarks/mep_batched.py`` χ, ≤ 100 nodes per path): 2 paths 13.4 s
-    against 18.7 s, 4 paths 23.5 s against 36.8 s (a worker process to start, and too few
-    copies to share a force call), 8 paths 46.5 s against 39.7 s, and on 34 paths
-    (``benchmarks/mep_batched.py --minimizer copies --workers 2``) batched 5.6× one path
-    alone against the pool's 15.3×, with 3,341 nodes against 3,354 and energies inside
-    χ ∈ [0.1, 0.9] as close to the pool's as the pool's own from starts moved by 1e-5 nm.
+    Measured on alanine dipeptide, 2 shared cores (``benchmarks/mep_batched.py --minimizer
+    copies --workers 2 --paths N``: transition states of its χ, ≤ 100 nodes per path), pool
+    against batched: 1 path 9.2 s against 3.4 s, 2 paths 12.1 against 6.0 s, 4 paths 30.7
+    against 21.7 s, 8 paths 58.2 against 26.6 s, 34 paths 263 against 43.6 s, with node
+    counts and energies inside χ ∈ [0.1, 0.9] as the pool's (see
+    :func:`~amore_openmm.mep.trace_chi_meps_batched`): the per-copy L-BFGS needs ~80 force
+    evaluations per node against OpenMM's minimiser's ~257. Batching would pay from one
+    path, but batched paths are not reproducible to the bit: which copies share a force
+    call depends on thread timing, and the packed and single-copy evaluators round
+    differently, so a resumed run's bursts from path nodes would not repeat the
+    uninterrupted run's. Runs with few paths (the generations' single path, the default
+    final paths) therefore stay on the pool, whose paths repeat.
     Implicit solvent goes to the pool: each copy's GB term is the expensive part there and
     packing saves none of it; a periodic box cannot be packed, and constraints leave only
     the joint minimiser (slower than the pool)."""
