@@ -344,17 +344,23 @@ class CopyLBFGS:
         none of them has a metric or a stiff direction."""
         metric = self.has_metric[idx]
         w = self.w[idx]
-        if not metric.any() and not w.any():
+        has_metric = bool(metric.any())
+        if not has_metric and not w.any():
             return None
-        u = w.copy()
-        if metric.any():
-            u[metric] = np.matmul(self.ainv[idx[metric]], w[metric][:, :, None])[:, :, 0]
+        # the copies' inverse metrics, gathered once: h0 is applied up to three times a call
+        ainv = self.ainv[idx[metric]] if has_metric else None
+
+        def inverse_metric(rows: np.ndarray) -> np.ndarray:
+            out = rows.copy()
+            if has_metric:
+                out[metric] = np.matmul(ainv, rows[metric][:, :, None])[:, :, 0]
+            return out
+
+        u = inverse_metric(w)
         denom = 1.0 + _dot(w, u)
 
         def h0(q: np.ndarray) -> np.ndarray:
-            y = q.copy()
-            if metric.any():
-                y[metric] = np.matmul(self.ainv[idx[metric]], q[metric][:, :, None])[:, :, 0]
+            y = inverse_metric(q)
             return (y - u * (_dot(w, y) / denom)[:, None]) / K_REF
         return h0
 
