@@ -107,8 +107,12 @@ def test_bundled_system_finite_energy_and_1ps_dynamics(name):
         ctx.getIntegrator().step(n_steps)
         x, e, f = _state(ctx)
         assert np.all(np.isfinite(x)) and math.isfinite(e) and np.all(np.isfinite(f))
-        # a stable run: no atom flew off and the energy stayed within thermal range
-        assert np.abs(x - pos).max() < 1.0
+        # a stable run: no atom flew off and the energy stayed within thermal range. On
+        # Müller–Brown (2-D, hot enough to cross) 1 ps may carry the particle to another
+        # basin, up to 1.4 per coordinate from the start (measured: 1 of 40 runs moved 1.16),
+        # so its bound is the potential's own extent, not 1.0
+        limit = 2.0 if ms.coordinate_dims else 1.0
+        assert np.abs(x - pos).max() < limit
         dof = 2 if ms.coordinate_dims else 3 * ms.n_atoms
         assert e - e0 < 5 * dof * ms.kT
 
