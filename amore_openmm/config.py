@@ -166,10 +166,10 @@ class RunConfig:
     final_paths: int = field(default=4, metadata={"help": "χ-MEPs traced with the final χ"})
     path_tracer: str = field(default="auto", metadata={
         "help": "pool: χ-MEPs one at a time on the workers' Contexts; batched: the paths of a "
-                "stage in packed Contexts of copies, one per worker process (4.7-6x faster "
+                "stage in packed Contexts of copies, one per worker process (6x faster "
                 "than pool on 34 vacuum alanine paths, 2.7x on one; a periodic System is "
-                "traced with pool); auto: batched for 4+ paths per worker in vacuum "
-                "without constraints, else pool"})
+                "traced with pool); auto: batched in vacuum without constraints where χ "
+                "is batch-invariant (paths repeat to the bit), else pool"})
     # -- sensitivity / report ---------------------------------------------------------------
     sensitivity_bins: int = stage_field("sensitivity", "bins")
     sensitivity_samples: int = stage_field("sensitivity", "samples")

@@ -24,6 +24,9 @@ Prints JSON lines, in one run:
   * ``mep_pool_reproducibility`` (``--reproducibility``): the same comparison between the
     pool's paths and the pool's paths from starts moved by 1e-5 nm: how reproducible a
     χ-MEP is at all.
+  * ``mep_batched_repeat`` (``--repeat``): the batched paths traced again on one worker
+    from the starts in reverse order: how many come out the same to the bit (all of them
+    with ``--evaluator serial``, the default; see ``trace_chi_meps_batched``).
 
 Measured (2 shared cores, ``--minimizer copies --workers 2 --check-minima 60``, five runs):
 one path 14–18 s; batched 2.5, 3.4, 2.9, 3.1 and 2.8× it (5.6× before the per-copy L-BFGS got
@@ -176,8 +179,11 @@ def main() -> None:
     ap.add_argument("--check-minima", type=int, default=0, metavar="K",
                     help="re-minimise K random certified nodes of the pool's and of the "
                     "batched paths with OpenMM's minimiser and print the energy drops")
-    ap.add_argument("--evaluator", default="auto", choices=("auto", "packed", "serial"),
+    ap.add_argument("--evaluator", default="serial", choices=("auto", "packed", "serial"),
                     help="physical forces of the moving copies (trace_chi_meps_batched)")
+    ap.add_argument("--repeat", action="store_true",
+                    help="trace the batched paths again on one worker, starts reversed, and "
+                    "print how many come out the same to the bit")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from amore_openmm.mep import (LevelSetTracer, trace_chi_mep, trace_chi_meps,
@@ -250,6 +256,17 @@ def main() -> None:
                              minimizer=args.minimizer, evaluator=args.evaluator,
                              workers=args.workers, **common)),
           flush=True)
+
+    if args.repeat:
+        t0 = time.perf_counter()
+        again = trace_chi_meps_batched(ms, model, starts[::-1], platform=args.batched_platform,
+                                       properties=props, minimizer=args.minimizer,
+                                       evaluator=args.evaluator, workers=1, **kw)[::-1]
+        same = sum(len(a) == len(b) and np.array_equal(a.positions, b.positions) and
+                   np.array_equal(a.energy, b.energy) for a, b in zip(batched, again))
+        print(json.dumps({"benchmark": "mep_batched_repeat", "workers": 1, "reversed": True,
+                          "paths": len(starts), "identical_paths": int(same),
+                          "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
 
     # the one path again: the machine's speed may have changed; the faster run is the
     # reference (the ratios are then the larger ones)

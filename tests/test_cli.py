@@ -218,7 +218,8 @@ def test_flag_defaults_come_from_runconfig_and_the_library(monkeypatch):
     assert sig["step"].default is None and "max_nodes" not in sig
     # a value given on the command line is passed on
     args = build_parser().parse_args(required["mep"] + ["--step", "0.03"])
-    trace_paths("muller_brown", None, np.zeros((3, 1, 3)), 1, step=args.path_step)
+    trace_paths("muller_brown", None, np.zeros((3, 1, 3)), 1, step=args.path_step,
+                tracer="pool")
     assert seen["settings"] == MEPSettings(step=0.03)
 
 

@@ -190,10 +190,10 @@ def test_batched_alanine_paths_equal_single_paths(ala):
     starts = _starts(ala, 3)
     kw = dict(step=0.03, max_nodes=7, tolerance=5.0)
     single = [trace_chi_mep(ala, model, s, **kw) for s in starts]
-    batched = trace_chi_meps_batched(ala, model, starts, **kw)
+    batched = trace_chi_meps_batched(ala, model, starts, minimizer="joint", **kw)
     _compare(single, batched)
     # fewer copies than starts: copies take the next start when their path ends
-    two = trace_chi_meps_batched(ala, model, starts, copies=2, **kw)
+    two = trace_chi_meps_batched(ala, model, starts, copies=2, minimizer="joint", **kw)
     _compare(single, two)
 
 
@@ -207,7 +207,7 @@ def test_batched_branches_end_at_different_times(ala):
               chi_range=(0.0, float(np.sort(chi0)[1]) + 0.12))
     single = [trace_chi_mep(ala, model, s, **kw) for s in starts]
     assert len({len(p) for p in single}) > 1                    # really different lengths
-    batched = trace_chi_meps_batched(ala, model, starts, **kw)
+    batched = trace_chi_meps_batched(ala, model, starts, minimizer="joint", **kw)
     _compare(single, batched)
     assert [p.stop_reasons for p in batched] == [p.stop_reasons for p in single]
 
@@ -240,7 +240,7 @@ def test_batched_muller_brown_matches_single():
     # lands in depends on its steps (joint or single): that would be a jump, not a mismatch
     kw = dict(step=0.02, max_nodes=7)
     single = [trace_chi_mep(mb, model, s, **kw) for s in starts]
-    batched = trace_chi_meps_batched(mb, model, starts, **kw)
+    batched = trace_chi_meps_batched(mb, model, starts, minimizer="joint", **kw)
     _compare(single, batched, e_tol=0.5)
     for b in batched:                         # every path runs through the saddle
         assert np.linalg.norm(b.positions[:, 0, :2] - saddle, axis=1).min() < 0.02
@@ -253,7 +253,7 @@ def test_batched_implicit_solvent():
     starts = _starts(ms, 2, sigma=0.005, seed=1)
     kw = dict(step=0.03, max_nodes=2, tolerance=5.0, direction="forward")
     single = [trace_chi_mep(ms, model, s, **kw) for s in starts]
-    batched = trace_chi_meps_batched(ms, model, starts, **kw)
+    batched = trace_chi_meps_batched(ms, model, starts, minimizer="joint", **kw)
     _compare(single, batched)
 
 
@@ -647,22 +647,6 @@ def test_call_in_processes_returns_in_order_and_reports_a_failing_worker():
         call_in_processes(math.sqrt, [4.0, -1.0])
     with pytest.raises(RuntimeError, match="math domain error"):
         call_in_processes(math.sqrt, [4.0, -1.0], here=True)
-
-
-def test_auto_path_tracer_batches_vacuum_paths_only(ala):
-    """path_tracer = "auto": batched from 4 paths per worker of a vacuum molecule without
-    constraints; the pool for fewer paths, implicit solvent (VGVAPG's GB) and
-    constraints."""
-    from amore_openmm.pipeline.stages import choose_path_tracer
-    assert choose_path_tracer(ala, 8, workers=2) == "batched"
-    assert choose_path_tracer(ala, 4, workers=1) == "batched"
-    assert choose_path_tracer(ala, 4, workers=2) == "pool"
-    assert choose_path_tracer(ala, 1, workers=1) == "pool"
-    assert choose_path_tracer(load_system("vgvapg"), 64, workers=2) == "pool"
-    constrained = copy.copy(ala)
-    constrained.system = openmm.XmlSerializer.clone(ala.system)
-    constrained.system.addConstraint(0, 1, 0.109)
-    assert choose_path_tracer(constrained, 64, workers=2) == "pool"
 
 
 def test_streamed_node_that_fails_its_certificate_is_relaxed_again_alone(ala, monkeypatch):

@@ -219,6 +219,22 @@ class BatchedChiRestraint:
         grad = np.zeros(x.shape) if g is None else g.numpy()
         return c.detach().numpy().astype(np.float64), grad
 
+    def batch_invariant(self, x: np.ndarray) -> bool:
+        """True when χ and ∇χ of each of the structures x (B, n, 3) come out the same to the
+        bit alone, in the whole batch and in a batch of every other one: what makes batched
+        χ-MEPs repeat (a path then does not depend on which copies share its force calls).
+        The numpy passes are built for it (:class:`_NumpyChi`); TorchScript's are not."""
+        if self._fast is None:
+            return False
+        x = np.asarray(x, dtype=np.float64)
+        chi, grad = self.chi_and_grad(x)
+        parts = [np.arange(len(x))[1::2]] + [np.array([i]) for i in range(len(x))]
+        for idx in parts:
+            c, g = self.chi_and_grad(x[idx])
+            if not (np.array_equal(c, chi[idx]) and np.array_equal(g, grad[idx])):
+                return False
+        return True
+
     def __call__(self, state: openmm.State) -> tuple[float, np.ndarray]:
         self.count += 1
         x = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
@@ -337,12 +353,18 @@ class _NumpyChi:
         return gr
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Every product is a stack of per-structure matrix products and every reduction runs
+        # along a contiguous axis of fixed length, so a structure's χ and ∇χ do not depend
+        # on which others share its batch, to the bit (one BLAS call per structure and
+        # layer; a single (B, F) GEMM rounds a column differently by its place in the
+        # kernel's tiles). Measured: 7-14 % slower than single GEMMs at B = 8-34.
         b = len(x)
         xs = x[:, :self.n_atoms].transpose(1, 0, 2).reshape(self.n_atoms, -1)
-        d = (self.diff @ xs).reshape(-1, b, 3)                   # (F, B, 3)
-        r = np.sqrt((d * d).sum(-1))                              # (P, B)
+        # one GEMM is exact here (two non-zero terms per row: x_j − x_i rounded once)
+        d = (self.diff @ xs).reshape(-1, b, 3).transpose(1, 0, 2)             # (B, P, 3)
+        r = np.sqrt((d * d).sum(-1)).T                            # (P, B)
         feats, src = self._features(r)
-        h, cache = feats.T, []
+        h, cache = np.ascontiguousarray(feats.T)[:, None, :], []  # (B, 1, F)
         for layer in self.layers:
             if layer[0] == "norm":
                 xc = h - h.mean(-1, keepdims=True)
@@ -351,7 +373,7 @@ class _NumpyChi:
                 h = cache[-1][0] * layer[1] + layer[2]
             elif layer[0] == "linear":
                 cache.append(None)
-                h = h @ layer[1].T + layer[2]
+                h = np.matmul(h, layer[1].T) + layer[2]
             else:
                 h = 1.0 / (1.0 + np.exp(-h))
                 cache.append(h)
@@ -359,7 +381,7 @@ class _NumpyChi:
         g = np.ones_like(h)
         for layer, c in zip(reversed(self.layers), reversed(cache)):
             if layer[0] == "linear":
-                g = g @ layer[1]
+                g = np.matmul(g, layer[1])
             elif layer[0] == "sigmoid":
                 g = g * c * (1.0 - c)
             else:
@@ -367,8 +389,7 @@ class _NumpyChi:
                 gx = g * layer[1]
                 g = inv * (gx - gx.mean(-1, keepdims=True)
                            - xh * (gx * xh).mean(-1, keepdims=True))
-        gd = (self._pair_grad(g, src, len(r)) / r)[..., None] * d  # (P, B, 3)
+        gd = (self._pair_grad(g[:, 0, :], src, len(r)) / r).T[..., None] * d   # (B, P, 3)
         grad = np.zeros(x.shape)
-        grad[:, :self.n_atoms] = (self.diff_t @ gd.reshape(len(d), -1)).reshape(
-            self.n_atoms, b, 3).transpose(1, 0, 2)
+        grad[:, :self.n_atoms] = np.matmul(self.diff_t[None], gd)
         return chi, grad

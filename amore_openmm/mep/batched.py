@@ -12,15 +12,15 @@ How the work is shared. Every path runs the unchanged single-path algorithm
 its own Python thread, on a :class:`_CopyTracer` that stands in for the
 :class:`~amore_openmm.mep.LevelSetTracer`. Everything except the minimisation is per copy;
 ``minimize`` posts the copy's request (start positions, z, κ) and waits while the main thread
-minimises it, in one of two ways (``minimizer=``):
+minimises it, in one of three ways (``minimizer=``):
 
-- ``"copies"``: every copy runs its own L-BFGS (:mod:`.copy_lbfgs`) with its own
-  steps and its own convergence test. Each force call is one physical-force evaluation of the
-  packed Context plus one batched χ pass for every copy being minimised; a new request joins
-  at the next call, and a copy's result goes back to its path as soon as its own RMS force
+- ``"copies"`` (the default): every copy runs its own L-BFGS (:mod:`.copy_lbfgs`) with its
+  own steps and its own convergence test. Each force call evaluates the physical forces of
+  the copies being minimised and one batched χ pass over them; a new request joins at the
+  next call, and a copy's result goes back to its path as soon as its own RMS force
   meets its tolerance, so paths do not wait for each other's nodes. A copy's iterates do not
   depend on the other copies (they do not interact), so the paths equal the ones a lockstep
-  schedule would give, up to the round-off of the packed force sums. Each copy's L-BFGS is
+  schedule would give, to the bit (see "Reproducible" below). Each copy's L-BFGS is
   preconditioned by its bond metric and its χ restraint's stiff direction, and a copy whose
   node lies on a crease of the sorted-distance χ converges by the nonsmooth stationarity
   test (both in :mod:`.copy_lbfgs`).
@@ -29,8 +29,8 @@ minimises it, in one of two ways (``minimizer=``):
   and velocity, preconditioned along its ∇χ: one force call per step, no line search; a
   copy that FIRE keeps restarting (trapped on a crease of a sorted-distance χ) goes on with
   per-copy L-BFGS (:class:`~amore_openmm.mep.fire.CopyFIREThenLBFGS`).
-- ``"joint"`` (the default, and what Systems with constraints use: the per-copy minimisers
-  move atoms freely):
+- ``"joint"`` (what Systems with constraints use: the per-copy minimisers move atoms
+  freely):
   lockstep *rounds*, one when every live path has posted a request, each calling
   ``LocalEnergyMinimizer.minimize`` on the whole packed System, as follows.
 
@@ -61,6 +61,16 @@ come from a single-copy Reference Context, one copy after another (0.02–0.03 m
 thread: ``workers=`` shares the starts among processes, one per core. After it returns nodes
 it waits up to :data:`REJOIN_WAIT` for those paths' next requests, so that they join the next
 force call instead of the call after it.
+
+Reproducible. With the default ``evaluator="serial"`` a streamed path repeats to the bit, and
+is the same path whichever other paths share its Context, in what order, on how many workers
+or alone: the single-copy Reference Context computes a copy's physical forces from its
+positions alone, and the numpy χ pass gives each structure the same bits in any batch
+(:meth:`~amore_openmm.forces.pythonforce.BatchedChiRestraint.batch_invariant`), so which
+copies share a force call (thread timing) changes nothing; a copy that takes up a new path
+starts its L-BFGS afresh (:attr:`Request.same_path`). ``evaluator="auto"`` picks by a
+timing and ``"packed"`` rounds a copy's forces by the packed sums: those paths repeat only
+up to round-off. A χ without the numpy pass (TorchScript) does not repeat either.
 
 Measurements per node are the single-path ones (:meth:`LevelSetTracer.measure`): energy and
 physical force of the copy alone (a single-copy helper Context), χ and ∇χ from the batched
@@ -221,7 +231,7 @@ class _Stream(_Rendezvous):
                 self._bonds = self.levels.bond_terms()
             if len(self._bonds[0]):
                 metric = bond_metric(req.x, *self._bonds, floor=self.metric_floor)
-        opt.start(p, req.x, req.tolerance, req.max_iterations, keep_memory=True,
+        opt.start(p, req.x, req.tolerance, req.max_iterations, keep_memory=req.same_path,
                   metric=metric)
 
     def _update(self, opt: Any, idx: np.ndarray, forces: np.ndarray) -> np.ndarray:
@@ -256,6 +266,7 @@ class _CopyTracer(LevelSetTracer):
         self._x = np.zeros((self.n_atoms, 3))
         self._snap: Snapshot | None = None
         self._last: tuple[np.ndarray, float, np.ndarray] | None = None
+        self.same_path = False              # set after the path's first minimisation
 
     def set_positions(self, x: np.ndarray) -> np.ndarray:
         self._x, self._snap = self.levels.constrain(x), None
@@ -300,8 +311,9 @@ class _CopyTracer(LevelSetTracer):
 
     def minimize(self, z: float, kappa: float, tolerance: float, max_iterations: int) -> int:
         snap = self.rounds.submit(self.slot, Request(self._x.copy(), float(z), float(kappa),
-                                                      float(tolerance), int(max_iterations)))
-        self._snap, self._x = snap, snap.x
+                                                      float(tolerance), int(max_iterations),
+                                                      same_path=self.same_path))
+        self._snap, self._x, self.same_path = snap, snap.x, True
         return snap.evaluations
 
 
@@ -309,7 +321,7 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
                            copies: int | None = None, platform: str = "Reference",
                            properties: dict | None = None, passes: int = 3,
                            joint_factor: float = 1.0, gb_cutoff: float = 5.0,
-                           minimizer: str = "joint", evaluator: str = "auto",
+                           minimizer: str = "copies", evaluator: str = "serial",
                            workers: int = 1, **kwargs: Any) -> list[ChiPath]:
     """Trace one certified χ-MEP from each of ``starts`` (S, n, 3), all in one packed Context.
 
@@ -321,11 +333,11 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
         copies: copies in the Context (default: S). With fewer, copy c traces starts c,
             c + copies, … one after another.
         platform, properties: OpenMM platform of the Contexts ("Reference" or "CPU").
-        minimizer: "joint" (default): one ``LocalEnergyMinimizer`` of the packed System per
-            pass, converged copies held; "copies": each copy has its own preconditioned
-            L-BFGS, step and convergence test, with the nonsmooth test for nodes on a crease
-            of χ (:mod:`.copy_lbfgs`), one packed force call per evaluation for all copies
-            still moving; "fire": per-copy FIRE (:mod:`.fire`), streamed as "copies".
+        minimizer: "copies" (default): each copy has its own preconditioned L-BFGS, step
+            and convergence test, with the nonsmooth test for nodes on a crease of χ
+            (:mod:`.copy_lbfgs`), one force call per evaluation for all copies still moving;
+            "joint": one ``LocalEnergyMinimizer`` of the packed System per pass, converged
+            copies held; "fire": per-copy FIRE (:mod:`.fire`), streamed as "copies".
             Measured (``benchmarks/mep_batched.py --minimizer copies --workers 2
             --check-minima 60``: 34 alanine transition-state paths of ≤ 100 nodes, 2 shared
             cores, five runs): "copies" 2.5–3.4× (median 2.9×) one path alone against the
@@ -339,10 +351,11 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
             evaluations per node); "joint" took 11.1×; FIRE froze on the creases (its copies
             hand over to L-BFGS, 11.7×, and its paths ended early near χ ≈ 0.7). Systems
             with constraints always use "joint".
-        evaluator: physical forces of the moving copies ("copies", "fire"): "packed" (one
-            call of the packed Context), "serial" (one call per moving copy of a
-            single-copy Reference Context) or "auto" (default: serial while fewer copies
-            move than the measured cost ratio of the two; see
+        evaluator: physical forces of the moving copies ("copies", "fire"): "serial"
+            (default: one call per moving copy of a single-copy Reference Context; the
+            paths repeat to the bit, see the module docstring), "packed" (one call of the
+            packed Context, cheaper for many copies of a large molecule) or "auto" (serial
+            while fewer copies move than the measured cost ratio of the two; see
             :data:`~amore_openmm.mep.packed_levels.EVALUATORS`).
         workers: processes that share the starts (interleaved), each with its own packed
             Context of its share of the copies (a process per core: the streaming server
@@ -428,6 +441,7 @@ def _trace_batched(system: MolecularSystem, model: Any, starts: np.ndarray, slot
         tracer = _CopyTracer(slot, rounds, model, system.kT)
         try:
             for i in range(slot, len(starts), slots):
+                tracer.same_path = False
                 paths[i] = trace_chi_mep(system, model, starts[i], tracer=tracer, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread
             rounds.finish(slot, exc)

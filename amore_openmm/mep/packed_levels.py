@@ -31,13 +31,17 @@ KJ_NM = unit.kilojoule_per_mole / unit.nanometer
 
 @dataclass
 class Request:
-    """One copy's minimisation: from x (n, 3) on level z with stiffness κ."""
+    """One copy's minimisation: from x (n, 3) on level z with stiffness κ; ``same_path``:
+    the copy's previous request was of the same path (a streamed minimiser may start from
+    what it learnt there; a new path starts afresh, so it does not depend on the path the
+    copy traced before)."""
 
     x: np.ndarray
     z: float
     kappa: float
     tolerance: float
     max_iterations: int
+    same_path: bool = False
 
 
 @dataclass

@@ -12,7 +12,7 @@ import numpy as np
 from ..data import KoopmanData, atomic_save_npz, atomic_write_text, to_jsonable, write_json
 from .report import build_report, default_figures, report_markdown
 from .runio import file_digest, load_chipaths, read_data, read_npz, save_paths
-from .stages import (TRAJECTORY_PARTIAL, train_chi, trace_paths,
+from .stages import (TRAJECTORY_PARTIAL, choose_path_tracer, train_chi, trace_paths,
                      trajectory_frames, write_sensitivity)
 from .state import StageContext, stage_seed
 
@@ -191,12 +191,15 @@ def _stop_rule(ctx: StageContext, model: Any, data: KoopmanData, g: int) -> dict
 
 def _trace(ctx: StageContext, model: Any, n: int, seed: int | None) -> list[Any]:
     cfg = ctx.config
-    if cfg.path_tracer == "batched":   # (trace_paths warns when it cannot batch)
-        ctx.log.info("tracing %d χ-MEP(s) with path_tracer = batched", n)
+    tracer = choose_path_tracer(ctx.system, model) if cfg.path_tracer == "auto" else \
+        cfg.path_tracer
+    # (trace_paths warns when it cannot batch)
+    ctx.log.info("tracing %d χ-MEP(s) with path_tracer = %s%s", n, tracer,
+                 " (auto)" if cfg.path_tracer == "auto" else "")
     return trace_paths(ctx.system, model, ctx.load_data(), n,
                        window=(cfg.ts_low, cfg.ts_high), settings=cfg.mep,
                        platform=cfg.platform,
-                       workers=cfg.workers, tracer=cfg.path_tracer, seed=seed,
+                       workers=cfg.workers, tracer=tracer, seed=seed,
                        progress=ctx.progress)
 
 

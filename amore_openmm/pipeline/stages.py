@@ -251,7 +251,7 @@ def trace_paths(system: Any, model: Any, data: Any, n_paths: int = _D.final_path
                     "path_tracer": tracer}, "trace_paths")
     ms = load_system(system)
     if tracer == "auto":
-        tracer = choose_path_tracer(ms, n_paths, workers)
+        tracer = choose_path_tracer(ms, model)
     if tracer == "batched" and ms.is_periodic:
         warnings.warn("path_tracer = 'batched' packs copies of a molecule in vacuum or "
                       "implicit solvent, not a periodic box; tracing the paths one at a time "
@@ -314,14 +314,11 @@ def replace_failed_starts(paths: list[Any], spares: np.ndarray,
     return paths
 
 
-#: paths per worker from which path_tracer = "auto" batches (see choose_path_tracer)
-BATCH_FROM_PATHS_PER_WORKER = 4
-
-
-def choose_path_tracer(ms: Any, n_paths: int, workers: int | None = None) -> str:
-    """The run setting ``path_tracer = "auto"``: "batched" for at least
-    :data:`BATCH_FROM_PATHS_PER_WORKER` paths per worker of a molecule in vacuum without
-    constraints, else "pool".
+def choose_path_tracer(ms: Any, model: Any = None) -> str:
+    """The run setting ``path_tracer = "auto"``: "batched" for a molecule in vacuum without
+    constraints whose χ gives each structure the same bits in any batch
+    (:meth:`~amore_openmm.forces.pythonforce.BatchedChiRestraint.batch_invariant`, checked
+    on ``model`` when given: the distance featurizers' numpy pass), else "pool".
 
     Measured on alanine dipeptide, 2 shared cores (``benchmarks/mep_batched.py --minimizer
     copies --workers 2 --paths N``: transition states of its χ, ≤ 100 nodes per path), pool
@@ -329,20 +326,29 @@ def choose_path_tracer(ms: Any, n_paths: int, workers: int | None = None) -> str
     against 21.7 s, 8 paths 58.2 against 26.6 s, 34 paths 263 against 43.6 s, with node
     counts and energies inside χ ∈ [0.1, 0.9] as the pool's (see
     :func:`~amore_openmm.mep.trace_chi_meps_batched`): the per-copy L-BFGS needs ~80 force
-    evaluations per node against OpenMM's minimiser's ~257. Batching would pay from one
-    path, but batched paths are not reproducible to the bit: which copies share a force
-    call depends on thread timing, and the packed and single-copy evaluators round
-    differently, so a resumed run's bursts from path nodes would not repeat the
-    uninterrupted run's. Runs with few paths (the generations' single path, the default
-    final paths) therefore stay on the pool, whose paths repeat.
-    Implicit solvent goes to the pool: each copy's GB term is the expensive part there and
-    packing saves none of it; a periodic box cannot be packed, and constraints leave only
-    the joint minimiser (slower than the pool)."""
-    cores = max(1, int(workers or os.cpu_count() or 1))
-    if n_paths < BATCH_FROM_PATHS_PER_WORKER * cores or ms.is_periodic or \
-            ms.has_implicit_solvent or ms.has_constraints:
+    evaluations per node against OpenMM's minimiser's ~257. Batched paths repeat to the bit
+    (a resumed run's bursts from path nodes repeat the uninterrupted run's) only where χ is
+    batch-invariant, hence the check; TorchScript χ (coordinate featurizers) stays on the
+    pool. Implicit solvent goes to the pool: each copy's GB term is the expensive part
+    there and packing saves none of it; a periodic box cannot be packed, and constraints
+    leave only the joint minimiser (slower than the pool)."""
+    if ms.is_periodic or ms.has_implicit_solvent or ms.has_constraints:
+        return "pool"
+    if model is not None and not chi_batch_invariant(ms, model):
         return "pool"
     return "batched"
+
+
+def chi_batch_invariant(ms: Any, model: Any, structures: int = 5) -> bool:
+    """Whether χ (a ChiModel or a saved one) of ``structures`` perturbed copies of the
+    system's first positions comes out the same to the bit alone and in batches (see
+    :meth:`~amore_openmm.forces.pythonforce.BatchedChiRestraint.batch_invariant`)."""
+    from ..forces.pythonforce import BatchedChiRestraint
+    from ..mep import as_chi_model
+    x0 = np.asarray(ms.positions[0], dtype=np.float64)
+    x = x0 + 0.01 * np.random.default_rng(0).standard_normal((structures, *x0.shape))
+    restraint = BatchedChiRestraint(as_chi_model(model), structures, ms.n_atoms)
+    return restraint.batch_invariant(x)
 
 
 def batched_platform(platform: str) -> tuple[str, dict[str, str] | None]:
