@@ -268,6 +268,11 @@ class _CopyTracer(LevelSetTracer):
         self._last: tuple[np.ndarray, float, np.ndarray] | None = None
         self.same_path = False              # set after the path's first minimisation
 
+    def begin_path(self) -> None:
+        """The next minimisation starts a new path: its minimiser keeps nothing from the
+        copy's previous path (:attr:`Request.same_path`)."""
+        self.same_path = False
+
     def set_positions(self, x: np.ndarray) -> np.ndarray:
         self._x, self._snap = self.levels.constrain(x), None
         return self._x.copy()
@@ -441,7 +446,7 @@ def _trace_batched(system: MolecularSystem, model: Any, starts: np.ndarray, slot
         tracer = _CopyTracer(slot, rounds, model, system.kT)
         try:
             for i in range(slot, len(starts), slots):
-                tracer.same_path = False
+                tracer.begin_path()
                 paths[i] = trace_chi_mep(system, model, starts[i], tracer=tracer, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread
             rounds.finish(slot, exc)

@@ -191,9 +191,9 @@ def _stop_rule(ctx: StageContext, model: Any, data: KoopmanData, g: int) -> dict
 
 def _trace(ctx: StageContext, model: Any, n: int, seed: int | None) -> list[Any]:
     cfg = ctx.config
+    # resolved here to name it in the log (trace_paths warns should "batched" not apply)
     tracer = choose_path_tracer(ctx.system, model) if cfg.path_tracer == "auto" else \
         cfg.path_tracer
-    # (trace_paths warns when it cannot batch)
     ctx.log.info("tracing %d χ-MEP(s) with path_tracer = %s%s", n, tracer,
                  " (auto)" if cfg.path_tracer == "auto" else "")
     return trace_paths(ctx.system, model, ctx.load_data(), n,
