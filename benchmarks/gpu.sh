@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU benchmark subset: burst throughput CUDA vs CPU and replica packing at each M on CUDA.
+# GPU benchmark subset: burst throughput CUDA vs CPU and replica packing at each M on CUDA,
+# and batched χ-MEPs with the packed Context on CUDA.
 # Needs only this repository and a machine with an NVIDIA GPU (CUDA 13 driver):
 #   bash benchmarks/gpu.sh            # creates .venv-gpu with `pip install -e .[cuda13,test]`
 # Prints JSON lines (also written to benchmarks/results/gpu-<host>-<date>.jsonl).
@@ -23,6 +24,11 @@ OUT="benchmarks/results/gpu-$(hostname)-$(date +%Y%m%d-%H%M%S).jsonl"
 {
   # packing at M = 1, 8, 64, 512 on CUDA and CPU; each platform's unpacked line is the baseline
   "$PY" benchmarks/packing_speedup.py --platforms CUDA CPU --copies 1 8 64 512
+  # batched χ-MEPs: the packed Context on CUDA (one call for all moving copies; repeats only
+  # up to round-off) against the default serial Reference evaluator, 4 quick paths each
+  "$PY" benchmarks/mep_batched.py --quick --workers 1 --batched-platform CUDA \
+    --evaluator packed || echo '{"benchmark": "mep_batched", "platform": "CUDA", "failed": true}'
+  "$PY" benchmarks/mep_batched.py --quick --workers 1 --evaluator serial
 } | tee "$OUT"
 # CUDA vs CPU aggregate ratio at each M from the lines above
 "$PY" - "$OUT" <<'PYEOF'

@@ -81,7 +81,9 @@ def test_numpy_chi_pass_gives_each_structure_the_same_bits_in_any_batch(ala):
 
 def test_batched_paths_repeat_whatever_shares_their_context(ala):
     """Each path traced in a Context of 4 copies equals itself traced in reversed order,
-    with 2 copies taking turns, on 2 worker processes, and alone, to the bit."""
+    with 2 copies taking turns, on 2 worker processes, alone, and with the packed Context on
+    the CPU platform (2 threads: its force sums depend on thread timing, and single
+    precision), to the bit."""
     model = _network_chi(ala)
     starts = _starts(ala, 4)
     kw = dict(step=0.03, max_nodes=7, tolerance=5.0)
@@ -90,7 +92,9 @@ def test_batched_paths_repeat_whatever_shares_their_context(ala):
     for other in (trace_chi_meps_batched(ala, model, starts[::-1], **kw)[::-1],
                   trace_chi_meps_batched(ala, model, starts, copies=2, **kw),
                   trace_chi_meps_batched(ala, model, starts, workers=2, **kw),
-                  [trace_chi_meps_batched(ala, model, starts[i], **kw)[0] for i in (0, 3)]):
+                  [trace_chi_meps_batched(ala, model, starts[i], **kw)[0] for i in (0, 3)],
+                  trace_chi_meps_batched(ala, model, starts, platform="CPU",
+                                         properties={"Threads": "2"}, **kw)):
         for a, b in zip(paths if len(other) == 4 else [paths[0], paths[3]], other):
             _same(a, b)
 

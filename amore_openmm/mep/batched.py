@@ -67,8 +67,10 @@ is the same path whichever other paths share its Context, in what order, on how 
 or alone: the single-copy Reference Context computes a copy's physical forces from its
 positions alone, and the numpy χ pass gives each structure the same bits in any batch
 (:meth:`~amore_openmm.forces.pythonforce.BatchedChiRestraint.batch_invariant`), so which
-copies share a force call (thread timing) changes nothing; a copy that takes up a new path
-starts its L-BFGS afresh (:attr:`Request.same_path`). ``evaluator="auto"`` picks by a
+copies share a force call (thread timing) changes nothing; the helper Context of a node's
+energy and κ estimate is a Reference one as well (a multi-threaded CPU Context's force sums
+depend on thread timing), so ``platform`` does not change a serial path either; a copy that
+takes up a new path starts its L-BFGS afresh (:attr:`Request.same_path`). ``evaluator="auto"`` picks by a
 timing and ``"packed"`` rounds a copy's forces by the packed sums: those paths repeat only
 up to round-off. A χ without the numpy pass (TorchScript) does not repeat either.
 
@@ -222,7 +224,12 @@ class _Stream(_Rendezvous):
     #: bond preconditioning (:func:`.fire.bond_metric`) for molecules up to this many atoms
     #: (the mass matrices are (3n)² per copy)
     metric_atoms = 200
-    metric_floor = 0.3
+    #: the metric's mass of motions that stretch no bond, for the per-copy L-BFGS. Measured
+    #: (17 alanine paths on one worker, the two halves of benchmarks/mep_batched.py's 34):
+    #: 0.3 (FIRE's) 77-80 evaluations per node and 35-39 s, 2-3: 62-68 and 28-30 s, 5: 71;
+    #: on the 38 hardest nodes (χ ≈ 0.03, κ ~ 10⁷) 0.3 converged 20 within 1,250 iterations,
+    #: 3 converged 29 with 30 % fewer evaluations
+    metric_floor = 3.0
 
     def _start(self, opt: Any, p: int, req: Request) -> None:
         metric = None
@@ -249,6 +256,7 @@ class _FireStream(_Stream):
     """Per-copy FIRE (:mod:`.fire`), streamed as :class:`_Stream`."""
 
     optimizer = CopyFIREThenLBFGS
+    metric_floor = 0.3
 
 
 class _CopyTracer(LevelSetTracer):
@@ -345,13 +353,13 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
             copies held; "fire": per-copy FIRE (:mod:`.fire`), streamed as "copies".
             Measured (``benchmarks/mep_batched.py --minimizer copies --workers 2
             --check-minima 60``: 34 alanine transition-state paths of ≤ 100 nodes, 2 shared
-            cores, five runs): "copies" 2.5–3.4× (median 2.9×) one path alone against the
-            pool's 13–19×, ~80 force evaluations per node against OpenMM's 257; 3,343–3,352
-            nodes against the pool's 3,354; inside χ ∈ [0.1, 0.9] energies as close to the
-            pool's (max ΔE per path median 1.1–1.7, max 2.1–2.2 kJ/mol) as the pool's own
-            paths are to those from starts moved by 1e-5 nm (1.7, 2.1); OpenMM's minimiser,
-            run from 60 random nodes, lowers their restrained energy by a median
-            0.0004–0.0009 and at most 0.034 kJ/mol over four runs (the pool's nodes: 0.0002,
+            cores, four runs): "copies" 2.40–2.51× one path alone against the pool's
+            16–17×, 65 force evaluations per node against OpenMM's 257; 3,341 nodes against
+            the pool's 3,354; inside χ ∈ [0.1, 0.9] energies as close to the pool's (max ΔE
+            per path median 1.78, max 2.34 kJ/mol; median difference +0.003) as the pool's
+            own paths are to those from starts moved by 1e-5 nm (1.72, 2.05); OpenMM's
+            minimiser, run from 60 random nodes, lowers their restrained energy by a median
+            0.0017 and at most 0.046 kJ/mol (the pool's nodes: 0.0002,
             0.003). Before the preconditioner and the nonsmooth test it took 5.6× (240
             evaluations per node); "joint" took 11.1×; FIRE froze on the creases (its copies
             hand over to L-BFGS, 11.7×, and its paths ended early near χ ≈ 0.7). Systems

@@ -325,7 +325,7 @@ def choose_path_tracer(ms: Any, model: Any = None) -> str:
     against batched: 1 path 9.2 s against 3.4 s, 2 paths 12.1 against 6.0 s, 4 paths 30.7
     against 21.7 s, 8 paths 58.2 against 26.6 s, 34 paths 263 against 43.6 s, with node
     counts and energies inside χ ∈ [0.1, 0.9] as the pool's (see
-    :func:`~amore_openmm.mep.trace_chi_meps_batched`): the per-copy L-BFGS needs ~80 force
+    :func:`~amore_openmm.mep.trace_chi_meps_batched`): the per-copy L-BFGS needs ~65 force
     evaluations per node against OpenMM's minimiser's ~257. Batched paths repeat to the bit
     (a resumed run's bursts from path nodes repeat the uninterrupted run's) only where χ is
     batch-invariant, hence the check; TorchScript χ (coordinate featurizers) stays on the
