@@ -119,3 +119,21 @@ def test_auto_path_tracer_batches_vacuum_molecules_with_a_batch_invariant_chi(al
     constrained.system = openmm.XmlSerializer.clone(ala.system)
     constrained.system.addConstraint(0, 1, 0.109)
     assert choose_path_tracer(constrained, model) == "pool"
+
+
+def test_batched_paths_show_their_progress_and_it_changes_nothing(ala, capsys):
+    model = _network_chi(ala)
+    starts = _starts(ala, 4)
+    kw = dict(step=0.03, max_nodes=7, tolerance=5.0)
+    quiet = trace_chi_meps_batched(ala, model, starts, **kw)
+    capsys.readouterr()
+    shown = trace_chi_meps_batched(ala, model, starts, progress=True, **kw)
+    err = capsys.readouterr().err          # not a terminal: whole lines, no bar frames
+    assert "χ-MEPs: 0/4 paths (0%)" in err and "4/4 paths (100%)" in err and "done" in err
+    assert "\r" not in err
+    shared = trace_chi_meps_batched(ala, model, starts, progress=True, workers=2, **kw)
+    err = capsys.readouterr().err          # this process's share: starts 0 and 2
+    assert "χ-MEPs (worker 1 of 2): 2/2 paths (100%)" in err
+    for a, b, c in zip(quiet, shown, shared):
+        _same(a, b)
+        _same(a, c)

@@ -86,6 +86,7 @@ from typing import Any
 
 import numpy as np
 
+from ..progress import progress_bar
 from ..systems import MolecularSystem
 from ..threads import wait_threads_gone
 from .copy_lbfgs import K_REF, CopyLBFGS
@@ -335,7 +336,8 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
                            properties: dict | None = None, passes: int = 3,
                            joint_factor: float = 1.0, gb_cutoff: float = 5.0,
                            minimizer: str = "copies", evaluator: str = "serial",
-                           workers: int = 1, **kwargs: Any) -> list[ChiPath]:
+                           workers: int = 1, progress: bool = False, **kwargs: Any
+                           ) -> list[ChiPath]:
     """Trace one certified χ-MEP from each of ``starts`` (S, n, 3), all in one packed Context.
 
     Args:
@@ -373,6 +375,8 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
         workers: processes that share the starts (interleaved), each with its own packed
             Context of its share of the copies (a process per core: the streaming server
             is one Python thread); 1 (default): this process.
+        progress: show the paths as they finish (a tqdm bar on a terminal, else a line now
+            and then); with several workers, those of this process's share.
         passes: joint minimisations per round at most ("joint"; see the module docstring).
         joint_factor: scales the joint tolerance ``tolerance·√(A/P)`` ("joint").
         gb_cutoff: nm, the packed implicit-solvent cutoff (see ``pack_replicas``).
@@ -407,10 +411,12 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
         raise ValueError(f"minimizer must be 'joint', 'copies' or 'fire', got {minimizer!r}")
     if int(workers) != workers or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    workers = min(int(workers), len(starts))
+    # a worker's share is traced by this function again: its bar's label comes along
+    label = kwargs.pop("progress_label", "χ-MEPs" if progress else None)
     options = dict(platform=platform, properties=properties, passes=passes,
                    joint_factor=joint_factor, gb_cutoff=gb_cutoff, minimizer=minimizer,
-                   evaluator=evaluator, **kwargs)
-    workers = min(int(workers), len(starts))
+                   evaluator=evaluator, progress_label=None, **kwargs)
     chi = as_chi_model(model)                   # a bad model fails here, not in a worker
     if workers > 1:
         from ..sampling.workers import call_in_processes
@@ -418,14 +424,17 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
         groups = [np.arange(w, len(starts), workers) for w in range(workers)]
         share = None if copies is None else max(1, -(-slots // workers))
         sent = model if isinstance(model, (str, os.PathLike)) else chi
-        parts = call_in_processes(_trace_group, [(system, sent, starts[g], share, options)
-                                                 for g in groups], here=True)
+        # the first share runs in this process (here=True): its bar shows the progress
+        mine = {**options, "progress_label": label and f"{label} (worker 1 of {workers})"}
+        parts = call_in_processes(_trace_group, [(system, sent, starts[g], share,
+                                                  mine if k == 0 else options)
+                                                 for k, g in enumerate(groups)], here=True)
         paths: list[ChiPath | None] = [None] * len(starts)
         for g, part in zip(groups, parts):
             for i, path in zip(g, part):
                 paths[int(i)] = path
         return [p for p in paths if p is not None]
-    return _trace_batched(system, chi, starts, slots, **options)
+    return _trace_batched(system, chi, starts, slots, **{**options, "progress_label": label})
 
 
 def _trace_group(task: tuple) -> list[ChiPath]:
@@ -436,8 +445,8 @@ def _trace_group(task: tuple) -> list[ChiPath]:
 
 def _trace_batched(system: MolecularSystem, model: Any, starts: np.ndarray, slots: int, *,
                    platform: str, properties: dict | None, passes: int, joint_factor: float,
-                   gb_cutoff: float, minimizer: str, evaluator: str, **kwargs: Any
-                   ) -> list[ChiPath]:
+                   gb_cutoff: float, minimizer: str, evaluator: str,
+                   progress_label: str | None, **kwargs: Any) -> list[ChiPath]:
     levels = PackedLevelSets(system, model, slots, platform, properties, passes,
                              joint_factor, gb_cutoff, evaluator)
     levels.load(np.stack([starts[c] for c in range(slots)]))
@@ -448,6 +457,9 @@ def _trace_batched(system: MolecularSystem, model: Any, starts: np.ndarray, slot
     paths: list[ChiPath | None] = [None] * len(starts)
 
     native_ids: list[int] = []
+    bar = None if progress_label is None else \
+        progress_bar(len(starts), desc=progress_label, unit="path")
+    bar_lock = threading.Lock()
 
     def work(slot: int) -> None:
         native_ids.append(threading.get_native_id())
@@ -456,6 +468,9 @@ def _trace_batched(system: MolecularSystem, model: Any, starts: np.ndarray, slot
             for i in range(slot, len(starts), slots):
                 tracer.begin_path()
                 paths[i] = trace_chi_mep(system, model, starts[i], tracer=tracer, **kwargs)
+                if bar is not None:
+                    with bar_lock:
+                        bar.update(1)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread
             rounds.finish(slot, exc)
         else:
@@ -465,9 +480,13 @@ def _trace_batched(system: MolecularSystem, model: Any, starts: np.ndarray, slot
                for s in range(slots)]
     for t in threads:
         t.start()
-    rounds.serve()
-    for t in threads:
-        t.join()
+    try:
+        rounds.serve()
+        for t in threads:
+            t.join()
+    finally:
+        if bar is not None:
+            bar.close()
     wait_threads_gone(native_ids)   # their torch state is torn down after join
     if rounds.error is not None:
         raise rounds.error

@@ -391,7 +391,12 @@ class AmoreRun:
         for stage in self.stages():
             if stage in self.completed or self._skip_by_stop_rule(stage):
                 continue
-            check_interrupt()  # a stop requested between stages
+            try:
+                check_interrupt()  # a stop requested between stages
+            except KeyboardInterrupt as exc:
+                self.log.error("run interrupted (%s) before stage %s; completed stages are "
+                               "saved: resume with --resume", exc or "Ctrl-C", stage)
+                raise
             self._run_stage(stage)
             if until is not None and stage == until:
                 break

@@ -278,7 +278,7 @@ def trace_paths(system: Any, model: Any, data: Any, n_paths: int = _D.final_path
                      "Threads" in properties else properties)
             return trace_chi_meps_batched(ms, model, starts, platform=platform,
                                           properties=props, minimizer="copies",
-                                          workers=procs, settings=opts)
+                                          workers=procs, settings=opts, progress=progress)
         return trace_chi_meps(ms, model, starts, pool_size=workers, platform=platform,
                               properties=properties, progress=progress, settings=opts)
     return replace_failed_starts(trace(ts), spares, trace)
