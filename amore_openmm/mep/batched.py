@@ -336,7 +336,7 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
                            properties: dict | None = None, passes: int = 3,
                            joint_factor: float = 1.0, gb_cutoff: float = 5.0,
                            minimizer: str = "copies", evaluator: str = "serial",
-                           workers: int = 1, progress: bool = False, **kwargs: Any
+                           workers: int = 1, progress: bool | str = False, **kwargs: Any
                            ) -> list[ChiPath]:
     """Trace one certified χ-MEP from each of ``starts`` (S, n, 3), all in one packed Context.
 
@@ -376,7 +376,8 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
             Context of its share of the copies (a process per core: the streaming server
             is one Python thread); 1 (default): this process.
         progress: show the paths as they finish (a tqdm bar on a terminal, else a line now
-            and then); with several workers, those of this process's share.
+            and then; a string: the bar's label); with several workers, those of this
+            process's share.
         passes: joint minimisations per round at most ("joint"; see the module docstring).
         joint_factor: scales the joint tolerance ``tolerance·√(A/P)`` ("joint").
         gb_cutoff: nm, the packed implicit-solvent cutoff (see ``pack_replicas``).
@@ -412,11 +413,10 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
     if int(workers) != workers or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     workers = min(int(workers), len(starts))
-    # a worker's share is traced by this function again: its bar's label comes along
-    label = kwargs.pop("progress_label", "χ-MEPs" if progress else None)
+    label = progress if isinstance(progress, str) else "χ-MEPs" if progress else None
     options = dict(platform=platform, properties=properties, passes=passes,
                    joint_factor=joint_factor, gb_cutoff=gb_cutoff, minimizer=minimizer,
-                   evaluator=evaluator, progress_label=None, **kwargs)
+                   evaluator=evaluator, **kwargs)
     chi = as_chi_model(model)                   # a bad model fails here, not in a worker
     if workers > 1:
         from ..sampling.workers import call_in_processes
@@ -425,16 +425,16 @@ def trace_chi_meps_batched(system: MolecularSystem, model: Any, starts: Any, *,
         share = None if copies is None else max(1, -(-slots // workers))
         sent = model if isinstance(model, (str, os.PathLike)) else chi
         # the first share runs in this process (here=True): its bar shows the progress
-        mine = {**options, "progress_label": label and f"{label} (worker 1 of {workers})"}
+        shown = {**options, "progress": label and f"{label} (worker 1 of {workers})"}
         parts = call_in_processes(_trace_group, [(system, sent, starts[g], share,
-                                                  mine if k == 0 else options)
+                                                  shown if k == 0 else options)
                                                  for k, g in enumerate(groups)], here=True)
         paths: list[ChiPath | None] = [None] * len(starts)
         for g, part in zip(groups, parts):
             for i, path in zip(g, part):
                 paths[int(i)] = path
         return [p for p in paths if p is not None]
-    return _trace_batched(system, chi, starts, slots, **{**options, "progress_label": label})
+    return _trace_batched(system, chi, starts, slots, progress_label=label, **options)
 
 
 def _trace_group(task: tuple) -> list[ChiPath]:
