@@ -229,7 +229,8 @@ class _Stream(_Rendezvous):
     #: (17 alanine paths on one worker, the two halves of benchmarks/mep_batched.py's 34):
     #: 0.3 (FIRE's) 77-80 evaluations per node and 35-39 s, 2-3: 62-68 and 28-30 s, 5: 71;
     #: on the 38 hardest nodes (χ ≈ 0.03, κ ~ 10⁷) 0.3 converged 20 within 1,250 iterations,
-    #: 3 converged 29 with 30 % fewer evaluations
+    #: 3 converged 29 with 30 % fewer evaluations; VGVAPG in vacuum (8 paths of ≤ 30 nodes,
+    #: a χ of one Cα distance): 0.3 194 evaluations per node and 107 s, 3: 110 and 61 s
     metric_floor = 3.0
 
     def _start(self, opt: Any, p: int, req: Request) -> None:
