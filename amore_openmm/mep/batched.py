@@ -70,9 +70,10 @@ positions alone, and the numpy χ pass gives each structure the same bits in any
 copies share a force call (thread timing) changes nothing; the helper Context of a node's
 energy and κ estimate is a Reference one as well (a multi-threaded CPU Context's force sums
 depend on thread timing), so ``platform`` does not change a serial path either; a copy that
-takes up a new path starts its L-BFGS afresh (:attr:`Request.same_path`). ``evaluator="auto"`` picks by a
-timing and ``"packed"`` rounds a copy's forces by the packed sums: those paths repeat only
-up to round-off. A χ without the numpy pass (TorchScript) does not repeat either.
+takes up a new path starts its L-BFGS afresh (:attr:`Request.same_path`).
+``evaluator="auto"`` picks by a timing and ``"packed"`` rounds a copy's forces by the packed
+sums: those paths repeat only up to round-off. A χ without the numpy pass (TorchScript)
+does not repeat either.
 
 Measurements per node are the single-path ones (:meth:`LevelSetTracer.measure`): energy and
 physical force of the copy alone (a single-copy helper Context), χ and ∇χ from the batched
