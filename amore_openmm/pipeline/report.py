@@ -214,7 +214,8 @@ def report_markdown(rep: dict[str, Any]) -> str:
     lines = [f"# AMORE run: {sysinfo.get('name', '?')}", "",
              f"{sysinfo.get('n_atoms', '?')} atoms, source `{sysinfo.get('source', '?')}`, "
              f"preset `{rep['settings'].get('preset')}`, platform {rep.get('platform')}, "
-             f"total {rep.get('total_time_s', 0):.0f} s.", ""]
+             f"{rep.get('total_time_s', 0):.0f} s in completed stages (interrupted attempts "
+             f"not counted).", ""]
     from .fes_stages import fes_markdown, starts_markdown
     fe = rep.get("free_energy") or {}
     if fe.get("headline"):   # periodic: ΔF‡ along χ is the barrier of the run
