@@ -193,6 +193,13 @@ class Isokann:
         self._opt_model: ChiModel | None = None
         self._fits = 0
 
+    def minibatch_generator(self) -> torch.Generator:
+        """The generator of the next fit's minibatch order: from ``seed`` and the number of
+        fits this estimator has made (k = 1 and k > 1 alike), so a fit repeats bit for bit."""
+        gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + self._fits)
+        self._fits += 1
+        return gen
+
     def make_optimizer(self, model: ChiModel) -> torch.optim.Optimizer:
         """A new optimizer of this estimator's settings over ``model``'s network."""
         params = list(model.network.parameters())
@@ -293,7 +300,6 @@ class Isokann:
             iters += int(initial_iterations)
         run = self._train(model.network, opt, fx, fy, (n, k), train, val, iters, dev,
                           fixed, int(initial_iterations) if fixed is not None else 0)
-        self._fits += 1
         model.to(device="cpu")
         model.optimizer_state = {"optimizer": self.optimizer, "state": _cpu(opt.state_dict())}
         self.loss_history.extend(run["history"])
@@ -327,7 +333,7 @@ class Isokann:
         mb = min(self.minibatch, len(train))
         steps = (math.ceil(len(train) / mb) if self.steps_per_iteration is None
                  else int(self.steps_per_iteration))
-        gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + self._fits)
+        gen = self.minibatch_generator()
         marks = {max(1, math.ceil(iters * r / LOSS_RECORDS)) for r in range(1, LOSS_RECORDS + 1)}
         bar = None
         if self.progress:

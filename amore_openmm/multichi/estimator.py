@@ -1,18 +1,27 @@
 """k-dimensional ISOKANN: power iteration χ ← S(Kχ) with S the inner-simplex transform.
 
-χ (N, k) are softmax memberships. Each outer iteration computes Y = Kχ (mean of χ over the K
-burst ends of each start; rows sum to 1 because χ's do), finds k vertices of the simplex
+χ (N, k) are memberships (rows sum to 1). Each outer iteration computes Y = Kχ (mean of χ over
+the K burst ends of each start; rows sum to 1 because χ's do), finds k vertices of the simplex
 spanned by Y's rows on the training starts (the inner simplex algorithm of PCCA+: the row
 farthest from the mean, then repeatedly the row farthest from the affine span of those
 chosen), and maps them onto the unit vectors: T = Y·A with A = Y[vertices]⁻¹. Rows of T sum
 to 1 (A1 = 1); rows outside the simplex are clipped to it (negative entries → 0,
-renormalised). T's columns are then matched to χ's (Hungarian assignment on the overlap
-χᵀT), so the labels do not swap between iterations, and χ is fitted to T by minibatch MSE.
-For k = 1 this would be the constant; ``Isokann(n_chi=1)`` keeps the scalar ISOKANN.
+renormalised). T's columns are then matched to Kχ's (Hungarian assignment on their
+covariance), so the labels do not swap between iterations, and χ is fitted to T by minibatch
+MSE (the mean over rows and columns). For k = 1 this would be the constant;
+``Isokann(n_chi=1)`` keeps the scalar ISOKANN.
+
+For k = 2 this is the scalar ISOKANN, not an approximation of it: the two vertices are the
+extreme rows of Kχ_1, so T_1 is the min–max shift-scale; χ_2 = 1 − χ_1 makes both columns'
+errors equal, so the loss is the scalar loss; the affine head makes χ_1 the scalar network
+with the same initialisation, and the minibatch order is the scalar fit's
+(:meth:`~amore_openmm.isokann.Isokann.minibatch_generator`). So k = 2 and k = 1 on the same
+data and seed give the same χ up to rounding (``tests/test_multichi.py``), and the pair view
+χ_01 = (χ_1 − χ_2 + 1)/2 = χ_1 gives k = 1's sensitivities.
 
 Why ISA and not an orthogonalising (SVD) transform: the targets stay memberships on the
-simplex at every iteration, the network's softmax can represent them, and the span of T is
-the span of Kχ (a subspace iteration towards the k slowest processes, the constant included).
+simplex at every iteration, and the span of T is the span of Kχ (a subspace iteration towards
+the k slowest processes, the constant included).
 """
 from __future__ import annotations
 
@@ -81,10 +90,13 @@ def isa_vertices(y: np.ndarray, quantile: float = 0.0) -> tuple[np.ndarray, np.n
     return np.stack(verts), np.asarray(chosen, dtype=np.int64)
 
 
-def isa_targets(y: np.ndarray, fit_rows: np.ndarray, chi: np.ndarray | None = None,
+def isa_targets(y: np.ndarray, fit_rows: np.ndarray, match_to: np.ndarray | None = None,
                 quantile: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(T (N, k) on the simplex, vertex indices into ``y``): the ISA transform of Kχ = ``y``
-    fitted on ``fit_rows``; columns ordered to match ``chi`` (N, k) when given."""
+    fitted on ``fit_rows``. With ``match_to`` (N, k; the estimator passes ``y``) T's columns
+    are ordered by the assignment of largest summed covariance over ``fit_rows``: T_j grows
+    with Kχ_j, the scalar shift-scale's orientation, and labels do not swap between
+    iterations. (Raw overlaps would let near-constant columns, as at initialisation, flip.)"""
     a, idx = isa_vertices(y[fit_rows], quantile)
     vert = fit_rows[idx]
     cond = float(np.linalg.cond(a))
@@ -96,9 +108,10 @@ def isa_targets(y: np.ndarray, fit_rows: np.ndarray, chi: np.ndarray | None = No
     t = y @ np.linalg.inv(a)
     t = np.clip(t, 0.0, None)
     t /= np.maximum(t.sum(axis=1, keepdims=True), 1e-12)
-    if chi is not None:
-        overlap = chi[fit_rows].T @ t[fit_rows]              # (k, k): χ column × T column
-        rows, cols = linear_sum_assignment(-overlap)
+    if match_to is not None:
+        m, tf = match_to[fit_rows], t[fit_rows]
+        cov = (m - m.mean(axis=0)).T @ (tf - tf.mean(axis=0))    # (k, k): column × T column
+        rows, cols = linear_sum_assignment(-cov)
         order = cols[np.argsort(rows)]
         t, vert = t[:, order], vert[order]
     return t, vert
@@ -115,8 +128,8 @@ def _new_model(est: Any, data: Any, system: Any) -> MultiChiModel:
     feat = make_featurizer(system, est.featurizer)
     net = est.network if isinstance(est.network, dict) or est.network is None else None
     if est.network is not None and net is None:
-        raise ValueError("n_chi > 1 needs network=None or a spec dict (the softmax output "
-                         "layer is added to it), not a module")
+        raise ValueError("n_chi > 1 needs network=None or a spec dict (the membership "
+                         "output layer is added to it), not a module")
     return MultiChiModel(feat, multichi_spec(feat, est.n_chi, net), seed=est.seed,
                          metadata={"system_name": getattr(system, "name", "")})
 
@@ -148,7 +161,7 @@ def fit_multichi(est: Any, data: Any, model: MultiChiModel | None = None, system
     mb = min(est.minibatch, len(train))
     steps = (math.ceil(len(train) / mb) if est.steps_per_iteration is None
              else int(est.steps_per_iteration))
-    gen = torch.Generator(device="cpu").manual_seed(est.seed * 1_000_003 + 7)
+    gen = est.minibatch_generator()
     history: list[float] = []
     vert = np.zeros(k, dtype=np.int64)
     quantile = VERTEX_QUANTILE if est.shift_scale == "quantile" else 0.0
@@ -157,21 +170,20 @@ def fit_multichi(est: Any, data: Any, model: MultiChiModel | None = None, system
 
     def val_loss(t: torch.Tensor) -> float:
         with torch.no_grad():
-            return float(((_net_rows(net, fx[val_t]) - t[val_t]) ** 2).sum(1).mean())
+            return float(((_net_rows(net, fx[val_t]) - t[val_t]) ** 2).mean())
 
     net.train()
     for it in range(1, iters + 1):
         check_interrupt()
         y = _net_rows(net, fy).reshape(n, nk, k).mean(dim=1).double().cpu().numpy()
-        chi = _net_rows(net, fx).double().cpu().numpy()
-        t_np, vert = isa_targets(y, train, chi, quantile)
+        t_np, vert = isa_targets(y, train, y, quantile)
         t = torch.as_tensor(t_np, dtype=est.dtype, device=dev)
         perm = train_t[torch.randperm(len(train), generator=gen).to(dev)]
         total = 0.0
         for s in range(steps):
             lo = (s * mb) % len(train)
             idx = perm[lo:lo + mb]
-            loss = torch.mean(((net(fx[idx]) - t[idx]) ** 2).sum(dim=1))
+            loss = torch.mean((net(fx[idx]) - t[idx]) ** 2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

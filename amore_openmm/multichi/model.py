@@ -1,7 +1,10 @@
 """k memberships χ = (χ_1..χ_k) on the simplex, their TorchScript export, and the pair view.
 
 :class:`MultiChiModel` is a :class:`~amore_openmm.chi.ChiModel` whose network ends in k outputs
-and a softmax (spec ``"n_out": k``): ``chi(x)`` is (B, k), rows nonnegative and summing to 1.
+that sum to 1 (spec ``"n_out": k``): ``chi(x)`` is (B, k). The head is affine (k − 1 linear
+outputs, the k-th 1 minus their sum), not clamped, like the scalar χ: for k = 2, χ_1 is computed
+by the scalar χ's network (same layers, same initialisation for one seed), so k = 2 trains
+today's k = 1 χ. Models saved with the earlier softmax head still load.
 :func:`pair_model` turns memberships (i, j) into the scalar χ_ij = (χ_i − χ_j + 1)/2 as an
 ordinary ChiModel, so the χ-MEP tracer, the χ restraint forces (TorchForce and PythonForce) and
 the sensitivities run unchanged on each transition i ↔ j (χ_ij = 1 in state i, 0 in state j).
@@ -33,14 +36,17 @@ FORMAT_KIND = "multichi"
 def multichi_spec(featurizer: nn.Module, n_chi: int, network: dict[str, Any] | None = None
                   ) -> dict[str, Any]:
     """The network spec of k memberships: ``network`` (default: the featurizer's default)
-    with ``n_out = n_chi`` (a softmax output layer)."""
+    with ``n_out = n_chi`` and the affine head (k − 1 outputs and 1 minus their sum, see
+    :func:`~amore_openmm.chi.network.build_network`) unless ``network`` names a head."""
     spec = dict(network) if network is not None else default_network_spec(featurizer)
     spec["n_out"] = int(n_chi)
+    spec.setdefault("head", "affine")
     return spec
 
 
 class MultiChiModel(ChiModel):
-    """k memberships χ(x) ∈ Δ^{k−1} (softmax of ν(f(x))); ``chi`` returns (B, k).
+    """k memberships χ(x) (rows sum to 1; the ISOKANN targets lie on the simplex Δ^{k−1});
+    ``chi`` returns (B, k).
 
     Build with ``MultiChiModel(featurizer, multichi_spec(featurizer, k), seed=...)``;
     :meth:`load` reads :meth:`save` and :meth:`export_torchscript` files.
