@@ -12,6 +12,9 @@ One run, one JSON line:
     means over consecutive time segments; both are printed. Cost-normalised error SE·sqrt(CPU-minutes) of each and
     their ratio plain/umbrella (goal ≥ 10). CPU time is ``time.process_time`` of everything
     a method needs: MD (χ restraint forces included), pilots, χ/gradient evaluation, MBAR.
+    Also printed: the umbrella's CPU split into pilots and production, the ratio with the
+    production alone, CPU ms per MD step of each (MD only), and SE²·frames of each (the variance per
+    frame; their ratio is what the windows gain per frame, whatever a frame costs).
 
 The χ is a run directory's model (``--model``; default the quick pipeline's
 /tmp/umbrella_ala/model/chi_state.pt, made with ``amore run alanine_dipeptide --preset quick``
@@ -107,6 +110,7 @@ def main() -> None:
     c0 = time.process_time()
     n = int(round(args.md_ps / (ms.timestep * args.md_stride)))
     x = plain_md(ms, n, args.md_stride, args.seed)
+    cpu_plain_md = (time.process_time() - c0) / 60.0
     chi_md = evaluate_chi_batch(model, x)
     one = UmbrellaSamples(positions=x[:1], chi=chi_md, energy=np.zeros(n),
                           window=np.zeros(n, int), z=np.array([0.5]), kappa=np.array([1.0]),
@@ -157,6 +161,15 @@ def main() -> None:
     # both errors are the larger of bootstrap and batch means, as reweighted_sensitivity's
     se_u, se_p = float(umb.per_atom_err[atom]), max(se_p_boot, se_p_seg)
     norm_u, norm_p = se_u * np.sqrt(cpu_umb), se_p * np.sqrt(cpu_plain)
+    # where the cost goes and what a frame buys: SE²·frames is the variance one frame adds
+    # (equal per-frame variances mean the windows reduce no variance, and the ratio can then
+    # be no better than sqrt(plain cost / umbrella cost) per frame, < 1 whatever the pilots)
+    wall = max(float(info["wall_seconds"]), 1e-9)
+    cpu_pilots = cpu_umb * float(info["plan_seconds"]) / wall
+    cpu_production = cpu_umb * (float(info["md_seconds"]) - float(info["plan_seconds"])) / wall
+    umb_steps = int(np.sum((args.frames + args.equilibration) * args.stride
+                           * np.asarray(info["substeps"])))
+    var_u, var_p = se_u ** 2 * len(fes.chi), se_p ** 2 * n
     print(json.dumps({
         "system": "alanine_dipeptide (vacuum, Reference)", "model": str(path),
         "top_atom_0based": atom, "temperature_K": ms.temperature,
@@ -180,6 +193,13 @@ def main() -> None:
         "cpu_min_umbrella": cpu_umb, "cpu_min_plain": cpu_plain,
         "se_sqrt_cpu_min_umbrella": norm_u, "se_sqrt_cpu_min_plain": norm_p,
         "cost_normalised_se_ratio_plain_over_umbrella": norm_p / norm_u,
+        "cpu_min_umbrella_pilots": cpu_pilots, "cpu_min_umbrella_production": cpu_production,
+        "cost_normalised_se_ratio_production_only":
+            norm_p / (se_u * np.sqrt(max(cpu_production, 1e-12))),
+        "cpu_ms_per_step_plain": cpu_plain_md * 6e4 / ((n + 50) * args.md_stride),
+        "cpu_ms_per_step_umbrella_production": cpu_production * 6e4 / max(umb_steps, 1),
+        "se2_times_frames_umbrella": var_u, "se2_times_frames_plain": var_p,
+        "per_frame_variance_ratio_plain_over_umbrella": var_p / var_u,
         "umbrella_ess": ess,
         # coverage: the windows' frames span chi_range_umbrella; the plain run's frames
         # outside it (basin bottoms, where ‖∇χ‖² is small) are missing from the reweighted

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """χ overhead on alanine dipeptide: ISOKANN training throughput, one χ evaluation through
-OpenMM vs torch directly, and MD steps/s with and without the χ CV attached.
+OpenMM vs torch directly, and MD steps/s with and without the χ CV attached (per backend).
 
 Prints one JSON line per measurement (see benchmarks/run_all.py). ``--quick`` shrinks sizes,
 ``--tiny`` only checks that everything runs (numbers meaningless). χ evaluation is timed for
@@ -23,7 +23,8 @@ import openmm  # noqa: E402
 
 from amore_openmm.chi import ChiModel, make_featurizer  # noqa: E402
 from amore_openmm.data import KoopmanData  # noqa: E402
-from amore_openmm.forces import ChiRestraintForce  # noqa: E402
+from amore_openmm.forces import BACKENDS, ChiRestraintForce, resolve_backend  # noqa: E402
+from amore_openmm.forces.backend import torchforce_problem  # noqa: E402
 from amore_openmm.isokann import Isokann  # noqa: E402
 from amore_openmm.sampling import sample_trajectory  # noqa: E402
 from amore_openmm.systems import load_system  # noqa: E402
@@ -95,12 +96,18 @@ def bench_eval(ms, model, platform, repeat=5, number=200):
 
 
 def bench_md(ms, model, platform, steps):
-    out = {"bench": "md_with_chi", "platform": platform, "steps": steps}
+    """MD steps/s without χ, with the χ restraint of the default backend ("with_chi") and
+    of each backend that runs here (PythonForce: numpy passes for this model)."""
+    out = {"bench": "md_with_chi", "platform": platform, "steps": steps,
+           "backend_auto": resolve_backend("auto")[0]}
     props = {"Threads": "1"} if platform == "CPU" else {}
-    for label, attach in (("without_chi", False), ("with_chi", True)):
+    runs = [("without_chi", None), ("with_chi", "auto")] + [
+        (f"with_chi_{name}", name) for name in BACKENDS
+        if name != "torchforce" or torchforce_problem() is None]
+    for label, backend in runs:
         system = openmm.XmlSerializer.clone(ms.system)
-        if attach:
-            system.addForce(ChiRestraintForce(model, z=0.5, kappa=10.0))
+        if backend is not None:
+            system.addForce(ChiRestraintForce(model, z=0.5, kappa=10.0, backend=backend))
         ctx = openmm.Context(system, ms.make_integrator(seed=1),
                              openmm.Platform.getPlatformByName(platform), props)
         ctx.setPositions(ms.positions[0])
@@ -112,6 +119,9 @@ def bench_md(ms, model, platform, steps):
         out[f"steps_per_s_{label}"] = round(steps / (time.perf_counter() - t0), 1)
     out["with_vs_without_ratio"] = round(out["steps_per_s_with_chi"] /
                                          out["steps_per_s_without_chi"], 4)
+    if "steps_per_s_with_chi_torchforce" in out:
+        out["pythonforce_vs_torchforce_speed"] = round(
+            out["steps_per_s_with_chi_pythonforce"] / out["steps_per_s_with_chi_torchforce"], 3)
     return out
 
 

@@ -140,7 +140,9 @@ def test_pythonforce_restraint_serialises_and_reloads(ala, frames, model, tmp_pa
     comp = pickle.loads(pickle.dumps(restraint.computation))
     assert isinstance(comp, ChiComputation) and comp.restraint
     assert set(vars(pickle.loads(pickle.dumps(comp)))) == {"module_bytes", "restraint", "key",
-                                                           "prefix", "z_param", "kappa_param"}
+                                                           "prefix", "z_param", "kappa_param",
+                                                           "fast", "checked"}
+    assert comp.fast is not None                # the default ChiModel: numpy passes
     # a fresh process (module loaded lazily from the pickled bytes) gives the same energy
     (tmp_path / "system.xml").write_text(xml)
     np.save(tmp_path / "x.npy", frames[0])
@@ -157,6 +159,40 @@ def test_pythonforce_restraint_serialises_and_reloads(ala, frames, model, tmp_pa
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == pytest.approx(e0, rel=1e-12)
+
+
+def test_numpy_passes_that_are_not_the_module_are_dropped(ala, frames, model):
+    """The pythonforce restraint checks its numpy χ passes against the TorchScript module on
+    the first call: passes of another model are dropped, and the energy is the module's."""
+    from amore_openmm.forces.common import chi_module_bytes
+    from amore_openmm.forces.pythonforce import numpy_passes
+    other = ChiModel(make_featurizer(ala, "auto"), seed=12)
+    x = np.asarray(frames[:2])
+    assert np.abs(numpy_passes(model)(x)[0] - numpy_passes(other)(x)[0]).max() > 1e-3
+    bare = np.array([_energy_forces(ala.system, xi)[0] for xi in x])
+    chi = copy.deepcopy(model).double().chi(x)
+    for fast in (numpy_passes(model), numpy_passes(other), None):
+        computation = ChiComputation(chi_module_bytes(model), restraint=True, fast=fast)
+        system = openmm.XmlSerializer.clone(ala.system)
+        system.addForce(openmm.PythonForce(computation, {ChiRestraintForce.Z_PARAM: 0.3,
+                                                         ChiRestraintForce.KAPPA_PARAM: 2e3}))
+        energies = np.array([_energy_forces(system, xi)[0] for xi in x]) - bare
+        np.testing.assert_allclose(energies, 0.5 * 2e3 * (chi - 0.3) ** 2, rtol=1e-7)
+
+
+def test_backend_for_prefers_numpy_passes_on_cpu_platforms(model, monkeypatch, tmp_path):
+    from amore_openmm.forces import backend_for
+    monkeypatch.delenv(backend_mod.ENV_VAR, raising=False)
+    assert backend_for("auto", "Reference", model) == "pythonforce"
+    assert backend_for("auto", openmm.Platform.getPlatformByName("CPU"), model) == "pythonforce"
+    assert backend_for("auto", "CUDA", model) == resolve_backend("auto")[0]
+    path = model.export_torchscript(tmp_path / "chi.pt")      # a file: no numpy passes
+    assert backend_for("auto", "Reference", str(path)) == resolve_backend("auto")[0]
+    assert backend_for("pythonforce", "CUDA", model) == "pythonforce"
+    if _NO_TORCHFORCE is None:
+        assert backend_for("torchforce", "Reference", model) == "torchforce"
+        monkeypatch.setenv(backend_mod.ENV_VAR, "torchforce")
+        assert backend_for("auto", "Reference", model) == "torchforce"
 
 
 @pytest.mark.parametrize("backend", [pytest.param("torchforce", marks=requires_torchforce),

@@ -185,7 +185,9 @@ class UmbrellaSampler:
         kappa: stiffness in kJ/mol (number, Quantity, or one per window); "auto" gives
             thermal width sqrt(kT/κ) equal to the window spacing (:func:`auto_kappa`).
         platform: OpenMM platform name. backend: χ force backend ("auto", "torchforce",
-            "pythonforce"). prefix: the restraint's global-parameter prefix.
+            "pythonforce"; "auto" on Reference/CPU is "pythonforce" with numpy χ passes
+            where the model has them, :func:`~amore_openmm.forces.backend.backend_for`).
+            prefix: the restraint's global-parameter prefix.
         substeps: integrator substeps per step (one, or one per window; the timestep is
             divided by it, the physical time per frame kept); "auto" raises it during a
             window whenever a frame's stiffness number dt·κ·Σᵢ‖∇ᵢχ‖²/(mᵢγ) (Brownian) or
@@ -288,10 +290,11 @@ class UmbrellaSampler:
             return int(f["windows_done"])
 
     def _context(self, seed: int) -> tuple[openmm.Context, Any]:
-        from ..forces import ChiRestraintForce
+        from ..forces import ChiRestraintForce, backend_for
         omm = openmm.XmlSerializer.clone(self.system.system)  # the user's System stays bare
         restraint = ChiRestraintForce(self.model, float(self.z[0]), float(self.kappa[0]),
-                                      backend=self.backend, prefix=self.prefix)
+                                      backend=backend_for(self.backend, self.platform,
+                                                          self.model), prefix=self.prefix)
         omm.addForce(restraint)
         used = {omm.getForce(i).getForceGroup() for i in range(omm.getNumForces() - 1)}
         group = next((g for g in range(31, -1, -1) if g not in used), None)

@@ -17,15 +17,18 @@ Two backends compute the same χ (the exported TorchScript model, float64) to ro
   ``CustomCVForce`` over it. Needs openmm-torch (``pip install 'amore_openmm[torchforce]'``,
   which pins openmm<8.6).
 * ``"pythonforce"`` (:mod:`.pythonforce`): an ``openmm.PythonForce`` (OpenMM ≥ 8.5) calling the
-  model with torch; no openmm-torch. Its callback pickles with the model's bytes, so a
-  System holding it serialises with ``XmlSerializer``.
+  model with torch, or, for a default ChiModel (pair distances, LayerNorm/Linear/Sigmoid),
+  with float64 numpy passes checked against torch on the first call; no openmm-torch. Its
+  callback pickles with the model's bytes, so a System holding it serialises with
+  ``XmlSerializer``.
 
 ``backend="auto"`` (the default everywhere) takes "torchforce" where openmm-torch imports and
-OpenMM < 8.6, else "pythonforce"; ``AMORE_CHI_BACKEND`` overrides it. Importing this package
+OpenMM < 8.6, else "pythonforce"; ``AMORE_CHI_BACKEND`` overrides it. Umbrella windows take
+:func:`backend_for`, which on Reference/CPU prefers the numpy passes. Importing this package
 does not import ``openmmtorch``: that happens when the torchforce backend is chosen.
 """
-from .backend import (BACKENDS, ChiBackendError, backend_info, openmmtorch_version,
-                      resolve_backend)
+from .backend import (BACKENDS, ChiBackendError, backend_for, backend_info,
+                      openmmtorch_version, resolve_backend)
 from .common import KAPPA_PARAM, Z_PARAM, evaluate_chi, load_chi_module
 from .kappa import KappaWindow, KappaWindowError, kappa_window, md_kappa
 from .pythonforce import ChiComputation
@@ -33,7 +36,7 @@ from .reporter import ChiReporter
 from .restraint import ChiRestraintForce, chi_force, chi_from_context, find_chi_restraints
 
 __all__ = ["chi_force", "ChiRestraintForce", "ChiReporter", "load_chi_module",
-           "chi_from_context", "backend_info", "resolve_backend", "BACKENDS",
+           "chi_from_context", "backend_info", "backend_for", "resolve_backend", "BACKENDS",
            "ChiBackendError", "openmmtorch_version", "md_kappa", "kappa_window", "KappaWindow",
            "KappaWindowError", "ChiComputation", "evaluate_chi", "Z_PARAM", "KAPPA_PARAM",
            "find_chi_restraints"]

@@ -45,25 +45,31 @@ class ChiComputation:
     ``amore_chi_kappa`` and ``amore_chi_z``).
 
     Positions arrive in float64 nm (unwrapped unless the force uses periodic boundary
-    conditions); χ and ∇χ are computed in float64 by the TorchScript module.
+    conditions); χ and ∇χ are computed in float64 by the TorchScript module, or, with
+    ``fast`` (the hand-written numpy passes of a default ChiModel, see
+    :class:`BatchedChiRestraint`), by those: 2.3× faster per step on alanine dipeptide
+    (Reference, 0.21 against 0.49 ms with TorchForce). The first call checks them against
+    the module and drops them if χ or ∇χ differ beyond round-off.
     """
 
-    def __init__(self, module_bytes: bytes, restraint: bool, prefix: str = DEFAULT_PREFIX
-                 ) -> None:
+    def __init__(self, module_bytes: bytes, restraint: bool, prefix: str = DEFAULT_PREFIX,
+                 fast: Any = None) -> None:
         self.module_bytes = bytes(module_bytes)
         self.restraint = bool(restraint)
         self.prefix = prefix
         self.z_param, self.kappa_param = parameter_names(prefix)
         self.key = hashlib.sha256(self.module_bytes).hexdigest()
+        self.fast = fast
+        self.checked = fast is None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"module_bytes": self.module_bytes, "restraint": self.restraint,
-                "prefix": self.prefix}
+                "prefix": self.prefix, "fast": self.fast}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # pickles written before prefixes existed have none: the default names
+        # pickles written before prefixes (or the numpy passes) existed have none
         self.__init__(state["module_bytes"], state["restraint"],
-                      state.get("prefix", DEFAULT_PREFIX))
+                      state.get("prefix", DEFAULT_PREFIX), state.get("fast"))
 
     @property
     def module(self) -> Any:
@@ -73,6 +79,19 @@ class ChiComputation:
 
     def chi_and_grad(self, positions: np.ndarray) -> tuple[float, np.ndarray]:
         """χ and ∇χ (n, 3) nm⁻¹ at ``positions`` (n, 3) nm."""
+        if self.fast is not None:
+            c, g = self.fast(np.asarray(positions, dtype=np.float64)[None])
+            chi, grad = float(c[0]), g[0]
+            if self.checked:
+                return chi, grad
+            ref_chi, ref_grad = evaluate_chi(self.module, positions)
+            assert ref_grad is not None
+            scale = max(1.0, float(np.abs(ref_grad).max()))
+            self.checked = True
+            if abs(chi - ref_chi) <= 1e-9 and np.abs(grad - ref_grad).max() <= 1e-9 * scale:
+                return chi, grad
+            self.fast = None            # not the module's χ: the module from now on
+            return ref_chi, ref_grad
         chi, grad = evaluate_chi(self.module, positions)
         assert grad is not None
         return chi, grad
@@ -88,10 +107,19 @@ class ChiComputation:
         return 0.5 * kappa * dz * dz, (-kappa * dz) * grad
 
 
+def numpy_passes(model: ModelLike) -> "_NumpyChi | None":
+    """The numpy passes of ``model`` when it is a ChiModel they cover (else None: a file or
+    TorchScript module goes through torch)."""
+    if isinstance(model, (str, bytes)) or not hasattr(model, "featurizer"):
+        return None
+    return _NumpyChi.from_model(model)
+
+
 def python_chi_force(model: ModelLike, force_group: int | None = None) -> openmm.PythonForce:
     """χ as an ``openmm.PythonForce`` whose energy is χ (forces −∇χ); no periodic boundary
     conditions, so the model sees the Context's unwrapped positions."""
-    force = openmm.PythonForce(ChiComputation(chi_module_bytes(model), restraint=False), {})
+    force = openmm.PythonForce(ChiComputation(chi_module_bytes(model), restraint=False,
+                                              fast=numpy_passes(model)), {})
     force.setUsesPeriodicBoundaryConditions(False)
     force.setName("AmoreChi")
     if force_group is not None:
@@ -108,7 +136,7 @@ class PythonChiRestraint(ChiRestraintBase, openmm.PythonForce):
                  force_group: int | None = None, prefix: str = DEFAULT_PREFIX) -> None:
         z_param, kappa_param = self._use_prefix(prefix)
         self.computation = ChiComputation(chi_module_bytes(model), restraint=True,
-                                          prefix=prefix)
+                                          prefix=prefix, fast=numpy_passes(model))
         openmm.PythonForce.__init__(self, self.computation,
                                     {z_param: float(z), kappa_param: kj(kappa)})
         self.setUsesPeriodicBoundaryConditions(False)

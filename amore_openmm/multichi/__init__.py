@@ -9,9 +9,10 @@ certificate), :mod:`.transitions` (per-pair paths, sensitivities, channels, file
 """
 from .estimator import check_n_chi, fit_multichi, isa_targets, isa_vertices
 from .model import ExportedMultiChi, MultiChiModel, PairNetwork, memberships, pair_model
-from .rates import rate_matrix
+from .rates import generator_timescales, rate_matrix
 from .transitions import pair_starts, state_minima, trace_pair, transition_segment, transitions
 
 __all__ = ["MultiChiModel", "ExportedMultiChi", "PairNetwork", "pair_model", "memberships",
            "fit_multichi", "check_n_chi", "isa_targets", "isa_vertices", "rate_matrix",
+           "generator_timescales",
            "pair_starts", "state_minima", "trace_pair", "transition_segment", "transitions"]

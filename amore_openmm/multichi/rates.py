@@ -6,7 +6,8 @@ generator is Q = logm(K_c)/τ (rows sum to 0; Q_ij, i ≠ j, the rate i → j in
 Errors: the standard deviation over bootstrap resamples of the starts.
 
 Certificate (``valid``): K_c's eigenvalues real and in (0, 1 + ``EIG_TOL``], K_c's rows sum
-to 1, Q real, and every off-diagonal Q_ij ≥ −(2·error + ``rel_tol``·max|Q_ii|) (a negative
+to 1, Q real, no eigenvalue of Q above 0 by more than ``rel_tol``·max|Q_ii| (a growing mode),
+and every off-diagonal Q_ij ≥ −(2·error + ``rel_tol``·max|Q_ii|) (a negative
 rate beyond that means the memberships are not a Markov model at this lag). Why the relative
 term: the bootstrap error is sampling noise only; fuzzy memberships add a projection bias of a
 few % of the fastest rate (measured on Müller–Brown: |Q_AB| ≈ 3–5 % of |Q_CC| for two
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg import logm
 
-__all__ = ["rate_matrix", "koopman_memberships", "fit_koopman_matrix"]
+__all__ = ["rate_matrix", "koopman_memberships", "fit_koopman_matrix", "generator_timescales"]
 
 ROW_SUM_TOL = 1e-6
 #: eigenvalues of K_c up to 1 + EIG_TOL count as 1 (a process too slow to see at this lag)
@@ -46,6 +47,20 @@ def koopman_memberships(model: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
 def fit_koopman_matrix(chi_x: np.ndarray, kchi: np.ndarray) -> np.ndarray:
     """K_c = argmin ‖χ K_c − Kχ‖ (k×k)."""
     return np.linalg.lstsq(chi_x, kchi, rcond=None)[0]
+
+
+def generator_timescales(q: np.ndarray) -> tuple[list[float], float]:
+    """Implied timescales −1/λ (ps) of a generator's eigenvalues, slowest first, and the
+    largest of them that grows (0 when none does).
+
+    The stationary eigenvalue is the one nearest 0 (Q's rows sum to 0), not the largest:
+    a slightly positive one (K_c's eigenvalue just above 1, a process too slow to see at
+    this lag) is then listed as ``inf`` rather than taking the stationary one's place."""
+    lam = np.linalg.eigvals(np.asarray(q, dtype=np.float64)).real
+    rest = np.delete(lam, int(np.argmin(np.abs(lam)))) if lam.size else lam
+    rest = np.sort(rest)[::-1]
+    ts = [float(-1.0 / v) if v < -1e-300 else math.inf for v in rest]
+    return ts, float(max(0.0, rest.max())) if rest.size else 0.0
 
 
 def _generator(kc: np.ndarray, tau: float) -> np.ndarray:
@@ -110,8 +125,10 @@ def rate_matrix(model: Any, data: Any, lag_time: float | None = None, n_boot: in
     clipped = np.where(off & (q < 0) & ~bad, 0.0, q)
     clipped[~off] = 0.0
     clipped[~off] = -clipped.sum(axis=1)
-    lam = np.sort(np.linalg.eigvals(q).real)[::-1]
-    ts = [float(-1.0 / v) if v < -1e-300 else math.inf for v in lam[1:]]
+    ts, rising = generator_timescales(q)
+    if rising > float(rel_tol) * np.abs(np.diag(q)).max():
+        notes.append(f"Q has a growing mode (eigenvalue +{rising:.3g}/ps beyond rel_tol × "
+                     "the fastest rate): the memberships are not a Markov model at this lag")
     w, vl = np.linalg.eig(q.T)
     pi = np.real(vl[:, int(np.argmin(np.abs(w)))])
     pi = pi / pi.sum() if abs(pi.sum()) > 0 else pi
