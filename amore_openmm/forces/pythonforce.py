@@ -316,14 +316,27 @@ class _NumpyChi:
     def __init__(self, pairs: np.ndarray, n_atoms: int, layers: list[tuple],
                  sorted_blocks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
                  ) -> None:
-        f = len(pairs)
-        self.diff = np.zeros((f, n_atoms))          # row k: x_j − x_i of pair k
-        self.diff[np.arange(f), pairs[:, 1]] += 1.0
-        self.diff[np.arange(f), pairs[:, 0]] -= 1.0
-        self.diff_t = np.ascontiguousarray(self.diff.T)
+        self.pairs = np.asarray(pairs, dtype=np.int64)
         self.n_atoms = int(n_atoms)
         self.layers = layers
         self.sorted_blocks = sorted_blocks          # (plain, blocks, keep) pair indices
+        self._difference_matrices()
+
+    def _difference_matrices(self) -> None:
+        f = len(self.pairs)
+        self.diff = np.zeros((f, self.n_atoms))     # row k: x_j − x_i of pair k
+        self.diff[np.arange(f), self.pairs[:, 1]] += 1.0
+        self.diff[np.arange(f), self.pairs[:, 0]] -= 1.0
+        self.diff_t = np.ascontiguousarray(self.diff.T)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the dense difference matrices (pairs × atoms, 2 × 2.4 MB for 231 pairs of a
+        # 1,288-atom box) are rebuilt from the pairs: a System's XML stays small
+        return {k: v for k, v in self.__dict__.items() if k not in ("diff", "diff_t")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._difference_matrices()
 
     @classmethod
     def from_model(cls, model: Any) -> "_NumpyChi | None":
