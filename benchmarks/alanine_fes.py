@@ -12,6 +12,9 @@ One run, one JSON line:
     means over consecutive time segments; both are printed. Cost-normalised error SE·sqrt(CPU-minutes) of each and
     their ratio plain/umbrella (goal ≥ 10). CPU time is ``time.process_time`` of everything
     a method needs: MD (χ restraint forces included), pilots, χ/gradient evaluation, MBAR.
+(c) The top atom's level-set average ⟨‖∇ᵢχ‖²⟩_z at the window nearest χ = 0.5 (frames with
+    |χ − z| ≤ ``--slab``): from that window against the plain frames in the same slab, each
+    cost-normalised by its whole run's CPU (the windows give every level set at once).
     Also printed: the umbrella's CPU split into pilots and production, the ratio with the
     production alone, CPU ms per MD step of each (MD only), and SE²·frames of each (the variance per
     frame; their ratio is what the windows gain per frame, whatever a frame costs).
@@ -88,6 +91,8 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=50)
     ap.add_argument("--bins", type=int, default=25)
     ap.add_argument("--min-count", type=int, default=50)
+    ap.add_argument("--slab", type=float, default=0.025,
+                    help="half width in χ of the level set near 0.5 compared in (c)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", default="", help="keep the umbrella run (samples, F(χ)) and "
                     "the plain frames in this directory (default: a temporary one)")
@@ -153,6 +158,27 @@ def main() -> None:
     inner = float(chi_sensitivity(model, x[~outside], bins=10, bootstrap=0).per_atom[atom]) \
         if (~outside).sum() > 1 else None
 
+    # -- (c) the level set near χ = 0.5 (the paper's level-set sensitivity there): the
+    # window nearest 0.5 against the plain frames in the same χ slab
+    from amore_openmm.biased import window_sensitivity
+    k_mid = int(np.argmin(np.abs(fes.z - 0.5)))
+    z_mid = float(fes.z[k_mid])
+    samples = fes.samples
+    _, ls_mean, ls_err, ls_used = window_sensitivity(samples, model, halfwidth=args.slab,
+                                                     bootstrap=args.bootstrap,
+                                                     block=int(umb.block), seed=args.seed)
+    slab = np.abs(chi_md - z_mid) <= args.slab
+    plain_ls = plain_ls_err = None
+    if slab.sum() >= 2 * SEGMENTS:
+        sub = chi_sensitivity(model, x[slab], bins=1, bootstrap=args.bootstrap, min_count=1,
+                              seed=args.seed)
+        parts = np.array_split(np.flatnonzero(slab), SEGMENTS)     # consecutive in time
+        seg = [chi_sensitivity(model, x[p], bins=1, bootstrap=0, min_count=1).per_atom[atom]
+               for p in parts]
+        plain_ls = float(sub.per_atom[atom])
+        plain_ls_err = max(float(sub.per_atom_err[atom]),
+                           float(np.std(seg, ddof=1) / np.sqrt(SEGMENTS)))
+
     # -- (b) cost-normalised standard error of the top atom ------------------------------
     se_u_boot = float(np.std(umb.boot_per_atom[:, atom], ddof=1))
     se_u_seg = float(np.std(umb.segment_per_atom[:, atom], ddof=1) / np.sqrt(SEGMENTS))
@@ -200,6 +226,15 @@ def main() -> None:
         "cpu_ms_per_step_umbrella_production": cpu_production * 6e4 / max(umb_steps, 1),
         "se2_times_frames_umbrella": var_u, "se2_times_frames_plain": var_p,
         "per_frame_variance_ratio_plain_over_umbrella": var_p / var_u,
+        "levelset_z": z_mid, "levelset_halfwidth": args.slab,
+        "levelset_frames_umbrella": int(ls_used[k_mid]), "levelset_frames_plain": int(slab.sum()),
+        "levelset_grad_sq_umbrella_nm-2": float(ls_mean[k_mid, atom]),
+        "levelset_se_umbrella": float(ls_err[k_mid, atom]),
+        "levelset_grad_sq_plain_nm-2": plain_ls, "levelset_se_plain": plain_ls_err,
+        # whole-run CPU of each: the umbrella's windows give every level set at once
+        "levelset_cost_normalised_se_ratio_plain_over_umbrella":
+            (plain_ls_err * np.sqrt(cpu_plain)) / (float(ls_err[k_mid, atom]) * np.sqrt(cpu_umb))
+            if plain_ls_err else None,
         "umbrella_ess": ess,
         # coverage: the windows' frames span chi_range_umbrella; the plain run's frames
         # outside it (basin bottoms, where ‖∇χ‖² is small) are missing from the reweighted

@@ -96,7 +96,8 @@ def resolve_backend(backend: str = "auto") -> tuple[str, str]:
 
 
 #: platforms where a PythonForce with the numpy χ passes is faster than TorchForce (alanine
-#: dipeptide, Reference: 0.21 against 0.43-0.49 ms per MD step with a χ restraint)
+#: dipeptide MD with a χ restraint: 1.6-2.3× the steps/s on Reference, 1.2× on CPU; a
+#: 1,288-atom water box: the same)
 CPU_PLATFORMS = ("Reference", "CPU")
 
 

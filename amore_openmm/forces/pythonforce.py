@@ -47,9 +47,10 @@ class ChiComputation:
     Positions arrive in float64 nm (unwrapped unless the force uses periodic boundary
     conditions); χ and ∇χ are computed in float64 by the TorchScript module, or, with
     ``fast`` (the hand-written numpy passes of a default ChiModel, see
-    :class:`BatchedChiRestraint`), by those: 2.3× faster per step on alanine dipeptide
-    (Reference, 0.21 against 0.49 ms with TorchForce). The first call checks them against
-    the module and drops them if χ or ∇χ differ beyond round-off.
+    :class:`BatchedChiRestraint`), by those: alanine dipeptide with a χ restraint runs
+    1.6–2.3× the steps/s of TorchForce on Reference (``benchmarks/chi_overhead.py``). The
+    first call checks them against the module and drops them if χ or ∇χ differ beyond
+    round-off.
     """
 
     def __init__(self, module_bytes: bytes, restraint: bool, prefix: str = DEFAULT_PREFIX,
