@@ -78,21 +78,28 @@ def bench_eval(ms, model, platform, repeat=5, number=200):
     system = openmm.System()
     for i in range(ms.n_atoms):
         system.addParticle(ms.system.getParticleMass(i))
-    force = ChiRestraintForce(model, z=0.5, kappa=1e3)
-    system.addForce(force)
-    ctx = openmm.Context(system, openmm.VerletIntegrator(1e-3),
-                         openmm.Platform.getPlatformByName(platform),
-                         {"Threads": "1"} if platform == "CPU" else {})
-    ctx.setPositions(x)
-    t_cv = _best(lambda: force.getCollectiveVariableValues(ctx), repeat, number)
-    t_forces = _best(lambda: ctx.getState(getForces=True), repeat, number)
-    return {"bench": "chi_eval", "platform": platform, "featurizer": model.featurizer_kind,
-            "torch_chi_ms": round(1e3 * t_torch, 4),
-            "torch_chi_grad_ms": round(1e3 * t_torch_grad, 4),
-            "openmm_cv_value_ms": round(1e3 * t_cv, 4),
-            "openmm_forces_ms": round(1e3 * t_forces, 4),
-            "openmm_vs_torch_ratio": round(t_cv / t_torch, 3),
-            "openmm_forces_vs_torch_grad_ratio": round(t_forces / t_torch_grad, 3)}
+    out = {"bench": "chi_eval", "platform": platform, "featurizer": model.featurizer_kind,
+           "torch_chi_ms": round(1e3 * t_torch, 4),
+           "torch_chi_grad_ms": round(1e3 * t_torch_grad, 4)}
+    # the default backend, then each backend that runs here (PythonForce: numpy passes)
+    for suffix, backend in [("", "auto")] + [(f"_{name}", name) for name in BACKENDS
+                                             if name != "torchforce"
+                                             or torchforce_problem() is None]:
+        omm = openmm.XmlSerializer.clone(system)
+        force = ChiRestraintForce(model, z=0.5, kappa=1e3, backend=backend)
+        omm.addForce(force)
+        ctx = openmm.Context(omm, openmm.VerletIntegrator(1e-3),
+                             openmm.Platform.getPlatformByName(platform),
+                             {"Threads": "1"} if platform == "CPU" else {})
+        ctx.setPositions(x)
+        t_forces = _best(lambda: ctx.getState(getForces=True), repeat, number)
+        out[f"openmm_forces{suffix}_ms"] = round(1e3 * t_forces, 4)
+        if backend == "auto":
+            t_cv = _best(lambda: force.chi(ctx), repeat, number)
+            out["openmm_cv_value_ms"] = round(1e3 * t_cv, 4)
+            out["openmm_vs_torch_ratio"] = round(t_cv / t_torch, 3)
+            out["openmm_forces_vs_torch_grad_ratio"] = round(t_forces / t_torch_grad, 3)
+    return out
 
 
 def bench_md(ms, model, platform, steps):
