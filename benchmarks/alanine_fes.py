@@ -16,8 +16,9 @@ One run, one JSON line:
     |χ − z| ≤ ``--slab``): from that window against the plain frames in the same slab, each
     cost-normalised by its whole run's CPU (the windows give every level set at once).
     Also printed: the umbrella's CPU split into pilots and production, the ratio with the
-    production alone, CPU ms per MD step of each (MD only), and SE²·frames of each (the variance per
-    frame; their ratio is what the windows gain per frame, whatever a frame costs).
+    production alone, CPU ms per MD step of each (MD only), and SE²·frames of each (the
+    variance per frame; their ratio is what the windows gain per frame, whatever a frame
+    costs).
 
 The χ is a run directory's model (``--model``; default the quick pipeline's
 /tmp/umbrella_ala/model/chi_state.pt, made with ``amore run alanine_dipeptide --preset quick``
