@@ -99,7 +99,8 @@ def main() -> None:
                     "the plain frames in this directory (default: a temporary one)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from amore_openmm.biased import reweighted_sensitivity, umbrella_free_energy
+    from amore_openmm.biased import (reweighted_sensitivity, umbrella_free_energy,
+                                     window_sensitivity)
     from amore_openmm.biased.mbar import SEGMENTS
     from amore_openmm.biased.mbar import statistical_inefficiency
     from amore_openmm.biased.umbrella import UmbrellaSamples, evaluate_chi_batch
@@ -161,7 +162,6 @@ def main() -> None:
 
     # -- (c) the level set near χ = 0.5 (the paper's level-set sensitivity there): the
     # window nearest 0.5 against the plain frames in the same χ slab
-    from amore_openmm.biased import window_sensitivity
     k_mid = int(np.argmin(np.abs(fes.z - 0.5)))
     z_mid = float(fes.z[k_mid])
     samples = fes.samples

@@ -111,9 +111,7 @@ class ChiComputation:
 def numpy_passes(model: ModelLike) -> "_NumpyChi | None":
     """The numpy passes of ``model`` when it is a ChiModel they cover (else None: a file or
     TorchScript module goes through torch)."""
-    if isinstance(model, (str, bytes)) or not hasattr(model, "featurizer"):
-        return None
-    return _NumpyChi.from_model(model)
+    return _NumpyChi.from_model(model) if hasattr(model, "featurizer") else None
 
 
 def python_chi_force(model: ModelLike, force_group: int | None = None) -> openmm.PythonForce:
